@@ -1,0 +1,51 @@
+"""The `codexlb` command: one entry point, a subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from codexlb import __version__
+from codexlb.cli import config_cmd, serve, version
+from codexlb.cli.common import CliError, HelpFormatter
+
+_EPILOG = """\
+examples:
+  codexlb serve                         run the proxy on 127.0.0.1:2455
+  codexlb serve --port 8080 --log-format json
+  codexlb config show                   print the effective settings and where each came from
+  codexlb version
+
+Every setting can come from <data-dir>/config.toml, an environment variable
+CODEXLB_<NAME>, or a flag --<name>; flags win over the environment, which wins
+over the file. Run `codexlb <command> --help` for a command's options.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codexlb",
+        description="Load balancer and proxy that pools ChatGPT (Codex) accounts behind one "
+        "OpenAI-compatible endpoint.",
+        epilog=_EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"codexlb {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+    for module in (serve, config_cmd, version):
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except CliError as exc:
+        print(f"codexlb: error: {exc}", file=sys.stderr)
+        return exc.exit_code

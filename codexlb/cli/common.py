@@ -1,0 +1,50 @@
+"""What the subcommands share: setting flags derived from `Settings`, and error reporting."""
+
+from __future__ import annotations
+
+import argparse
+
+from codexlb import config
+
+
+class CliError(Exception):
+    """Ends the command with one `codexlb: error: ...` line and `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps hand-written examples as they are and shows each default."""
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; each defaults to 'not given' so the lower layers show through."""
+    group = parser.add_argument_group(
+        "settings", "Each also reads CODEXLB_<NAME> and the key <name> in the config file."
+    )
+    group.add_argument(
+        "--config", metavar="PATH", default=argparse.SUPPRESS,
+        help="TOML config file (default: <data-dir>/config.toml; env CODEXLB_CONFIG)",
+    )
+    for f in config.FIELDS:
+        choices = f.metadata["choices"]
+        metavar = f.metadata["metavar"] or ("{" + ",".join(choices) + "}" if choices else f.name.upper())
+        group.add_argument(
+            config.flag_name(f.name),
+            dest=f"setting_{f.name}",
+            metavar=metavar,
+            default=argparse.SUPPRESS,
+            help=f"{f.metadata['help']} (default: {f.default}; env {config.env_name(f.name)})",
+        )
+
+
+def load_settings(args: argparse.Namespace) -> config.Loaded:
+    flags = {
+        f.name: getattr(args, f"setting_{f.name}") for f in config.FIELDS if hasattr(args, f"setting_{f.name}")
+    }
+    try:
+        return config.load(flags=flags, config_path=getattr(args, "config", None))
+    except config.ConfigError as exc:
+        raise CliError(str(exc)) from None

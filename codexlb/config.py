@@ -1,0 +1,259 @@
+"""Settings: the one place defaults live, and how they are overridden.
+
+Precedence, lowest to highest: built-in defaults < TOML file < environment
+(`CODEXLB_<NAME>`) < command-line flags (`--name-with-dashes`). Every setting
+is a field of `Settings`; the file keys, variables and flags are derived from
+the field names, so adding a setting is adding one field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+ENV_PREFIX = "CODEXLB_"
+CONFIG_ENV = "CODEXLB_CONFIG"
+CONFIG_FILE_NAME = "config.toml"
+REDACTED = "<redacted>"
+
+
+class ConfigError(Exception):
+    """A setting could not be read; the message names it and fits on one line."""
+
+
+def _check_port(value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 and 65535")
+
+
+def _check_non_negative(value: float) -> None:
+    if value < 0:
+        raise ValueError("must not be negative")
+
+
+def _check_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    check: Callable[[Any], None] | None = None,
+    secret: bool = False,
+    metavar: str | None = None,
+) -> Any:
+    return field(
+        default=default,
+        metadata={"help": help, "choices": choices, "check": check, "secret": secret, "metavar": metavar},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = setting("127.0.0.1", "Address to listen on.", metavar="ADDR")
+    port: int = setting(2455, "TCP port to listen on (0 picks a free one).", check=_check_port)
+    data_dir: Path = setting(
+        Path("~/.codexlb"),
+        "Where the database, secret key and config.toml live (created with mode 0700).",
+        metavar="DIR",
+    )
+    upstream_base_url: str = setting(
+        "https://chatgpt.com/backend-api",
+        "Base URL of the ChatGPT backend (or of `codexlb sim`).",
+        check=_check_url,
+        metavar="URL",
+    )
+    auth_base_url: str = setting(
+        "https://auth.openai.com", "Base URL of the OAuth server used for login and token refresh.",
+        check=_check_url, metavar="URL",
+    )
+    log_level: str = setting("info", "Lowest level that is logged.", choices=("debug", "info", "warning", "error"))
+    log_format: str = setting(
+        "auto", "Log line format; auto is console on a terminal, JSON lines otherwise.",
+        choices=("auto", "console", "json"),
+    )
+    drain_timeout_s: float = setting(
+        30.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.",
+        check=_check_non_negative, metavar="SECONDS",
+    )
+
+
+FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(Settings)
+_TYPES: dict[str, type] = typing.get_type_hints(Settings)
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def type_of(name: str) -> type:
+    return _TYPES[name]
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _from_text(kind: type, text: str) -> Any:
+    """Parse an environment variable or flag value."""
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"{text!r} is not a boolean (use true or false)")
+    if kind is int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+    if kind is float:
+        try:
+            return float(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+    if kind is Path:
+        if not text.strip():
+            raise ValueError("must not be empty")
+        return Path(text)
+    return text
+
+
+def _from_toml(kind: type, value: Any) -> Any:
+    """Check a TOML value's type; TOML already knows ints from strings."""
+    # bool is an int subclass in Python, but `port = true` is a mistake, not 1.
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind in (str, Path) and isinstance(value, str):
+        return _from_text(kind, value)
+    expected = {bool: "a boolean", int: "an integer", float: "a number"}.get(kind, "a string")
+    raise ValueError(f"{value!r} is not {expected}")
+
+
+def _validate(f: dataclasses.Field, value: Any) -> Any:
+    if isinstance(value, Path):
+        value = value.expanduser().absolute()
+    choices = f.metadata["choices"]
+    if choices is not None:
+        value = str(value).lower()
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+    check = f.metadata["check"]
+    if check is not None:
+        check(value)
+    return value
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    known = {f.name for f in FIELDS}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"unknown setting {key!r} in config file {path}")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    settings: Settings
+    sources: dict[str, str]
+    config_file: Path | None
+
+
+def load(flags: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None,
+         config_path: str | None = None) -> Loaded:
+    """Resolve settings from all layers.
+
+    `flags` maps setting names to the raw strings given on the command line
+    (only the ones given); `config_path` is `--config`. Raises ConfigError.
+    """
+    flags = dict(flags or {})
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def put(f: dataclasses.Field, raw: Any, source: str, parse: Callable[[type, Any], Any]) -> None:
+        try:
+            values[f.name] = _validate(f, parse(_TYPES[f.name], raw))
+        except ValueError as exc:
+            raise ConfigError(f"invalid setting {f.name!r} from {source}: {exc}") from None
+        sources[f.name] = source
+
+    for f in FIELDS:
+        put(f, f.default, "default", lambda _kind, v: v)
+
+    # The file lives in the data dir, so the data dir cannot come from the file
+    # that it locates; flags and environment decide where to look.
+    data_dir_field = next(f for f in FIELDS if f.name == "data_dir")
+    if "data_dir" in flags:
+        put(data_dir_field, flags["data_dir"], flag_name("data_dir"), _from_text)
+    elif env_name("data_dir") in env:
+        put(data_dir_field, env[env_name("data_dir")], env_name("data_dir"), _from_text)
+
+    explicit = config_path or env.get(CONFIG_ENV)
+    config_file = Path(explicit).expanduser() if explicit else values["data_dir"] / CONFIG_FILE_NAME
+    if explicit or config_file.is_file():
+        for key, raw in _read_file(config_file).items():
+            f = next(f for f in FIELDS if f.name == key)
+            put(f, raw, f"config file {config_file}", _from_toml)
+    else:
+        config_file = None
+
+    for f in FIELDS:
+        if env_name(f.name) in env:
+            put(f, env[env_name(f.name)], env_name(f.name), _from_text)
+    for f in FIELDS:
+        if f.name in flags:
+            put(f, flags[f.name], flag_name(f.name), _from_text)
+
+    return Loaded(Settings(**values), sources, config_file)
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{REDACTED}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def public_view(settings: Settings) -> dict[str, Any]:
+    """Settings as plain data with secrets masked: for `config show` and logs."""
+    out: dict[str, Any] = {}
+    for f in FIELDS:
+        value = getattr(settings, f.name)
+        if f.metadata["secret"]:
+            value = REDACTED
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, str) and "://" in value:
+            value = _redact_url(value)
+        out[f.name] = value
+    return out

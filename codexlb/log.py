@@ -1,0 +1,127 @@
+"""Structured logging with secrets masked before anything is written.
+
+Our own events (structlog) and those of libraries (stdlib `logging`, e.g.
+aiohttp) share one formatter, so one redaction step covers both.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any, TextIO
+
+import orjson
+import structlog
+
+REDACTED = "[REDACTED]"
+
+_SENSITIVE_KEYS = frozenset({
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "token", "api_key", "apikey",
+    "x-api-key", "password", "secret", "client_secret", "code_verifier", "secret_key",
+})
+_SENSITIVE_SUFFIXES = ("_token", "-token", "_password", "_secret", "_api_key")
+
+# Order matters: a bearer header may hold a JWT; the header rule masks it whole.
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), rf"\1 {REDACTED}"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), REDACTED),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), REDACTED),
+    (re.compile(r"\brt_[A-Za-z0-9._-]{8,}"), REDACTED),
+    (re.compile(
+        r"(?i)\b(access_token|refresh_token|id_token|api_key|password|code|code_verifier|client_secret)"
+        r"(\"?\s*[=:]\s*\"?)[^&\s\"',}]+"
+    ), rf"\1\2{REDACTED}"),
+)
+
+
+def _sensitive_key(key: Any) -> bool:
+    if not isinstance(key, str):
+        return False
+    lowered = key.lower()
+    return lowered in _SENSITIVE_KEYS or lowered.endswith(_SENSITIVE_SUFFIXES)
+
+
+def redact_text(text: str) -> str:
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact(value: Any) -> Any:
+    """Mask secrets in any value a log event may carry."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: (REDACTED if _sensitive_key(k) and v else redact(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v) for v in value)
+    return value
+
+
+def _redact_processor(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    return redact(event)
+
+
+def _lead_with_essentials(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """JSON lines read better when time, level and event come first."""
+    head = {k: event.pop(k) for k in ("timestamp", "level", "logger", "event") if k in event}
+    head.update(event)
+    return head
+
+
+def _orjson_dumps(obj: Any, default: Any = None, **_: Any) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+_SHARED: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Send every log line, ours and libraries', to `stream` (stderr by default)."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    renderers: list[Any] = (
+        [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+        if fmt == "console"
+        else [_lead_with_essentials, structlog.processors.JSONRenderer(serializer=_orjson_dumps)]
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_SHARED,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            # Tracebacks become text first, so the redaction step sees them too.
+            structlog.processors.format_exc_info,
+            _redact_processor,
+            *renderers,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp's own access log would duplicate our request line.
+    logging.getLogger("aiohttp.access").propagate = False
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_SHARED,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def get(name: str) -> Any:
+    return structlog.stdlib.get_logger(name)

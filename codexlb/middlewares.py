@@ -1,0 +1,75 @@
+"""What every request passes through: a request id, one log line, and errors in OpenAI shape."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from codexlb import errors, log
+
+_log = log.get("codexlb.request")
+REQUEST_ID = web.RequestKey("request_id", str)
+_CLIENT_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# nginx's code for "client closed the connection before we answered".
+CLIENT_CLOSED = 499
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if _CLIENT_ID_OK.match(given) else uuid.uuid4().hex
+
+
+@web.middleware
+async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request[REQUEST_ID] = _request_id(request)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED
+        raise
+    finally:
+        _log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            remote=request.remote,
+            request_id=request[REQUEST_ID],
+        )
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.APIError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return errors.from_http_exception(request, exc)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        _log.exception("unhandled error", method=request.method, path=request.path,
+                       request_id=request.get(REQUEST_ID))
+        return errors.error_response(
+            500, "Internal server error; see the codexlb log for this request id.", code="internal_error"
+        )
+
+
+async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare hook: streamed responses send headers early, so set it here."""
+    rid = request.get(REQUEST_ID)
+    if rid:
+        response.headers["x-request-id"] = rid

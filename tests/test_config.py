@@ -1,0 +1,156 @@
+"""Settings precedence and errors, through the real `codexlb config show` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from codexlb.cli import main
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+
+def show(capsys, *args: str) -> dict:
+    assert main(["config", "show", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def write_config(data_dir: Path, text: str) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults(capsys, tmp_path):
+    out = show(capsys)
+    assert out["settings"]["host"] == "127.0.0.1"
+    assert out["settings"]["port"] == 2455
+    assert out["settings"]["data_dir"] == str(tmp_path / "home" / ".codexlb")
+    assert out["settings"]["upstream_base_url"] == "https://chatgpt.com/backend-api"
+    assert out["settings"]["auth_base_url"] == "https://auth.openai.com"
+    assert set(out["sources"].values()) == {"default"}
+    assert out["config_file"] is None
+
+
+def test_file_overrides_default(capsys, tmp_path, monkeypatch):
+    data_dir = tmp_path / "d"
+    path = write_config(data_dir, 'port = 3000\nhost = "0.0.0.0"\n')
+    monkeypatch.setenv("CODEXLB_DATA_DIR", str(data_dir))
+    out = show(capsys)
+    assert out["settings"]["port"] == 3000
+    assert out["settings"]["host"] == "0.0.0.0"
+    assert out["sources"]["port"] == f"config file {path}"
+    assert out["config_file"] == str(path)
+
+
+def test_env_overrides_file(capsys, tmp_path, monkeypatch):
+    data_dir = tmp_path / "d"
+    write_config(data_dir, "port = 3000\n")
+    monkeypatch.setenv("CODEXLB_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("CODEXLB_PORT", "4000")
+    out = show(capsys)
+    assert out["settings"]["port"] == 4000
+    assert out["sources"]["port"] == "CODEXLB_PORT"
+
+
+def test_flag_overrides_env(capsys, tmp_path, monkeypatch):
+    data_dir = tmp_path / "d"
+    write_config(data_dir, "port = 3000\n")
+    monkeypatch.setenv("CODEXLB_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("CODEXLB_PORT", "4000")
+    out = show(capsys, "--port", "5000")
+    assert out["settings"]["port"] == 5000
+    assert out["sources"]["port"] == "--port"
+
+
+def test_explicit_config_path_and_env_config(capsys, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text('log_level = "debug"\n')
+    assert show(capsys, "--config", str(elsewhere))["settings"]["log_level"] == "debug"
+    monkeypatch.setenv("CODEXLB_CONFIG", str(elsewhere))
+    assert show(capsys)["settings"]["log_level"] == "debug"
+
+
+def test_data_dir_flag_locates_the_file(capsys, tmp_path):
+    data_dir = tmp_path / "d"
+    write_config(data_dir, "drain_timeout_s = 5\n")
+    out = show(capsys, "--data-dir", str(data_dir))
+    assert out["settings"]["drain_timeout_s"] == 5.0
+    assert out["settings"]["data_dir"] == str(data_dir)
+
+
+def test_toml_output_is_loadable_config(capsys, tmp_path):
+    assert main(["config", "show", "--port", "2600"]) == 0
+    text = capsys.readouterr().out
+    assert "port = 2600  # --port" in text
+    path = tmp_path / "saved.toml"
+    path.write_text(text)
+    assert show(capsys, "--config", str(path))["settings"]["port"] == 2600
+
+
+def test_credentials_in_urls_are_redacted(capsys, monkeypatch):
+    monkeypatch.setenv("CODEXLB_UPSTREAM_BASE_URL", "https://user:hunter2@upstream.example/backend-api")
+    assert main(["config", "show"]) == 0
+    text = capsys.readouterr().out
+    assert "hunter2" not in text and "user:" not in text
+    assert '"https://<redacted>@upstream.example/backend-api"' in text
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "expected"),
+    [
+        ({"CODEXLB_PORT": "abc"}, [], "invalid setting 'port' from CODEXLB_PORT: 'abc' is not an integer"),
+        ({"CODEXLB_PORT": "70000"}, [], "invalid setting 'port' from CODEXLB_PORT: must be between 0 and 65535"),
+        ({}, ["--log-level", "loud"], "invalid setting 'log_level' from --log-level"),
+        ({}, ["--upstream-base-url", "ftp://x"], "invalid setting 'upstream_base_url' from --upstream-base-url"),
+        ({"CODEXLB_DRAIN_TIMEOUT_S": "-1"}, [], "invalid setting 'drain_timeout_s' from CODEXLB_DRAIN_TIMEOUT_S"),
+    ],
+)
+def test_bad_values_are_one_line_errors(capsys, env, flags, expected, monkeypatch):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["config", "show", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("codexlb: error: ")
+    assert expected in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("prot = 1\n", "unknown setting 'prot' in config file"),
+        ("port = \"2455\"\n", "invalid setting 'port' from config file"),
+        ("port = true\n", "invalid setting 'port' from config file"),
+        ("port = [\n", "is not valid TOML"),
+    ],
+)
+def test_bad_files_are_one_line_errors(capsys, tmp_path, text, expected):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    assert main(["config", "show", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+
+
+def test_missing_explicit_config_is_an_error(capsys, tmp_path):
+    assert main(["config", "show", "--config", str(tmp_path / "nope.toml")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_bad_env_value_exits_nonzero_as_a_process(tmp_path):
+    """The acceptance case as a user meets it: a real process, one line naming the setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    env.update(CODEXLB_PORT="abc", HOME=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "codexlb", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == "codexlb: error: invalid setting 'port' from CODEXLB_PORT: 'abc' is not an integer\n"
+    assert not (tmp_path / ".codexlb").exists()

@@ -1,0 +1,90 @@
+"""Secrets never reach the log, whoever logs them and in whichever format."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from codexlb import log
+from codexlb.app import create_app
+
+ACCESS = "eyJhbGciOiJub25lIn0.eyJleHAiOjE3MDAwMDAwMDAsInN1YiI6InUifQ.sig"
+REFRESH = "rt_AbCdEf0123456789xyz"
+API_KEY = "sk-clb-0123456789abcdefSECRET"
+
+
+@pytest.fixture(params=["json", "console"])
+def log_stream(request):
+    stream = io.StringIO()
+    log.configure("debug", request.param, stream)
+    yield stream
+    log.configure("info", "json", io.StringIO())
+
+
+def assert_clean(text: str) -> None:
+    for secret in (ACCESS, REFRESH, API_KEY, "SECRET", "hunter2", "sessioncookie"):
+        assert secret not in text, text
+    assert log.REDACTED in text
+
+
+def test_structlog_events_are_redacted(log_stream):
+    logger = log.get("test")
+    logger.info(
+        "upstream call",
+        headers={"Authorization": f"Bearer {ACCESS}", "Cookie": "sessioncookie", "Accept": "text/plain"},
+        body={"refresh_token": REFRESH, "nested": [{"api_key": API_KEY}]},
+        note=f"retrying with Bearer {ACCESS} and key {API_KEY}",
+        form=f"grant_type=refresh_token&refresh_token={REFRESH}&password=hunter2",
+    )
+    text = log_stream.getvalue()
+    assert_clean(text)
+    assert "text/plain" in text and "upstream call" in text
+
+
+def test_library_logs_and_tracebacks_are_redacted(log_stream):
+    logging.getLogger("aiohttp.client").warning("sent Authorization: Bearer %s", ACCESS)
+    try:
+        raise ValueError(f"bad token {REFRESH} for key {API_KEY}")
+    except ValueError:
+        log.get("test").exception("refresh failed")
+    text = log_stream.getvalue()
+    assert_clean(text)
+    assert "ValueError" in text and "Traceback" in text
+
+
+def test_json_lines_lead_with_time_level_event():
+    stream = io.StringIO()
+    log.configure("info", "json", stream)
+    log.get("codexlb.test").info("hello", n=1)
+    record = json.loads(stream.getvalue().splitlines()[-1])
+    assert list(record)[:4] == ["timestamp", "level", "logger", "event"]
+    assert record["n"] == 1
+
+
+def test_level_filters():
+    stream = io.StringIO()
+    log.configure("warning", "json", stream)
+    log.get("t").info("quiet")
+    log.get("t").warning("loud")
+    assert "quiet" not in stream.getvalue() and "loud" in stream.getvalue()
+
+
+async def test_one_line_per_request_without_secrets(aiohttp_client, settings):
+    stream = io.StringIO()
+    log.configure("info", "json", stream)
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.get(
+        f"/health/ready?api_key={API_KEY}",
+        headers={"Authorization": f"Bearer {API_KEY}", "x-request-id": "rid-1"},
+    )
+    assert resp.status == 200
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    requests = [line for line in lines if line["event"] == "request"]
+    assert len(requests) == 1
+    assert requests[0]["path"] == "/health/ready"
+    assert requests[0]["status"] == 200
+    assert requests[0]["request_id"] == "rid-1"
+    assert API_KEY not in stream.getvalue()

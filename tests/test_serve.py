@@ -1,0 +1,133 @@
+"""`serve` lifecycle: real sockets, real signals, real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from codexlb import server
+from codexlb.app import create_app
+
+
+def slow_app(settings, entered: asyncio.Event, release: asyncio.Event) -> web.Application:
+    app = create_app(settings)
+
+    async def slow(_request: web.Request) -> web.Response:
+        entered.set()
+        await release.wait()
+        return web.json_response({"done": True})
+
+    app.router.add_get("/slow", slow)
+    return app
+
+
+async def start(settings, app) -> tuple[asyncio.Task, str]:
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(server.serve(settings, app=app, on_listening=listening.set_result))
+    url = await asyncio.wait_for(listening, 10)
+    return task, url
+
+
+async def test_in_flight_request_completes_after_sigterm(settings):
+    entered, release = asyncio.Event(), asyncio.Event()
+    app = slow_app(settings, entered, release)
+    refused_during_drain: list[bool] = []
+
+    async def on_shutdown(_app: web.Application) -> None:
+        # The listener is closed before in-flight requests are awaited: prove it, then let /slow finish.
+        try:
+            await asyncio.open_connection(host, int(port))
+            refused_during_drain.append(False)
+        except ConnectionRefusedError:
+            refused_during_drain.append(True)
+        release.set()
+
+    app.on_shutdown.append(on_shutdown)
+    task, url = await start(settings, app)
+    host, port = url.removeprefix("http://").split(":")
+    async with aiohttp.ClientSession() as http:
+        slow = asyncio.create_task(http.get(f"{url}/slow"))
+        await asyncio.wait_for(entered.wait(), 10)
+        os.kill(os.getpid(), signal.SIGTERM)
+        resp = await asyncio.wait_for(slow, 10)
+        assert resp.status == 200
+        assert await resp.json() == {"done": True}
+    await asyncio.wait_for(task, 10)
+    assert refused_during_drain == [True]
+
+
+async def test_drain_timeout_bounds_the_wait(settings):
+    settings = dataclasses.replace(settings, drain_timeout_s=0.2)
+    entered, never = asyncio.Event(), asyncio.Event()
+    task, url = await start(settings, slow_app(settings, entered, never))
+    async with aiohttp.ClientSession() as http:
+        slow = asyncio.create_task(http.get(f"{url}/slow"))
+        await asyncio.wait_for(entered.wait(), 10)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(task, 5)
+        with pytest.raises(aiohttp.ClientError):
+            await asyncio.wait_for(slow, 5)
+
+
+async def test_second_signal_stops_draining(settings):
+    settings = dataclasses.replace(settings, drain_timeout_s=60)
+    entered, never = asyncio.Event(), asyncio.Event()
+    app = slow_app(settings, entered, never)
+
+    async def second_signal(_app: web.Application) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+    app.on_shutdown.append(second_signal)
+    task, url = await start(settings, app)
+    async with aiohttp.ClientSession() as http:
+        slow = asyncio.create_task(http.get(f"{url}/slow"))
+        await asyncio.wait_for(entered.wait(), 10)
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        slow.cancel()
+
+
+async def test_port_in_use_is_a_startup_error(settings):
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = blocker.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(server.StartupError, match=f"cannot listen on 127.0.0.1:{port}"):
+            await server.serve(dataclasses.replace(settings, port=port))
+    finally:
+        blocker.close()
+
+
+def test_serve_process_sigterm_exits_zero(tmp_path):
+    """The real command: data dir made private, ready answers, SIGTERM exits 0."""
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codexlb", "serve", "--port", "0", "--data-dir", str(data_dir),
+         "--log-format", "json"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        first = json.loads(proc.stderr.readline())
+        assert first["event"] == "listening", first
+        import urllib.request
+
+        with urllib.request.urlopen(first["url"] + "/health/ready", timeout=10) as resp:
+            assert resp.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        events = [json.loads(line)["event"] for line in proc.stderr.read().splitlines()]
+        assert events[-2:] == ["draining", "stopped"]
+        assert oct(data_dir.stat().st_mode & 0o777) == "0o700"
+    finally:
+        proc.kill()
+        proc.wait()
