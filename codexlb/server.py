@@ -43,7 +43,12 @@ async def serve(
     """
     app = app or create_app(settings)
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=settings.drain_timeout_s
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.drain_timeout_s,
+        # A client that hangs up cancels its handler, so upstream work and leases end with it.
+        handler_cancellation=True,
     )
     await runner.setup()
     try:
@@ -53,7 +58,7 @@ async def serve(
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     host, port = runner.addresses[0][:2]
     url = f"http://{host}:{port}"
-    _log.info("listening", url=url, data_dir=str(settings.data_dir))
+    _log.info("listening", url=url)
     if on_listening is not None:
         on_listening(url)
 

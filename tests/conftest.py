@@ -28,3 +28,21 @@ def clean_env(monkeypatch, tmp_path):
         if name.startswith("CODEXLB_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+async def sim():
+    """The simulated upstream on a real loopback port, fresh for each test."""
+    from codexlb.sim.backend import SimConfig
+    from codexlb.sim.server import running_sim
+
+    async with running_sim(SimConfig(accounts=3)) as running:
+        yield running
+
+
+@pytest.fixture
+async def http():
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session

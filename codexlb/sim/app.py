@@ -1,0 +1,178 @@
+"""The simulated upstream's routes: the ChatGPT backend's, auth.openai.com's token call, and `/__sim` control."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from codexlb import middlewares
+from codexlb.sim import control, responses, validate
+from codexlb.sim.backend import BACKEND, Backend, Sink, turn_metadata
+from codexlb.sim.errors import SimError, bad_request
+
+# Full Codex histories run to megabytes; upstream's WebSocket frame budget is about 15 MiB.
+MAX_BODY = 64 * 1024 * 1024
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+def _error(exc: SimError, extra_headers: dict[str, str] | None = None) -> web.Response:
+    return _json(exc.status, exc.http_body(), {**(extra_headers or {}), **exc.headers})
+
+
+class SseSink(Sink):
+    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+        self.request = request
+        self.response = response
+        self.closed = False
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.response.write(responses.sse_frame(event))
+
+    async def close(self, code: int | None) -> None:
+        self.closed = True
+        if self.request.transport is not None:
+            self.request.transport.abort()
+
+
+class WsSink(Sink):
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
+        self.request = request
+        self.ws = ws
+        self.closed = False
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.ws.send_frame(orjson.dumps(event), WSMsgType.TEXT)
+
+    async def send_error(self, exc: SimError) -> None:
+        await self.send(exc.ws_frame())
+
+    async def close(self, code: int | None) -> None:
+        self.closed = True
+        if code is not None:
+            await self.ws.close(code=code)
+        elif self.request.transport is not None:
+            self.request.transport.abort()
+
+
+async def responses_http(request: web.Request) -> web.StreamResponse:
+    backend = request.app[BACKEND]
+    account = None
+    try:
+        account = backend.authenticate(request.headers)
+        payload = validate.parse_json(await request.read())
+        items = validate.check_payload(payload, backend.models, http=True)
+        turn_state = request.headers.get("x-codex-turn-state") or backend.new_turn_state()
+        turn = backend.begin(payload, items, account, transport="http", turn_state=turn_state,
+                             metadata=turn_metadata(request.headers, payload))
+    except SimError as exc:
+        return _error(exc, account.rate_limit_headers(time.time()) if account else None)
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "x-codex-turn-state": turn_state,
+        "openai-model": payload["model"],
+        **account.rate_limit_headers(time.time()),
+    })
+    await response.prepare(request)
+    sink = SseSink(request, response)
+    await turn.play(sink)
+    if not sink.closed:
+        await response.write_eof()
+    return response
+
+
+async def responses_ws(request: web.Request) -> web.StreamResponse:
+    backend = request.app[BACKEND]
+    try:
+        account = backend.authenticate(request.headers)
+    except SimError as exc:
+        return _error(exc)
+    turn_state = request.headers.get("x-codex-turn-state") or backend.new_turn_state()
+    ws = web.WebSocketResponse(max_msg_size=MAX_BODY)
+    ws.headers.update({"x-codex-turn-state": turn_state, **account.rate_limit_headers(time.time())})
+    await ws.prepare(request)
+    sink = WsSink(request, ws)
+    async for message in ws:
+        if message.type is not WSMsgType.TEXT:
+            await sink.send_error(bad_request("Only text frames with JSON are accepted.", "invalid_value"))
+            continue
+        try:
+            payload = validate.parse_json(message.data.encode())
+            validate.check_ws_frame(payload)
+            items = validate.check_payload(payload, backend.models, http=False)
+            turn = backend.begin(payload, items, account, transport="ws", turn_state=turn_state,
+                                 metadata=turn_metadata(request.headers, payload))
+        except SimError as exc:
+            await sink.send_error(exc)
+            continue
+        await turn.play(sink)
+        if sink.closed:
+            break
+    return ws
+
+
+async def models(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    try:
+        backend.authenticate(request.headers)
+    except SimError as exc:
+        return _error(exc)
+    return _json(200, backend.model_catalog())
+
+
+async def usage(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    try:
+        account = backend.authenticate(request.headers)
+    except SimError as exc:
+        return _error(exc)
+    return _json(200, account.usage_view(time.time()))
+
+
+async def oauth_token(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    try:
+        if request.content_type == "application/x-www-form-urlencoded":
+            form: dict[str, Any] = dict(await request.post())
+        else:
+            form = validate.parse_json(await request.read())
+        if form.get("grant_type") != "refresh_token":
+            raise bad_request(f"Unsupported grant type: {form.get('grant_type')!r}", "unsupported_grant_type",
+                              "grant_type")
+        token = form.get("refresh_token")
+        if not isinstance(token, str) or not token:
+            raise bad_request("Missing required parameter: 'refresh_token'.", "invalid_request", "refresh_token")
+        account = backend.refresh(token)
+    except SimError as exc:
+        return _error(exc)
+    return _json(200, {
+        "access_token": account.access_token,
+        "refresh_token": account.refresh_token,
+        "id_token": account.id_token,
+        "token_type": "Bearer",
+        "expires_in": int(account.access_expires_at - time.time()),
+        "scope": "openid profile email offline_access",
+    })
+
+
+async def _live(_request: web.Request) -> web.Response:
+    return _json(200, {"status": "live", "service": "codexlb-sim"})
+
+
+def create_sim_app(backend: Backend) -> web.Application:
+    app = web.Application(middlewares=[middlewares.openai_errors], client_max_size=MAX_BODY)
+    app[BACKEND] = backend
+    app.router.add_post("/backend-api/codex/responses", responses_http)
+    app.router.add_get("/backend-api/codex/responses", responses_ws)
+    app.router.add_get("/backend-api/codex/models", models)
+    app.router.add_get("/backend-api/wham/usage", usage)
+    app.router.add_post("/oauth/token", oauth_token)
+    app.router.add_get("/health/live", _live)
+    control.setup(app)
+    return app
