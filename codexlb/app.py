@@ -13,6 +13,6 @@ SETTINGS = web.AppKey("settings", Settings)
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[middlewares.access_log, middlewares.openai_errors])
     app[SETTINGS] = settings
-    app.on_response_prepare.append(middlewares.add_request_id_header)
+    app.on_response_prepare.append(middlewares.on_response_prepare)
     health.setup(app)
     return app

@@ -14,6 +14,7 @@ from codexlb import errors, log
 
 _log = log.get("codexlb.request")
 REQUEST_ID = web.RequestKey("request_id", str)
+PREPARED = web.RequestKey("response_prepared", bool)
 _CLIENT_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # nginx's code for "client closed the connection before we answered".
 CLIENT_CLOSED = 499
@@ -63,13 +64,18 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
     except Exception:
         _log.exception("unhandled error", method=request.method, path=request.path,
                        request_id=request.get(REQUEST_ID))
+        if request.get(PREPARED):
+            # Headers and part of a body are out: a second response would corrupt the stream.
+            # Re-raising makes aiohttp drop the connection, so the client sees a cut stream.
+            raise
         return errors.error_response(
             500, "Internal server error; see the codexlb log for this request id.", code="internal_error"
         )
 
 
-async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare hook: streamed responses send headers early, so set it here."""
+async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Streamed responses send headers early: set the request id here, and note that headers are out."""
+    request[PREPARED] = True
     rid = request.get(REQUEST_ID)
     if rid:
         response.headers["x-request-id"] = rid

@@ -27,6 +27,10 @@ def ensure_data_dir(path: Path) -> None:
         _log.warning("tightened data dir permissions", path=str(path), was=oct(mode), now="0o700")
 
 
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+REPEAT_GRACE_S = 0.5
+
+
 class StartupError(Exception):
     """The server could not start; the message is meant for the operator as it is."""
 
@@ -63,23 +67,54 @@ async def serve(
         on_listening(url)
 
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
     stop = asyncio.Event()
-    for sig in signals:
+    # asyncio restores the defaults when its handlers go; put back whatever was there instead.
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    for sig in SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
+        first_signal_at = loop.time()
         app[health.LIFECYCLE].draining = True
         _log.info("draining", timeout_s=settings.drain_timeout_s)
         cleanup = asyncio.ensure_future(runner.cleanup())
-        for sig in signals:
-            loop.add_signal_handler(sig, cleanup.cancel)
+
+        def second_signal() -> None:
+            # The frozen binary's launcher forwards the signal the terminal already sent us:
+            # a repeat that close is the same keypress, not an order to stop at once.
+            if loop.time() - first_signal_at >= REPEAT_GRACE_S:
+                cleanup.cancel()
+
+        for sig in SIGNALS:
+            loop.add_signal_handler(sig, second_signal)
         try:
             await cleanup
         except asyncio.CancelledError:
             _log.warning("drain cut short by a second signal")
             raise
     finally:
-        for sig in signals:
+        for sig, handler in previous.items():
             loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)
     _log.info("stopped")
+
+
+def run_until_stopped(settings: Settings, app: web.Application | None = None) -> int:
+    """Run `serve` as a command: the process's exit code.
+
+    Between the loop's signal handlers and the process's exit, a late stop signal
+    (a forwarded copy, or systemd's) must not kill a process that drained cleanly.
+    """
+    previous = {sig: signal.signal(sig, _exit_quietly) for sig in SIGNALS}
+    try:
+        asyncio.run(serve(settings, app))
+    except asyncio.CancelledError:
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _exit_quietly(signum: int, _frame: object) -> None:
+    raise SystemExit(0)

@@ -77,3 +77,8 @@ async def ws_turn(ws: aiohttp.ClientWebSocketResponse, payload: dict[str, Any],
         events.append(event)
         if event["type"] in TERMINAL:
             return events
+
+
+def handshake_headers(ws: aiohttp.ClientWebSocketResponse) -> Any:
+    """The 101 response's headers (aiohttp keeps them on the private handshake response)."""
+    return ws._response.headers

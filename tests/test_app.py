@@ -82,3 +82,22 @@ async def test_request_id_is_echoed_or_made(client):
     made = await client.get("/health/live", headers={"x-request-id": "bad id\twith junk"})
     assert len(made.headers["x-request-id"]) == 32
     assert (await client.get("/nope")).headers["x-request-id"]
+
+
+async def test_crash_mid_stream_cuts_the_stream_instead_of_writing_a_second_response(aiohttp_client, settings):
+    import aiohttp
+    import pytest
+
+    async def half_stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"event: response.created\ndata: {}\n\n")
+        raise RuntimeError("upstream parser blew up")
+
+    app = create_app(settings)
+    app.router.add_get("/half", half_stream)
+    client = await aiohttp_client(app)
+    resp = await client.get("/half")
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()

@@ -78,7 +78,8 @@ async def test_drain_timeout_bounds_the_wait(settings):
             await asyncio.wait_for(slow, 5)
 
 
-async def test_second_signal_stops_draining(settings):
+async def test_second_signal_stops_draining(settings, monkeypatch):
+    monkeypatch.setattr(server, "REPEAT_GRACE_S", 0.0)
     settings = dataclasses.replace(settings, drain_timeout_s=60)
     entered, never = asyncio.Event(), asyncio.Event()
     app = slow_app(settings, entered, never)
@@ -128,6 +129,50 @@ def test_serve_process_sigterm_exits_zero(tmp_path):
         events = [json.loads(line)["event"] for line in proc.stderr.read().splitlines()]
         assert events[-2:] == ["draining", "stopped"]
         assert oct(data_dir.stat().st_mode & 0o777) == "0o700"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_repeat_signal_within_grace_does_not_cut_the_drain(settings):
+    """The frozen binary's launcher forwards the terminal's Ctrl-C: two signals, one keypress."""
+    entered, release = asyncio.Event(), asyncio.Event()
+    app = slow_app(settings, entered, release)
+
+    async def duplicate_then_release(_app: web.Application) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.sleep(0)
+        release.set()
+
+    app.on_shutdown.append(duplicate_then_release)
+    task, url = await start(settings, app)
+    async with aiohttp.ClientSession() as http:
+        slow = asyncio.create_task(http.get(f"{url}/slow"))
+        await asyncio.wait_for(entered.wait(), 10)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert (await asyncio.wait_for(slow, 10)).status == 200
+    await asyncio.wait_for(task, 10)
+
+
+def test_late_duplicate_sigterm_after_drain_still_exits_zero(tmp_path):
+    """systemd, or the launcher, may signal again while a drained process exits: still a clean stop."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codexlb", "serve", "--port", "0", "--data-dir", str(tmp_path / "d"),
+         "--log-format", "json"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert json.loads(proc.stderr.readline())["event"] == "listening"
+        proc.send_signal(signal.SIGTERM)
+        for line in proc.stderr:
+            if json.loads(line)["event"] == "stopped":
+                break
+        for _ in range(5):
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
     finally:
         proc.kill()
         proc.wait()

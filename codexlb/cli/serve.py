@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from codexlb import log, server
 from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags, load_settings
@@ -28,12 +27,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot create data dir {settings.data_dir}: {exc.strerror}", exit_code=1) from None
     try:
-        asyncio.run(server.serve(settings))
+        return server.run_until_stopped(settings)
     except server.StartupError as exc:
         raise CliError(str(exc), exit_code=1) from None
-    except asyncio.CancelledError:
-        return 1
-    return 0
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import os
 from pathlib import Path
@@ -69,12 +68,9 @@ def run(args: argparse.Namespace) -> int:
     settings = dataclasses.replace(Settings(), host=args.host, port=args.port, drain_timeout_s=1.0)
     logger.info("simulated accounts", accounts=[a.account_id for a in backend.accounts])
     try:
-        asyncio.run(server.serve(settings, app=create_sim_app(backend)))
+        return server.run_until_stopped(settings, create_sim_app(backend))
     except server.StartupError as exc:
         raise CliError(str(exc), exit_code=1) from None
-    except asyncio.CancelledError:
-        return 1
-    return 0
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from codexlb import middlewares
+from codexlb import health, middlewares
 from codexlb.sim import control, responses, validate
 from codexlb.sim.backend import BACKEND, Backend, Sink, turn_metadata
 from codexlb.sim.errors import SimError, bad_request
@@ -30,12 +30,17 @@ class SseSink(Sink):
         self.request = request
         self.response = response
         self.closed = False
+        self.completed = False
 
-    async def send(self, event: dict[str, Any]) -> None:
-        await self.response.write(responses.sse_frame(event))
+    async def send(self, events: list[dict[str, Any]]) -> None:
+        await self.response.write(b"".join(map(responses.sse_frame, events)))
+        self.completed = events[-1]["type"] == "response.completed"
 
     async def close(self, code: int | None) -> None:
         self.closed = True
+        if self.completed:
+            # close_after_response: the HTTP response ends properly; only then does the connection go.
+            await self.response.write_eof()
         if self.request.transport is not None:
             self.request.transport.abort()
 
@@ -46,11 +51,12 @@ class WsSink(Sink):
         self.ws = ws
         self.closed = False
 
-    async def send(self, event: dict[str, Any]) -> None:
-        await self.ws.send_frame(orjson.dumps(event), WSMsgType.TEXT)
+    async def send(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            await self.ws.send_frame(orjson.dumps(event), WSMsgType.TEXT)
 
     async def send_error(self, exc: SimError) -> None:
-        await self.send(exc.ws_frame())
+        await self.send([exc.ws_frame()])
 
     async def close(self, code: int | None) -> None:
         self.closed = True
@@ -161,18 +167,15 @@ async def oauth_token(request: web.Request) -> web.Response:
     })
 
 
-async def _live(_request: web.Request) -> web.Response:
-    return _json(200, {"status": "live", "service": "codexlb-sim"})
-
-
 def create_sim_app(backend: Backend) -> web.Application:
     app = web.Application(middlewares=[middlewares.openai_errors], client_max_size=MAX_BODY)
     app[BACKEND] = backend
+    app.on_response_prepare.append(middlewares.on_response_prepare)
     app.router.add_post("/backend-api/codex/responses", responses_http)
     app.router.add_get("/backend-api/codex/responses", responses_ws)
     app.router.add_get("/backend-api/codex/models", models)
     app.router.add_get("/backend-api/wham/usage", usage)
     app.router.add_post("/oauth/token", oauth_token)
-    app.router.add_get("/health/live", _live)
+    health.setup(app)
     control.setup(app)
     return app

@@ -24,6 +24,11 @@ from codexlb.sim.faults import FaultBook, Plan, RequestInfo
 from codexlb.sim.state import StateStore
 
 DEFAULT_MODELS = ("gpt-5.5", "gpt-5.4", "gpt-5.2-codex", "gpt-5.1-codex", "gpt-5.1-codex-mini", "gpt-5.1", "gpt-5")
+# Real base instructions run to about 18 KB; clients that adopt ours send requests of a realistic size.
+BASE_INSTRUCTIONS = "You are a coding agent answering through the codexlb simulator.\n" + "".join(
+    f"Guideline {i}: read the task, inspect the workspace, make the smallest correct change, and report it.\n"
+    for i in range(1, 200)
+)
 # A stalled stream still ends some day, so a forgotten fault cannot pin a task forever.
 STALL_LIMIT_S = 3600.0
 
@@ -64,7 +69,7 @@ class Record:
 class Sink:
     """Where a transport puts a turn's events."""
 
-    async def send(self, event: dict[str, Any]) -> None:
+    async def send(self, events: list[dict[str, Any]]) -> None:
         raise NotImplementedError
 
     async def close(self, code: int | None) -> None:
@@ -88,13 +93,18 @@ class Turn:
             disrupt_at = min(action.after_events, len(events) - 1)
         if plan.first_byte_s:
             await asyncio.sleep(plan.first_byte_s)
-        for index, event in enumerate(events):
-            if index == disrupt_at:
-                await self._disrupt(sink, index)
-                return
-            if index and plan.between_events_s:
-                await asyncio.sleep(plan.between_events_s)
-            await sink.send(event)
+        before = events if disrupt_at is None else events[:disrupt_at]
+        if plan.between_events_s:
+            for index, event in enumerate(before):
+                if index:
+                    await asyncio.sleep(plan.between_events_s)
+                await sink.send([event])
+        elif before:
+            # One write for the whole stream: the sim must never be a benchmark's bottleneck.
+            await sink.send(before)
+        if disrupt_at is not None:
+            await self._disrupt(sink, disrupt_at)
+            return
         self.commit()
         if action is not None and action.action == "close_after_response":
             await sink.close(action.close_code)
@@ -107,7 +117,7 @@ class Turn:
             code = action.code or "server_error"
             message = action.message or "An error occurred while processing your request."
             self.record.error_code = code
-            await sink.send(responses.failed_event(self.answer, index, code, message))
+            await sink.send([responses.failed_event(self.answer, index, code, message)])
         elif action.action == "close":
             await sink.close(action.close_code)
         elif action.action == "stall":
@@ -283,12 +293,15 @@ class Backend:
         return [asdict(r) for r in self.records]
 
     def model_catalog(self) -> dict[str, Any]:
+        """The catalog in the shape the Codex CLI parses (it needs every field below)."""
         levels = [{"effort": e, "description": f"{e.title()} reasoning effort"} for e in ("low", "medium", "high")]
         return {"models": [
             {"slug": slug, "display_name": slug.replace("gpt-", "GPT-"), "description": "Simulated model.",
-             "default_reasoning_level": "medium", "supported_reasoning_levels": levels, "shell_type": "shell_command",
-             "visibility": "list", "supported_in_api": True, "priority": rank, "context_window": 272000,
-             "input_modalities": ["text", "image"]}
+             "default_reasoning_level": "medium", "supported_reasoning_levels": levels,
+             "shell_type": "shell_command", "visibility": "list", "supported_in_api": True, "priority": rank,
+             "context_window": 272000, "input_modalities": ["text", "image"], "support_verbosity": True,
+             "default_verbosity": "low", "truncation_policy": {"mode": "tokens", "limit": 10000},
+             "experimental_supported_tools": [], "base_instructions": BASE_INSTRUCTIONS}
             for rank, slug in enumerate(self.config.models)
         ]}
 

@@ -98,8 +98,8 @@ async def list_faults(request: web.Request) -> web.Response:
 async def add_fault(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     data = await _body(request)
-    if isinstance(data.get("account"), str):
-        found = backend.account(data["account"])
+    if isinstance(data.get("account"), (str, int)):
+        found = backend.account(str(data["account"]))
         if found is None:
             raise APIError(400, f"No simulated account {data['account']!r}.", code="invalid_value", param="account")
         data["account"] = found.account_id

@@ -24,6 +24,14 @@ ACTIONS = (
     "delay",                 # wait `first_byte_ms` before the first event, `between_events_ms` between events
 )
 TRANSPORTS = ("http", "ws")
+# The JSON types each field a spec may set accepts (NoneType: the field may be null).
+_STR, _INT, _NUM, _NULL = (str,), (int,), (int, float), (type(None),)
+_FIELD_TYPES = {
+    "account": _STR + _NULL, "transport": _STR + _NULL, "anchored": (bool, type(None)), "kind": _STR + _NULL,
+    "turn_id": _STR + _NULL, "nth": _INT, "times": _INT + _NULL, "share": _NUM, "status": _INT,
+    "code": _STR + _NULL, "message": _STR + _NULL, "retry_after": _NUM + _NULL, "after_events": _INT,
+    "close_code": _INT + _NULL, "first_byte_ms": _NUM, "between_events_ms": _NUM,
+}
 
 
 @dataclass(slots=True)
@@ -50,6 +58,11 @@ class Fault:
     fired: int = 0
 
     def __post_init__(self) -> None:
+        for name, kinds in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            # bool is an int in Python, never in JSON.
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ValueError(f"{name} has the wrong type ({type(value).__name__})")
         if self.action not in ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}")
         if self.transport is not None and self.transport not in TRANSPORTS:
@@ -60,6 +73,11 @@ class Fault:
             raise ValueError("nth must be >= 1; times and after_events must not be negative")
         if self.action == "status" and not 400 <= self.status <= 599:
             raise ValueError("status must be an HTTP error status")
+        # 1004-1006 and 1015 are reserved: they may never travel in a close frame.
+        if self.close_code is not None and (
+            not 1000 <= self.close_code <= 4999 or self.close_code in (1004, 1005, 1006, 1015)
+        ):
+            raise ValueError("close_code must be a WebSocket close code a server may send (1000-4999)")
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Fault":
