@@ -52,6 +52,7 @@ def show(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "config", help="inspect the configuration", description="Inspect the configuration.",
+        epilog="examples:\n  codexlb config show\n  codexlb config show --json --port 8080\n",
         formatter_class=HelpFormatter,
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", dest="action", required=True)

@@ -9,6 +9,7 @@ import sys
 import aiohttp
 
 from codexlb import __version__
+from codexlb.cli.common import HelpFormatter
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,6 +23,8 @@ def run(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "version", help="print the version", description="Print the codexlb version.",
+        epilog="examples:\n  codexlb version\n  codexlb version --verbose\n",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="also print the runtime versions")
     parser.set_defaults(run=run)
