@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+from codexlb.pool.selection import STRATEGIES
+
 ENV_PREFIX = "CODEXLB_"
 CONFIG_ENV = "CODEXLB_CONFIG"
 CONFIG_FILE_NAME = "config.toml"
@@ -82,6 +84,27 @@ class Settings:
         "auto", "Log line format; auto is console on a terminal, JSON lines otherwise.",
         choices=("auto", "console", "json"),
     )
+    secret_key_file: Path | None = setting(
+        None, "Key that seals tokens at rest (default: <data-dir>/secret.key, created on first start).",
+        metavar="PATH",
+    )
+    strategy: str = setting(
+        "capacity", "How to pick an account: capacity (most remaining quota, earliest reset first), "
+        "round_robin, fill_first or least_used.",
+        choices=STRATEGIES,
+    )
+    sticky_ttl_s: float = setting(
+        3600.0, "How long a conversation stays on its account after its last request.",
+        check=_check_non_negative, metavar="SECONDS",
+    )
+    refresh_margin_s: float = setting(
+        600.0, "Refresh an access token this long before it expires.", check=_check_non_negative,
+        metavar="SECONDS",
+    )
+    usage_poll_interval_s: float = setting(
+        120.0, "How often each account's usage windows are read from upstream (0 turns polling off).",
+        check=_check_non_negative, metavar="SECONDS",
+    )
     drain_timeout_s: float = setting(
         30.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.",
         check=_check_non_negative, metavar="SECONDS",
@@ -89,7 +112,16 @@ class Settings:
 
 
 FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(Settings)
-_TYPES: dict[str, type] = typing.get_type_hints(Settings)
+
+
+def _base_type(hint: Any) -> type:
+    """`Path | None` is a Path that may be left unset."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+_TYPES: dict[str, type] = {name: _base_type(hint) for name, hint in typing.get_type_hints(Settings).items()}
+_OPTIONAL = {f.name for f in FIELDS if f.default is None}
 
 
 def env_name(name: str) -> str:
@@ -150,6 +182,8 @@ def _from_toml(kind: type, value: Any) -> Any:
 
 
 def _validate(f: dataclasses.Field, value: Any) -> Any:
+    if value is None and f.name in _OPTIONAL:
+        return None
     if isinstance(value, Path):
         value = value.expanduser().absolute()
     choices = f.metadata["choices"]
@@ -198,6 +232,8 @@ def load(flags: Mapping[str, str] | None = None, env: Mapping[str, str] | None =
     sources: dict[str, str] = {}
 
     def put(f: dataclasses.Field, raw: Any, source: str, parse: Callable[[type, Any], Any]) -> None:
+        if f.name in _OPTIONAL and raw == "":
+            raw, parse = None, lambda _kind, v: v
         try:
             values[f.name] = _validate(f, parse(_TYPES[f.name], raw))
         except ValueError as exc:

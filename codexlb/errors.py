@@ -29,8 +29,9 @@ def type_for_status(status: int) -> str:
     return _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
-def error_body(message: str, type: str, code: str | None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "code": code, "param": param}}
+def error_body(message: str, type: str, code: str | None, param: str | None = None,
+               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "code": code, "param": param, **(extra or {})}}
 
 
 def error_response(
@@ -41,8 +42,9 @@ def error_response(
     type: str | None = None,
     param: str | None = None,
     headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> web.Response:
-    body = error_body(message, type or type_for_status(status), code, param)
+    body = error_body(message, type or type_for_status(status), code, param, extra)
     return web.Response(
         status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
     )
@@ -60,6 +62,7 @@ class APIError(Exception):
         type: str | None = None,
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -68,14 +71,14 @@ class APIError(Exception):
         self.type = type or type_for_status(status)
         self.param = param
         self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.code, self.param)
+        return error_body(self.message, self.type, self.code, self.param, self.extra)
 
     def response(self) -> web.Response:
-        return error_response(
-            self.status, self.message, code=self.code, type=self.type, param=self.param, headers=self.headers
-        )
+        return error_response(self.status, self.message, code=self.code, type=self.type, param=self.param,
+                              headers=self.headers, extra=self.extra)
 
 
 def from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:

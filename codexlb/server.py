@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import stat
-from pathlib import Path
 from typing import Callable
 
 from aiohttp import web
@@ -14,17 +12,9 @@ from aiohttp import web
 from codexlb import health, log
 from codexlb.app import create_app
 from codexlb.config import Settings
+from codexlb.store import DatabaseError, SecretKeyError
 
 _log = log.get("codexlb.server")
-
-
-def ensure_data_dir(path: Path) -> None:
-    """Create the data dir private to this user; tighten it if it is readable by others."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077 and path.stat().st_uid == os.getuid():
-        path.chmod(0o700)
-        _log.warning("tightened data dir permissions", path=str(path), was=oct(mode), now="0o700")
 
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -54,7 +44,12 @@ async def serve(
         # A client that hangs up cancels its handler, so upstream work and leases end with it.
         handler_cancellation=True,
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except (SecretKeyError, DatabaseError) as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"cannot prepare data dir {settings.data_dir}: {exc.strerror or exc}") from None
     try:
         await web.TCPSite(runner, settings.host, settings.port, reuse_address=True).start()
     except OSError as exc:

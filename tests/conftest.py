@@ -11,7 +11,9 @@ from codexlb.config import Settings
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return dataclasses.replace(Settings(), data_dir=tmp_path / "data", port=0)
+    # Nothing in a test may reach the real ChatGPT backend: port 9 (discard) refuses at once.
+    return dataclasses.replace(Settings(), data_dir=tmp_path / "data", port=0, upstream_base_url="http://127.0.0.1:9",
+                               auth_base_url="http://127.0.0.1:9", usage_poll_interval_s=0)
 
 
 @pytest.fixture

@@ -44,7 +44,11 @@ def show(args: argparse.Namespace) -> int:
     source_file = loaded.config_file or "none"
     lines = [f"# codexlb effective configuration (config file: {source_file})"]
     for name, value in view.items():
-        lines.append(f"{name} = {_toml_value(value)}  # {loaded.sources[name]}")
+        if value is None:
+            # TOML has no null: an unset setting is shown as a comment.
+            lines.append(f"# {name} is unset  # {loaded.sources[name]}")
+        else:
+            lines.append(f"{name} = {_toml_value(value)}  # {loaded.sources[name]}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

@@ -23,10 +23,6 @@ def run(args: argparse.Namespace) -> int:
     settings = loaded.settings
     log.configure(settings.log_level, settings.log_format)
     try:
-        server.ensure_data_dir(settings.data_dir)
-    except OSError as exc:
-        raise CliError(f"cannot create data dir {settings.data_dir}: {exc.strerror}", exit_code=1) from None
-    try:
         return server.run_until_stopped(settings)
     except server.StartupError as exc:
         raise CliError(str(exc), exit_code=1) from None

@@ -1,4 +1,4 @@
-"""The simulated upstream's routes: the ChatGPT backend's, auth.openai.com's token call, and `/__sim` control."""
+"""The simulated upstream's routes: the ChatGPT backend's, auth.openai.com's (and `oauth`), and `/__sim` control."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from codexlb import health, middlewares
-from codexlb.sim import control, responses, validate
+from codexlb.sim import control, oauth, responses, validate
 from codexlb.sim.backend import BACKEND, Backend, Sink, turn_metadata
 from codexlb.sim.errors import SimError, bad_request
 
@@ -148,13 +148,17 @@ async def oauth_token(request: web.Request) -> web.Response:
             form: dict[str, Any] = dict(await request.post())
         else:
             form = validate.parse_json(await request.read())
-        if form.get("grant_type") != "refresh_token":
-            raise bad_request(f"Unsupported grant type: {form.get('grant_type')!r}", "unsupported_grant_type",
-                              "grant_type")
-        token = form.get("refresh_token")
-        if not isinstance(token, str) or not token:
-            raise bad_request("Missing required parameter: 'refresh_token'.", "invalid_request", "refresh_token")
-        account = backend.refresh(token)
+        grant_type = form.get("grant_type")
+        if grant_type == "authorization_code":
+            account = backend.auth.exchange(form)
+        elif grant_type == "refresh_token":
+            token = form.get("refresh_token")
+            if not isinstance(token, str) or not token:
+                raise bad_request("Missing required parameter: 'refresh_token'.", "invalid_request",
+                                  "refresh_token")
+            account = backend.refresh(token)
+        else:
+            raise bad_request(f"Unsupported grant type: {grant_type!r}", "unsupported_grant_type", "grant_type")
     except SimError as exc:
         return _error(exc)
     return _json(200, {
@@ -176,6 +180,7 @@ def create_sim_app(backend: Backend) -> web.Application:
     app.router.add_get("/backend-api/codex/models", models)
     app.router.add_get("/backend-api/wham/usage", usage)
     app.router.add_post("/oauth/token", oauth_token)
+    oauth.setup(app, backend.auth)
     health.setup(app)
     control.setup(app)
     return app

@@ -21,6 +21,7 @@ from codexlb.sim import responses
 from codexlb.sim.accounts import SimAccount, make_accounts
 from codexlb.sim.errors import SimError, bad_request, previous_response_not_found
 from codexlb.sim.faults import FaultBook, Plan, RequestInfo
+from codexlb.sim.oauth import AuthServer
 from codexlb.sim.state import StateStore
 
 DEFAULT_MODELS = ("gpt-5.5", "gpt-5.4", "gpt-5.2-codex", "gpt-5.1-codex", "gpt-5.1-codex-mini", "gpt-5.1", "gpt-5")
@@ -43,6 +44,8 @@ class SimConfig:
     reply_words: int = 0
     seed: int = 0
     models: tuple[str, ...] = DEFAULT_MODELS
+    # The device-code poll interval the sim tells clients; the Codex CLI reads whole seconds only.
+    device_poll_interval_s: float = 1.0
 
 
 @dataclass(slots=True)
@@ -137,6 +140,7 @@ class Backend:
         self.state = StateStore(self.config.state_ttl_s)
         self.faults = FaultBook(self.config.seed)
         self.records: deque[Record] = deque(maxlen=10_000)
+        self.auth = AuthServer(self.accounts, self.account, device_poll_interval_s=self.config.device_poll_interval_s)
         self._seq = 0
         # Per (account, prompt_cache_key): the last full input, to count cached prefix tokens.
         self._prefix: dict[tuple[str, str], tuple[list[Any], list[int]]] = {}

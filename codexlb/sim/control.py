@@ -11,6 +11,11 @@
 | `POST /__sim/state/expire` | age all conversation state past its TTL |
 | `GET/DELETE /__sim/requests` | what each Responses request carried and how it ended |
 | `POST /__sim/reset` | clear faults, state and records |
+| `POST /__sim/login/next` `{"account"?, "error"?, "error_description"?}` | the next sign-in's account (the \
+rotation goes on from it), or the OAuth `error` (e.g. `access_denied`) the next `/oauth/authorize` sends back |
+| `GET /__sim/device` | device codes not yet redeemed, pending or approved |
+| `POST /__sim/device/approve` `{"user_code", "account"?}` | a person approves the code, signing in as `account` \
+(default: the rotation's next); 404 if unknown or expired |
 """
 
 from __future__ import annotations
@@ -155,6 +160,49 @@ async def reset(request: web.Request) -> web.Response:
     return _json({"reset": True})
 
 
+def _account_in(body: dict[str, Any], backend: Any) -> SimAccount | None:
+    if body.get("account") is None:
+        return None
+    if not isinstance(body["account"], (str, int)) or isinstance(body["account"], bool):
+        raise APIError(400, "account must be an account id or a 1-based number.", code="invalid_value",
+                       param="account")
+    account = backend.account(str(body["account"]))
+    if account is None:
+        raise APIError(400, f"No simulated account {body['account']!r}.", code="invalid_value", param="account")
+    return account
+
+
+async def login_next(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    body = await _body(request)
+    account = _account_in(body, backend)
+    error, description = body.get("error"), body.get("error_description")
+    if error is not None and (not isinstance(error, str) or not error):
+        raise APIError(400, "error must be an OAuth error code such as 'access_denied'.", code="invalid_value",
+                       param="error")
+    if description is not None and not isinstance(description, str):
+        raise APIError(400, "error_description must be a string.", code="invalid_value", param="error_description")
+    if account is None and error is None:
+        raise APIError(400, "Give an account, an error, or both.", code="invalid_value")
+    backend.auth.set_next(account, error, description)
+    return _json({"next": backend.auth.upcoming().account_id, "error": error})
+
+
+async def list_devices(request: web.Request) -> web.Response:
+    return _json({"devices": request.app[BACKEND].auth.devices_view()})
+
+
+async def approve_device(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    body = await _body(request)
+    account = _account_in(body, backend)
+    device = backend.auth.device_approve(body.get("user_code"), account)
+    if device is None:
+        raise APIError(404, f"No pending device code {body.get('user_code')!r} (unknown or expired).",
+                       code="not_found", param="user_code")
+    return _json(device.view(time.time()))
+
+
 def setup(app: web.Application) -> None:
     r = app.router
     r.add_get("/__sim/accounts", list_accounts)
@@ -170,3 +218,6 @@ def setup(app: web.Application) -> None:
     r.add_get("/__sim/requests", list_requests)
     r.add_delete("/__sim/requests", clear_requests)
     r.add_post("/__sim/reset", reset)
+    r.add_post("/__sim/login/next", login_next)
+    r.add_get("/__sim/device", list_devices)
+    r.add_post("/__sim/device/approve", approve_device)

@@ -13,9 +13,7 @@ class SimError(Exception):
                  extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.error = error_body(message, type or type_for_status(status), code, param)["error"]
-        if extra:
-            self.error.update(extra)
+        self.error = error_body(message, type or type_for_status(status), code, param, extra)["error"]
         self.headers = headers or {}
 
     @property

@@ -1,0 +1,1 @@
+"""The JSON admin API under /api/ (the CLI and the dashboard use it)."""

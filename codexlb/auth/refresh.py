@@ -1,0 +1,126 @@
+"""Keeping access tokens fresh: before they expire, and at once when upstream answers 401.
+
+One refresh per account at a time (single flight); the rotated refresh token is
+stored before anything can use it; a refresh token upstream refuses for good
+takes the account out of rotation as reauth_required.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from typing import Any
+
+import aiohttp
+
+from codexlb import log
+from codexlb.auth import jwt
+from codexlb.pool.account import Account, Status, Tokens
+from codexlb.pool.roster import Roster
+from codexlb.singleflight import SingleFlight
+
+CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
+# Answers that mean this refresh token will never work again.
+PERMANENT = frozenset({
+    "invalid_grant", "refresh_token_reused", "refresh_token_expired", "refresh_token_invalidated",
+    "token_expired", "token_revoked",
+})
+_log = log.get("codexlb.refresh")
+
+
+class RefreshError(Exception):
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def _error_code(body: Any) -> str:
+    if not isinstance(body, dict):
+        return ""
+    error = body.get("error")
+    if isinstance(error, dict):
+        return str(error.get("code") or error.get("type") or "")
+    return str(error or body.get("code") or "")
+
+
+class Refresher:
+    def __init__(self, roster: Roster, http: aiohttp.ClientSession, auth_base_url: str, *,
+                 margin_s: float = 600.0, jitter_s: float = 120.0, timeout_s: float = 30.0) -> None:
+        self._roster = roster
+        self._http = http
+        self._url = auth_base_url.rstrip("/") + "/oauth/token"
+        self._margin_s = margin_s
+        self._jitter_s = jitter_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._flights: SingleFlight[Tokens] = SingleFlight()
+
+    def due(self, account: Account, now: float) -> bool:
+        """Refresh ahead of expiry; a stable per-account jitter keeps a pool from refreshing in one burst."""
+        if account.status in (Status.PAUSED, Status.REAUTH_REQUIRED, Status.DEACTIVATED):
+            return False
+        jitter = (zlib.crc32(account.id.encode()) % 1000) / 1000 * self._jitter_s
+        return account.tokens.access_expires_at - now <= self._margin_s + jitter
+
+    async def refresh(self, account: Account, reason: str) -> Tokens:
+        """Refresh now (joined with a refresh already running for this account)."""
+        return await self._flights.do(account.id, lambda: self._refresh(account, reason))
+
+    async def ensure_fresh(self, account: Account) -> Tokens:
+        if self.due(account, time.time()):
+            return await self.refresh(account, "expiring")
+        return account.tokens
+
+    async def refresh_due(self, now: float | None = None) -> int:
+        """One sweep of the proactive loop: refresh every account that is due; returns how many were."""
+        now = time.time() if now is None else now
+        due = [a for a in self._roster.all() if self.due(a, now)]
+        results = await asyncio.gather(*(self.refresh(a, "expiring") for a in due), return_exceptions=True)
+        for account, result in zip(due, results):
+            if isinstance(result, RefreshError) and not result.permanent:
+                _log.warning("token refresh failed; will retry", account=account.alias, error=str(result))
+        return len(due)
+
+    async def run(self, interval_s: float = 30.0) -> None:
+        while True:
+            await self.refresh_due()
+            await asyncio.sleep(interval_s)
+
+    async def close(self) -> None:
+        await self._flights.close()
+
+    async def _refresh(self, account: Account, reason: str) -> Tokens:
+        used = account.tokens.refresh_token
+        body = {"client_id": CLIENT_ID, "grant_type": "refresh_token", "refresh_token": used,
+                "scope": "openid profile email"}
+        try:
+            async with self._http.post(self._url, json=body, timeout=self._timeout) as resp:
+                status = resp.status
+                try:
+                    data = await resp.json(content_type=None)
+                except ValueError:
+                    data = None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise RefreshError(f"token endpoint unreachable: {type(exc).__name__}", permanent=False) from None
+        if status != 200 or not isinstance(data, dict):
+            code = _error_code(data)
+            permanent = status in (400, 401, 403) and code in PERMANENT
+            if permanent:
+                self._roster.mark_reauth_required(account, f"refresh refused: {code}")
+            raise RefreshError(f"token refresh answered {status} {code}".strip(), permanent=permanent)
+        try:
+            access = data["access_token"]
+            tokens = Tokens(
+                access_token=access,
+                # A grant that does not rotate keeps the old refresh token valid.
+                refresh_token=data.get("refresh_token") or used,
+                id_token=data.get("id_token") or account.tokens.id_token,
+                access_expires_at=jwt.expiry(access),
+                last_refresh=time.time(),
+            )
+        except (KeyError, TypeError, jwt.JWTError) as exc:
+            raise RefreshError(f"token endpoint answered an unusable body ({exc})", permanent=False) from None
+        await self._roster.set_tokens(account, tokens)
+        _log.info("token refreshed", account=account.alias, reason=reason,
+                  expires_in_s=int(tokens.access_expires_at - time.time()))
+        return tokens

@@ -1,0 +1,116 @@
+"""What upstream says about an account's limits, turned into windows and status changes.
+
+Pure functions over headers, events and bodies; the roster applies the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from codexlb.pool.account import Account, Status, Window
+
+# A 429 without a usable reset time still has to end some day.
+DEFAULT_RATE_LIMIT_S = 60.0
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def windows_from_headers(headers: Mapping[str, str], now: float) -> dict[str, Window]:
+    """`x-codex-{primary,secondary}-*` response headers; windows with missing parts are skipped."""
+    out = {}
+    for name in ("primary", "secondary"):
+        used = _number(headers.get(f"x-codex-{name}-used-percent"))
+        minutes = _number(headers.get(f"x-codex-{name}-window-minutes"))
+        reset_at = _number(headers.get(f"x-codex-{name}-reset-at"))
+        if reset_at is None:
+            after = _number(headers.get(f"x-codex-{name}-reset-after-seconds"))
+            reset_at = now + after if after is not None else None
+        if used is not None and minutes is not None and reset_at is not None:
+            out[name] = Window(used, int(minutes), reset_at)
+    return out
+
+
+def windows_from_usage(body: Any, now: float) -> dict[str, Window]:
+    """The `/wham/usage` body (`rate_limit.primary_window` / `secondary_window`)."""
+    limits = body.get("rate_limit") if isinstance(body, dict) else None
+    out = {}
+    if not isinstance(limits, dict):
+        return out
+    for name in ("primary", "secondary"):
+        window = limits.get(f"{name}_window")
+        if not isinstance(window, dict):
+            continue
+        used = _number(window.get("used_percent"))
+        seconds = _number(window.get("limit_window_seconds"))
+        reset_at = _number(window.get("reset_at"))
+        if reset_at is None and _number(window.get("reset_after_seconds")) is not None:
+            reset_at = now + float(window["reset_after_seconds"])
+        if used is not None and seconds is not None and reset_at is not None:
+            out[name] = Window(used, int(seconds // 60), reset_at)
+    return out
+
+
+def windows_from_event(event: Mapping[str, Any], now: float) -> dict[str, Window]:
+    """A `codex.rate_limits` stream event: `rate_limits.{primary,secondary}` with used_percent,
+    window_minutes and resets_at / resets_in_seconds."""
+    limits = event.get("rate_limits")
+    out = {}
+    if not isinstance(limits, dict):
+        return out
+    for name in ("primary", "secondary"):
+        window = limits.get(name)
+        if not isinstance(window, dict):
+            continue
+        used = _number(window.get("used_percent"))
+        minutes = _number(window.get("window_minutes"))
+        reset_at = _number(window.get("resets_at"))
+        if reset_at is None and _number(window.get("resets_in_seconds")) is not None:
+            reset_at = now + float(window["resets_in_seconds"])
+        if used is not None and minutes is not None and reset_at is not None:
+            out[name] = Window(used, int(minutes), reset_at)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What an upstream answer means for the account that got it."""
+
+    status: Status
+    until: float | None
+    reason: str
+
+
+def verdict_for_error(status: int, error: Mapping[str, Any] | None, headers: Mapping[str, str],
+                      now: float) -> Verdict | None:
+    """An upstream error's effect on the account: None when the account itself is fine."""
+    error = error or {}
+    code = str(error.get("code") or error.get("type") or "")
+    if status == 429 and code == "usage_limit_reached":
+        reset_at = _number(error.get("resets_at"))
+        if reset_at is None and _number(error.get("resets_in_seconds")) is not None:
+            reset_at = now + float(error["resets_in_seconds"])
+        return Verdict(Status.QUOTA_EXCEEDED, reset_at or now + DEFAULT_RATE_LIMIT_S, "usage limit reached")
+    if status == 429:
+        retry_after = _number(headers.get("retry-after"))
+        return Verdict(Status.RATE_LIMITED, now + (retry_after or DEFAULT_RATE_LIMIT_S), code or "rate limited")
+    if status == 403 and code in ("account_deactivated", "deactivated_workspace"):
+        return Verdict(Status.DEACTIVATED, None, code)
+    return None
+
+
+def exhausted_window(account: Account, now: float) -> Window | None:
+    """A known window at 100 % that has not reset yet."""
+    full = [w for w in (account.primary, account.secondary) if w is not None and w.used_percent >= 100 and w.reset_at > now]
+    return max(full, key=lambda w: w.reset_at) if full else None

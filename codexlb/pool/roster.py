@@ -1,0 +1,165 @@
+"""The accounts the pool has: held in memory, every change written through the store."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Callable
+
+from codexlb import log
+from codexlb.auth.authjson import Login
+from codexlb.pool.account import Account, Status, Tokens, Window
+from codexlb.pool.quota import Verdict, exhausted_window
+from codexlb.store import Store
+
+_log = log.get("codexlb.pool")
+_ALIAS_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class RosterError(Exception):
+    """An operator's request that cannot be done (unknown account, bad alias); one line."""
+
+
+def _fresher(new: Tokens, old: Tokens) -> bool:
+    return (new.access_expires_at, new.last_refresh) > (old.access_expires_at, old.last_refresh)
+
+
+class Roster:
+    def __init__(self, store: Store, accounts: list[Account]) -> None:
+        self._store = store
+        self._accounts: dict[str, Account] = {a.id: a for a in accounts}
+        self.on_removed: list[Callable[[Account], None]] = []
+
+    @classmethod
+    async def load(cls, store: Store) -> "Roster":
+        return cls(store, await store.load_accounts())
+
+    def all(self) -> list[Account]:
+        return list(self._accounts.values())
+
+    def find(self, key: str) -> Account | None:
+        """By account id, alias, or 1-based position in `all()`."""
+        if key in self._accounts:
+            return self._accounts[key]
+        for account in self._accounts.values():
+            if account.alias == key:
+                return account
+        if key.isdigit() and 1 <= int(key) <= len(self._accounts):
+            return self.all()[int(key) - 1]
+        return None
+
+    def get(self, key: str) -> Account:
+        account = self.find(key)
+        if account is None:
+            raise RosterError(f"no account {key!r} (see `codexlb accounts list`)")
+        return account
+
+    def _alias_for(self, login: Login) -> str:
+        base = (login.email or login.account_id).split("@")[0]
+        base = re.sub(r"[^A-Za-z0-9._-]", "-", base)[:48].strip("-.") or "account"
+        taken = {a.alias for a in self._accounts.values()}
+        alias, n = base, 2
+        while alias in taken:
+            alias, n = f"{base}-{n}", n + 1
+        return alias
+
+    async def add_login(self, login: Login, alias: str | None = None) -> tuple[Account, str]:
+        """Add an account or refresh its tokens; a staler token never replaces a fresher one.
+
+        Returns the account and what happened: "added", "updated" or "kept".
+        """
+        if alias is not None and not _ALIAS_OK.match(alias):
+            raise RosterError(f"alias {alias!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        existing = self._accounts.get(login.account_id)
+        if alias is not None and any(a.alias == alias and a is not existing for a in self._accounts.values()):
+            raise RosterError(f"alias {alias!r} is taken")
+        if existing is None:
+            account = Account(
+                id=login.account_id, alias=alias or self._alias_for(login), email=login.email, plan=login.plan,
+                tokens=login.tokens, created_at=time.time(),
+            )
+            await self._store.save_account(account)
+            self._accounts[account.id] = account
+            _log.info("account added", account=account.alias)
+            return account, "added"
+        outcome = "kept"
+        if _fresher(login.tokens, existing.tokens):
+            existing.tokens = login.tokens
+            outcome = "updated"
+            if existing.status in (Status.REAUTH_REQUIRED, Status.DEACTIVATED):
+                self._set(existing, Status.ACTIVE, None, "logged in again")
+        existing.email = login.email or existing.email
+        existing.plan = login.plan or existing.plan
+        existing.alias = alias or existing.alias
+        await self._store.save_account(existing)
+        _log.info("account imported again", account=existing.alias, outcome=outcome)
+        return existing, outcome
+
+    async def remove(self, key: str) -> Account:
+        account = self.get(key)
+        await self._store.delete_account(account.id)
+        del self._accounts[account.id]
+        for listener in self.on_removed:
+            listener(account)
+        _log.info("account removed", account=account.alias)
+        return account
+
+    async def pause(self, key: str) -> Account:
+        account = self.get(key)
+        self._set(account, Status.PAUSED, None, "paused by operator")
+        await self._store.save_account(account)
+        return account
+
+    async def resume(self, key: str) -> Account:
+        account = self.get(key)
+        if account.status is not Status.PAUSED:
+            raise RosterError(f"account {account.alias!r} is {account.status.value}, not paused")
+        self._set(account, Status.ACTIVE, None, "resumed by operator")
+        self.note_windows(account, {}, time.time())
+        await self._store.save_account(account)
+        return account
+
+    async def set_tokens(self, account: Account, tokens: Tokens) -> None:
+        """New tokens from a refresh: durable before anyone uses the new refresh token."""
+        account.tokens = tokens
+        await self._store.save_account(account)
+
+    def mark_reauth_required(self, account: Account, reason: str) -> None:
+        self._set(account, Status.REAUTH_REQUIRED, None, reason)
+        _log.warning("account needs a new login; out of rotation until `codexlb accounts login`",
+                     account=account.alias, reason=reason)
+        self._store.save_account_soon(account)
+
+    def note_windows(self, account: Account, windows: dict[str, Window], now: float) -> None:
+        """Fresh usage figures: record them and move the account in or out of quota_exceeded."""
+        if "primary" in windows:
+            account.primary = windows["primary"]
+        if "secondary" in windows:
+            account.secondary = windows["secondary"]
+        full = exhausted_window(account, now)
+        if full is not None and account.status is Status.ACTIVE:
+            self._set(account, Status.QUOTA_EXCEEDED, full.reset_at, "usage window full")
+        elif full is None and account.status is Status.QUOTA_EXCEEDED and windows:
+            self._set(account, Status.ACTIVE, None, "usage below the limit")
+        if windows or full is not None:
+            self._store.save_account_soon(account)
+
+    def note_verdict(self, account: Account, verdict: Verdict) -> None:
+        if account.status in (Status.PAUSED, Status.REAUTH_REQUIRED):
+            return
+        self._set(account, verdict.status, verdict.until, verdict.reason)
+        self._store.save_account_soon(account)
+
+    def reactivate_due(self, now: float) -> None:
+        """Timed statuses whose reset has passed go back to active."""
+        for account in self._accounts.values():
+            if (account.status in (Status.RATE_LIMITED, Status.QUOTA_EXCEEDED)
+                    and account.status_until is not None and account.status_until <= now):
+                self._set(account, Status.ACTIVE, None, "reset time passed")
+                self._store.save_account_soon(account)
+
+    def _set(self, account: Account, status: Status, until: float | None, reason: str) -> None:
+        if account.status is not status:
+            _log.info("account status", account=account.alias, status=status.value, was=account.status.value,
+                      until=until, reason=reason)
+        account.status, account.status_until, account.status_reason = status, until, reason

@@ -1,0 +1,136 @@
+"""Durable state: accounts (tokens sealed) and usage records, in SQLite, off the event loop.
+
+Reads happen once at start-up; the running process serves from memory. Account
+writes are committed one by one (an account is never lost); usage records are
+batched and flushed every `flush_interval_s` (a crash loses at most that batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from dataclasses import astuple, dataclass
+from pathlib import Path
+
+from codexlb import log
+from codexlb.pool.account import Account
+from codexlb.store import accounts as account_rows
+from codexlb.store.db import DB_FILE_NAME, Database, DatabaseError
+from codexlb.store.secrets import KEY_FILE_NAME, SecretBox, SecretKeyError, load_or_create_key
+
+__all__ = ["Store", "UsageRecord", "DatabaseError", "SecretKeyError"]
+
+_log = log.get("codexlb.store")
+_KEY_CHECK = "key_check"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    ts: float
+    account_id: str | None
+    api_key_id: str | None
+    route: str
+    model: str | None
+    status: int
+    error_code: str | None
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    duration_ms: float | None = None
+
+
+_INSERT_USAGE = (
+    "INSERT INTO usage (ts, account_id, api_key_id, route, model, status, error_code, input_tokens, "
+    "cached_tokens, output_tokens, reasoning_tokens, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _check_key(conn: sqlite3.Connection, box: SecretBox, path: Path) -> None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_KEY_CHECK,)).fetchone()
+    if row is None:
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (_KEY_CHECK, box.seal(_KEY_CHECK, _KEY_CHECK)))
+        return
+    try:
+        box.open(row[0], _KEY_CHECK)
+    except SecretKeyError:
+        raise SecretKeyError(
+            f"the secret key does not match {path}: start with the key file it was created with "
+            f"(CODEXLB_SECRET_KEY_FILE), or move the database aside to start empty"
+        ) from None
+
+
+class Store:
+    def __init__(self, db: Database, box: SecretBox, flush_interval_s: float) -> None:
+        self._db = db
+        self._box = box
+        self._flush_interval_s = flush_interval_s
+        self._usage: list[tuple] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, data_dir: Path, key_file: Path | None = None, *, flush_interval_s: float = 1.0) -> "Store":
+        """Open (creating if needed) the database and key in `data_dir`; raises SecretKeyError or DatabaseError."""
+        key_path = key_file or data_dir / KEY_FILE_NAME
+        db_path = data_dir / DB_FILE_NAME
+        # A new key is only right beside a new database: a lost key must not silently start a second one.
+        fresh = not db_path.exists()
+        key = await asyncio.get_running_loop().run_in_executor(None, load_or_create_key, key_path, fresh)
+        box = SecretBox(key)
+        db = Database(db_path)
+        try:
+            await db.open()
+            await db.call(lambda conn: _check_key(conn, box, db_path))
+        except BaseException:
+            await db.close()
+            raise
+        store = cls(db, box, flush_interval_s)
+        store._flusher = asyncio.create_task(store._flush_forever(), name="codexlb-usage-flush")
+        return store
+
+    async def load_accounts(self) -> list[Account]:
+        return await self._db.call(lambda conn: account_rows.load_all(conn, self._box))
+
+    async def save_account(self, account: Account) -> None:
+        """Commit now: for changes that must be durable before the caller goes on (a rotated refresh token)."""
+        row = account_rows.to_row(account, self._box)
+        await self._db.call(lambda conn: account_rows.upsert(conn, row))
+
+    def save_account_soon(self, account: Account) -> None:
+        """Queue the write (status, usage windows); queued writes land in order."""
+        row = account_rows.to_row(account, self._box)
+        self._db.submit(lambda conn: account_rows.upsert(conn, row))
+
+    async def delete_account(self, account_id: str) -> bool:
+        return await self._db.call(lambda conn: account_rows.delete(conn, account_id))
+
+    def record_usage(self, record: UsageRecord) -> None:
+        self._usage.append(astuple(record))
+
+    async def flush_usage(self) -> None:
+        if not self._usage:
+            return
+        batch, self._usage = self._usage, []
+        await self._db.call(lambda conn: conn.executemany(_INSERT_USAGE, batch))
+
+    async def usage_rows(self, account_id: str | None = None) -> list[tuple]:
+        query = "SELECT * FROM usage" + (" WHERE account_id = ?" if account_id else "") + " ORDER BY id"
+        return await self._db.call(lambda conn: conn.execute(query, (account_id,) if account_id else ()).fetchall())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_interval_s)
+            try:
+                await self.flush_usage()
+            except sqlite3.Error as exc:
+                _log.error("usage flush failed", error=str(exc))
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            try:
+                await self._flusher
+            except asyncio.CancelledError:
+                pass
+        await self.flush_usage()
+        await self._db.close()

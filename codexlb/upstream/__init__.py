@@ -1,0 +1,1 @@
+"""Talking to the ChatGPT backend: the shared client session and per-account headers."""

@@ -1,0 +1,171 @@
+"""Accounts survive restarts and crashes; secrets are sealed; a wrong key is a clear error."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from codexlb.pool.account import Status, Window
+from codexlb.pool.roster import Roster
+from codexlb.store import SecretKeyError, Store, UsageRecord, db as db_module
+from tests.accounts.conftest import login_of
+
+
+async def test_restart_keeps_accounts_statuses_and_resets(tmp_path, sim):
+    data = tmp_path / "d"
+    data.mkdir(mode=0o700)
+    store = await Store.open(data)
+    roster = await Roster.load(store)
+    for sim_account in sim.backend.accounts:
+        await roster.add_login(login_of(sim_account))
+    first, second, third = roster.all()
+    reset = time.time() + 3600
+    roster.note_windows(first, {"primary": Window(100.0, 300, reset), "secondary": Window(40.0, 10080, reset + 9)},
+                        time.time())
+    await roster.pause(second.alias)
+    roster.mark_reauth_required(third, "refresh refused: refresh_token_reused")
+    await store.close()
+
+    reopened = await Store.open(data)
+    again = {a.id: a for a in (await Roster.load(reopened)).all()}
+    assert again[first.id].status is Status.QUOTA_EXCEEDED and again[first.id].status_until == reset
+    assert again[first.id].primary == Window(100.0, 300, reset)
+    assert again[first.id].secondary == Window(40.0, 10080, reset + 9)
+    assert again[second.id].status is Status.PAUSED
+    assert again[third.id].status is Status.REAUTH_REQUIRED
+    assert again[third.id].status_reason == "refresh refused: refresh_token_reused"
+    assert again[first.id].tokens == first.tokens and again[first.id].alias == first.alias
+    await reopened.close()
+
+
+async def test_files_are_private_and_tokens_sealed(tmp_path, sim):
+    data = tmp_path / "d"
+    data.mkdir(mode=0o700)
+    store = await Store.open(data)
+    roster = await Roster.load(store)
+    await roster.add_login(login_of(sim.backend.accounts[0]))
+    await store.close()
+    assert oct((data / "secret.key").stat().st_mode & 0o777) == "0o600"
+    assert oct((data / "codexlb.db").stat().st_mode & 0o777) == "0o600"
+    raw = (data / "codexlb.db").read_bytes()
+    account = sim.backend.accounts[0]
+    for token in (account.access_token, account.refresh_token, account.id_token):
+        assert token.encode() not in raw
+
+
+async def test_wrong_key_is_a_clear_error(tmp_path, sim):
+    data = tmp_path / "d"
+    data.mkdir(mode=0o700)
+    store = await Store.open(data)
+    await (await Roster.load(store)).add_login(login_of(sim.backend.accounts[0]))
+    await store.close()
+    other = tmp_path / "other.key"
+    other.write_text("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVowMTIzNDU=\n")
+    with pytest.raises(SecretKeyError, match="does not match"):
+        await Store.open(data, other)
+    (data / "secret.key").unlink()
+    with pytest.raises(SecretKeyError, match="does not exist, but the database does"):
+        await Store.open(data)
+
+
+def test_serve_with_wrong_key_exits_with_one_line(tmp_path):
+    data = tmp_path / "d"
+    data.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    first = subprocess.run([sys.executable, "-m", "codexlb", "accounts", "list", "--data-dir", str(data)],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    bad = tmp_path / "bad.key"
+    bad.write_text("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVowMTIzNDU=\n")
+    proc = subprocess.run([sys.executable, "-m", "codexlb", "serve", "--port", "0", "--data-dir", str(data),
+                           "--secret-key-file", str(bad)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("codexlb: error: the secret key does not match")
+    assert proc.stderr.count("\n") == 1
+
+
+async def test_migration_takes_a_backup_first(tmp_path, monkeypatch):
+    data = tmp_path / "d"
+    data.mkdir(mode=0o700)
+    await (await Store.open(data)).close()
+    monkeypatch.setattr(db_module, "MIGRATIONS", (*db_module.MIGRATIONS, "ALTER TABLE accounts ADD COLUMN note TEXT"))
+    monkeypatch.setattr(db_module, "SCHEMA_VERSION", len(db_module.MIGRATIONS))
+    store = await Store.open(data)
+    await store.close()
+    backups = list(data.glob("codexlb.db.v1-*.bak"))
+    assert len(backups) == 1 and oct(backups[0].stat().st_mode & 0o777) == "0o600"
+    with sqlite3.connect(data / "codexlb.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert "note" in [row[1] for row in conn.execute("PRAGMA table_info(accounts)")]
+    with sqlite3.connect(backups[0]) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+async def test_newer_schema_is_refused(tmp_path):
+    data = tmp_path / "d"
+    data.mkdir(mode=0o700)
+    await (await Store.open(data)).close()
+    with sqlite3.connect(data / "codexlb.db") as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(db_module.DatabaseError, match="newer than this codexlb"):
+        await Store.open(data)
+
+
+async def test_usage_records_flush_in_batches(store):
+    for i in range(3):
+        store.record_usage(UsageRecord(ts=time.time(), account_id="a", api_key_id=None, route="/r", model="m",
+                                       status=200, error_code=None, input_tokens=i))
+    assert await store.usage_rows() == []
+    await store.flush_usage()
+    assert [row[8] for row in await store.usage_rows()] == [0, 1, 2]
+
+
+KILL_SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+from codexlb.auth.authjson import read
+from codexlb.pool.roster import Roster
+from codexlb.store import Store
+
+async def main():
+    store = await Store.open(Path(sys.argv[1]))
+    roster = await Roster.load(store)
+    for path in sys.argv[2:]:
+        await roster.add_login(read(Path(path)))
+    print("imported", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_kill_9_after_import_loses_no_account(tmp_path):
+    from codexlb.sim.backend import Backend, SimConfig
+    import orjson
+
+    backend = Backend(SimConfig(accounts=2))
+    paths = []
+    for account in backend.accounts:
+        path = tmp_path / f"{account.account_id}.json"
+        path.write_bytes(orjson.dumps(account.auth_json()))
+        paths.append(str(path))
+    data = tmp_path / "d"
+    data.mkdir(mode=0o700)
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(data), *paths], stdout=subprocess.PIPE, text=True)
+    try:
+        assert any(line.strip() == "imported" for line in proc.stdout)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    listed = subprocess.run([sys.executable, "-m", "codexlb", "accounts", "list", "--json", "--data-dir", str(data)],
+                            capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")})
+    ids = [a["id"] for a in orjson.loads(listed.stdout)["accounts"]]
+    assert ids == [a.account_id for a in backend.accounts]
