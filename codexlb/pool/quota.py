@@ -27,60 +27,57 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def _window(used: Any, minutes: Any, reset_at: Any, reset_after: Any, now: float) -> Window | None:
+    """A window from raw figures, or None when one is missing or not a number."""
+    used, minutes, reset_at, reset_after = map(_number, (used, minutes, reset_at, reset_after))
+    if reset_at is None and reset_after is not None:
+        reset_at = now + reset_after
+    if used is None or minutes is None or reset_at is None:
+        return None
+    return Window(used, int(minutes), reset_at)
+
+
+def _collect(pairs: Any) -> dict[str, Window]:
+    return {name: window for name, window in pairs if window is not None}
+
+
 def windows_from_headers(headers: Mapping[str, str], now: float) -> dict[str, Window]:
-    """`x-codex-{primary,secondary}-*` response headers; windows with missing parts are skipped."""
-    out = {}
-    for name in ("primary", "secondary"):
-        used = _number(headers.get(f"x-codex-{name}-used-percent"))
-        minutes = _number(headers.get(f"x-codex-{name}-window-minutes"))
-        reset_at = _number(headers.get(f"x-codex-{name}-reset-at"))
-        if reset_at is None:
-            after = _number(headers.get(f"x-codex-{name}-reset-after-seconds"))
-            reset_at = now + after if after is not None else None
-        if used is not None and minutes is not None and reset_at is not None:
-            out[name] = Window(used, int(minutes), reset_at)
-    return out
+    """`x-codex-{primary,secondary}-*` response headers."""
+    return _collect(
+        (name, _window(headers.get(f"x-codex-{name}-used-percent"), headers.get(f"x-codex-{name}-window-minutes"),
+                       headers.get(f"x-codex-{name}-reset-at"), headers.get(f"x-codex-{name}-reset-after-seconds"),
+                       now))
+        for name in ("primary", "secondary")
+    )
 
 
 def windows_from_usage(body: Any, now: float) -> dict[str, Window]:
     """The `/wham/usage` body (`rate_limit.primary_window` / `secondary_window`)."""
     limits = body.get("rate_limit") if isinstance(body, dict) else None
-    out = {}
     if not isinstance(limits, dict):
-        return out
+        return {}
+    pairs = []
     for name in ("primary", "secondary"):
-        window = limits.get(f"{name}_window")
-        if not isinstance(window, dict):
-            continue
-        used = _number(window.get("used_percent"))
-        seconds = _number(window.get("limit_window_seconds"))
-        reset_at = _number(window.get("reset_at"))
-        if reset_at is None and _number(window.get("reset_after_seconds")) is not None:
-            reset_at = now + float(window["reset_after_seconds"])
-        if used is not None and seconds is not None and reset_at is not None:
-            out[name] = Window(used, int(seconds // 60), reset_at)
-    return out
+        w = limits.get(f"{name}_window")
+        if isinstance(w, dict):
+            seconds = _number(w.get("limit_window_seconds"))
+            minutes = None if seconds is None else seconds / 60
+            pairs.append((name, _window(w.get("used_percent"), minutes, w.get("reset_at"),
+                                        w.get("reset_after_seconds"), now)))
+    return _collect(pairs)
 
 
 def windows_from_event(event: Mapping[str, Any], now: float) -> dict[str, Window]:
     """A `codex.rate_limits` stream event: `rate_limits.{primary,secondary}` with used_percent,
     window_minutes and resets_at / resets_in_seconds."""
     limits = event.get("rate_limits")
-    out = {}
     if not isinstance(limits, dict):
-        return out
-    for name in ("primary", "secondary"):
-        window = limits.get(name)
-        if not isinstance(window, dict):
-            continue
-        used = _number(window.get("used_percent"))
-        minutes = _number(window.get("window_minutes"))
-        reset_at = _number(window.get("resets_at"))
-        if reset_at is None and _number(window.get("resets_in_seconds")) is not None:
-            reset_at = now + float(window["resets_in_seconds"])
-        if used is not None and minutes is not None and reset_at is not None:
-            out[name] = Window(used, int(minutes), reset_at)
-    return out
+        return {}
+    return _collect(
+        (name, _window(w.get("used_percent"), w.get("window_minutes"), w.get("resets_at"),
+                       w.get("resets_in_seconds"), now))
+        for name in ("primary", "secondary") if isinstance(w := limits.get(name), dict)
+    )
 
 
 @dataclass(frozen=True, slots=True)
