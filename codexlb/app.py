@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from codexlb import health, middlewares, services
+from codexlb import client_auth, health, middlewares, services
 from codexlb.api import accounts as accounts_api
+from codexlb.api import keys as keys_api
+from codexlb.proxy import routes as proxy_routes
 from codexlb.config import Settings
 from codexlb.services import SETTINGS
 
@@ -13,10 +15,13 @@ __all__ = ["SETTINGS", "create_app"]
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[middlewares.access_log, middlewares.openai_errors])
+    # Outermost first: every request is logged and gets OpenAI-shaped errors, the auth failures too.
+    app = web.Application(middlewares=[middlewares.access_log, middlewares.openai_errors, client_auth.client_auth])
     app[SETTINGS] = settings
     app.on_response_prepare.append(middlewares.on_response_prepare)
     app.cleanup_ctx.append(services.services)
     health.setup(app)
     accounts_api.setup(app)
+    keys_api.setup(app)
+    proxy_routes.setup(app)
     return app

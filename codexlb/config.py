@@ -39,6 +39,16 @@ def _check_non_negative(value: float) -> None:
         raise ValueError("must not be negative")
 
 
+def _check_positive(value: float) -> None:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+
+
+def _check_at_least_one(value: int) -> None:
+    if value < 1:
+        raise ValueError("must be at least 1")
+
+
 def _check_url(value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -64,6 +74,10 @@ def setting(
 class Settings:
     host: str = setting("127.0.0.1", "Address to listen on.", metavar="ADDR")
     port: int = setting(2455, "TCP port to listen on (0 picks a free one).", check=_check_port)
+    allow_unauthenticated: bool = setting(
+        False, "While no API key exists, serve clients on any address, not just this machine; without it, "
+        "serve refuses to listen on a non-loopback address until a key exists.",
+    )
     data_dir: Path = setting(
         Path("~/.codexlb"),
         "Where the database, secret key and config.toml live (created with mode 0700).",
@@ -104,6 +118,33 @@ class Settings:
     usage_poll_interval_s: float = setting(
         120.0, "How often each account's usage windows are read from upstream (0 turns polling off).",
         check=_check_non_negative, metavar="SECONDS",
+    )
+    max_body_mb: float = setting(
+        16.0, "Largest request body accepted, in MiB (the Codex CLI gets a 400 for more, since it retries 413s).",
+        check=_check_positive, metavar="MIB",
+    )
+    upstream_connect_timeout_s: float = setting(
+        10.0, "Bound on connecting to upstream.", check=_check_positive, metavar="SECONDS",
+    )
+    upstream_first_event_timeout_s: float = setting(
+        120.0, "Bound on waiting for upstream's first event; past it, the next account is tried.",
+        check=_check_positive, metavar="SECONDS",
+    )
+    upstream_idle_timeout_s: float = setting(
+        300.0, "Bound on silence between upstream events once a stream runs.", check=_check_positive,
+        metavar="SECONDS",
+    )
+    failover_accounts: int = setting(
+        3, "Most accounts one request is tried on before the client gets an error.", check=_check_at_least_one,
+        metavar="N",
+    )
+    failover_budget_s: float = setting(
+        60.0, "Most time spent failing over before the client gets an error.", check=_check_positive,
+        metavar="SECONDS",
+    )
+    keepalive_s: float = setting(
+        10.0, "While the first event is awaited longer than this, send keep-alives this often (commits the "
+        "answer: no failover after the first one).", check=_check_positive, metavar="SECONDS",
     )
     drain_timeout_s: float = setting(
         30.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.",

@@ -42,7 +42,15 @@ def _sensitive_key(key: Any) -> bool:
     return lowered in _SENSITIVE_KEYS or lowered.endswith(_SENSITIVE_SUFFIXES)
 
 
+# One cheap search that every secret pattern needs to match first; most log strings have none.
+_MAYBE_SECRET = re.compile(
+    r"(?i)bearer|basic|eyJ|sk-|rt_|access_token|refresh_token|id_token|api_key|password|code|client_secret"
+)
+
+
 def redact_text(text: str) -> str:
+    if not _MAYBE_SECRET.search(text):
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -76,8 +84,7 @@ def _orjson_dumps(obj: Any, default: Any = None, **_: Any) -> str:
 
 _SHARED: list[Any] = [
     structlog.contextvars.merge_contextvars,
-    structlog.stdlib.add_log_level,
-    structlog.stdlib.add_logger_name,
+    structlog.processors.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
 
@@ -92,36 +99,48 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         if fmt == "console"
         else [_lead_with_essentials, structlog.processors.JSONRenderer(serializer=_orjson_dumps)]
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_SHARED,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            # Tracebacks become text first, so the redaction step sees them too.
-            structlog.processors.format_exc_info,
-            _redact_processor,
-            *renderers,
-        ],
-    )
+    # Tracebacks become text first, so the redaction step sees them too.
+    tail = [structlog.processors.format_exc_info, _redact_processor, *renderers]
+
+    # Libraries log through stdlib logging: one handler, the same tail.
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+    ))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp's own access log would duplicate our request line.
     logging.getLogger("aiohttp.access").propagate = False
 
+    # Our own events skip stdlib logging: a request line is on the hot path.
+    global _generation
+    _generation += 1
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *_SHARED,
-            structlog.stdlib.PositionalArgumentsFormatter(),
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*_SHARED, *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
 
 
+class _Named:
+    """A logger made at import time that follows later `configure` calls (tests reconfigure often)."""
+
+    __slots__ = ("_name", "_bound", "_generation")
+
+    def __init__(self, name: str) -> None:
+        self._name, self._bound, self._generation = name, None, -1
+
+    def __getattr__(self, method: str) -> Any:
+        if self._generation != _generation:
+            self._bound = structlog.get_logger().bind(logger=self._name)
+            self._generation = _generation
+        return getattr(self._bound, method)
+
+
+_generation = 0
+
+
 def get(name: str) -> Any:
-    return structlog.stdlib.get_logger(name)
+    return _Named(name)

@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from codexlb import errors, log
+from codexlb.client_auth import API_KEY
 
 _log = log.get("codexlb.request")
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -46,6 +47,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
             remote=request.remote,
             request_id=request[REQUEST_ID],
+            key_id=key.id if (key := request.get(API_KEY)) is not None else None,
         )
 
 

@@ -5,24 +5,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import Callable
+from typing import Any, Callable, Coroutine
 
 from aiohttp import web
 
 from codexlb import health, log
 from codexlb.app import create_app
 from codexlb.config import Settings
+from codexlb.services import StartupError
 from codexlb.store import DatabaseError, SecretKeyError
+
+__all__ = ["StartupError", "serve", "run_until_stopped"]
 
 _log = log.get("codexlb.server")
 
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 REPEAT_GRACE_S = 0.5
-
-
-class StartupError(Exception):
-    """The server could not start; the message is meant for the operator as it is."""
 
 
 async def serve(
@@ -94,15 +93,15 @@ async def serve(
     _log.info("stopped")
 
 
-def run_until_stopped(settings: Settings, app: web.Application | None = None) -> int:
-    """Run `serve` as a command: the process's exit code.
+def run_until_stopped(main: Coroutine[Any, Any, None]) -> int:
+    """Run a `serve`-based coroutine as a command: the process's exit code.
 
     Between the loop's signal handlers and the process's exit, a late stop signal
     (a forwarded copy, or systemd's) must not kill a process that drained cleanly.
     """
     previous = {sig: signal.signal(sig, _exit_quietly) for sig in SIGNALS}
     try:
-        asyncio.run(serve(settings, app))
+        asyncio.run(main)
     except asyncio.CancelledError:
         return 1
     finally:

@@ -1,5 +1,5 @@
-"""Everything the app starts and must stop: the store, the roster and pool, the upstream session,
-and the background refresh and usage loops (one aiohttp cleanup context, in start order)."""
+"""Everything the app starts and must stop: the store, the API keys, the roster and pool, the upstream
+session, and the background refresh and usage loops (one aiohttp cleanup context, in start order)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from aiohttp import web
 
 from codexlb.auth.refresh import Refresher
 from codexlb.config import Settings
+from codexlb.keys import KeyRing
+from codexlb.loopback import is_loopback_host
 from codexlb.pool.pool import Pool
 from codexlb.pool.roster import Roster
 from codexlb.pool.usage_poller import UsagePoller
@@ -24,6 +26,21 @@ POOL = web.AppKey("pool", Pool)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 REFRESHER = web.AppKey("refresher", Refresher)
 USAGE = web.AppKey("usage_poller", UsagePoller)
+KEYS = web.AppKey("keys", KeyRing)
+
+
+class StartupError(Exception):
+    """The server could not start; the message is meant for the operator as it is (`server.StartupError`)."""
+
+
+def check_exposure(settings: Settings, keys: KeyRing) -> None:
+    """Refuse to listen beyond this machine with nothing to tell clients apart, unless told to."""
+    if keys.has_keys or settings.allow_unauthenticated or is_loopback_host(settings.host):
+        return
+    raise StartupError(
+        f"refusing to listen on {settings.host} with no API key: create one with `codexlb keys create`, "
+        "or pass --allow-unauthenticated to serve every client that can reach it"
+    )
 
 
 def ensure_data_dir(settings: Settings) -> None:
@@ -38,6 +55,9 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     store = await Store.open(settings.data_dir, settings.secret_key_file)
     http = make_session()
     try:
+        keys = await KeyRing.load(store)
+        check_exposure(settings, keys)
+        app[KEYS] = keys
         roster = await Roster.load(store)
         refresher = Refresher(roster, http, settings.auth_base_url, margin_s=settings.refresh_margin_s)
         poller = UsagePoller(roster, refresher, http, settings.upstream_base_url)
@@ -55,4 +75,6 @@ async def services(app: web.Application) -> AsyncIterator[None]:
             await refresher.close()
     finally:
         await http.close()
+        if KEYS in app:
+            app[KEYS].flush_last_used()
         await store.close()

@@ -154,3 +154,42 @@ def test_bad_env_value_exits_nonzero_as_a_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == "codexlb: error: invalid setting 'port' from CODEXLB_PORT: 'abc' is not an integer\n"
     assert not (tmp_path / ".codexlb").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "file", "expected", "source"),
+    [
+        ([], {}, None, False, "default"),
+        (["--allow-unauthenticated"], {}, None, True, "--allow-unauthenticated"),  # a bare bool flag means true
+        (["--allow-unauthenticated", "true"], {}, None, True, "--allow-unauthenticated"),
+        (["--allow-unauthenticated", "false"], {"CODEXLB_ALLOW_UNAUTHENTICATED": "yes"}, None, False,
+         "--allow-unauthenticated"),
+        (["--allow-unauthenticated=off"], {}, None, False, "--allow-unauthenticated"),
+        ([], {"CODEXLB_ALLOW_UNAUTHENTICATED": "1"}, None, True, "CODEXLB_ALLOW_UNAUTHENTICATED"),
+        ([], {}, "allow_unauthenticated = true\n", True, "config file"),
+    ],
+)
+def test_boolean_settings(capsys, tmp_path, monkeypatch, flags, env, file, expected, source):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if file is not None:
+        write_config(tmp_path / "d", file)
+    out = show(capsys, "--data-dir", str(tmp_path / "d"), *flags)
+    assert out["settings"]["allow_unauthenticated"] is expected
+    assert out["sources"]["allow_unauthenticated"].startswith(source)
+
+
+@pytest.mark.parametrize(
+    ("args", "text", "expected"),
+    [
+        (["--allow-unauthenticated", "maybe"], None,
+         "invalid setting 'allow_unauthenticated' from --allow-unauthenticated: 'maybe' is not a boolean"),
+        ([], 'allow_unauthenticated = "true"\n', "invalid setting 'allow_unauthenticated' from config file"),
+    ],
+)
+def test_bad_booleans_are_one_line_errors(capsys, tmp_path, args, text, expected):
+    if text is not None:
+        write_config(tmp_path / "d", text)
+    assert main(["config", "show", "--data-dir", str(tmp_path / "d"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from codexlb.api.admin import json_response as _json
+from codexlb.api.admin import require_admin
 from codexlb.auth import authjson
 from codexlb.auth.authjson import AuthFileError
 from codexlb.errors import APIError
 from codexlb.pool.account import Account, Window
 from codexlb.pool.roster import RosterError
 from codexlb.services import ROSTER
+
+__all__ = ["account_view", "require_admin", "setup"]
+
 
 def _window(window: Window | None) -> dict[str, Any] | None:
     if window is None:
@@ -30,20 +34,6 @@ def account_view(account: Account) -> dict[str, Any]:
         "last_refresh": account.tokens.last_refresh, "access_expires_at": account.tokens.access_expires_at,
         "inflight": account.inflight, "created_at": account.created_at,
     }
-
-
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-def require_admin(request: web.Request) -> None:
-    """Loopback only until admin passwords exist (the dashboard issue)."""
-    try:
-        loopback = ipaddress.ip_address(request.remote or "").is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise APIError(403, "The admin API answers loopback clients only.", code="admin_forbidden")
 
 
 def _roster_error(exc: RosterError) -> APIError:

@@ -7,15 +7,17 @@ import sys
 from typing import Sequence
 
 from codexlb import __version__
-from codexlb.cli import accounts, config_cmd, serve, sim, version
+from codexlb.cli import accounts, config_cmd, demo, keys, serve, sim, version
 from codexlb.cli.common import CliError, HelpFormatter
 
 _EPILOG = """\
 examples:
+  codexlb demo                          try it on simulated accounts, no ChatGPT account needed
   codexlb serve                         run the proxy on 127.0.0.1:2455
   codexlb serve --port 8080 --log-format json
   codexlb accounts import ~/.codex/auth.json
   codexlb accounts list
+  codexlb keys create --name laptop     an API key for clients (printed once)
   codexlb sim --port 2456               run the simulated ChatGPT backend
   codexlb config show                   print the effective settings and where each came from
   codexlb version
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"codexlb {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
-    for module in (serve, accounts, sim, config_cmd, version):
+    for module in (demo, serve, accounts, keys, sim, config_cmd, version):
         module.register(commands)
     return parser
 

@@ -19,15 +19,14 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import aiohttp
 import orjson
 
-from codexlb import log
 from codexlb.api.accounts import account_view
 from codexlb.auth import authjson, oauth
 from codexlb.auth.authjson import AuthFileError, Login
-from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags, load_settings
+from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags, ago, load_settings
+from codexlb.cli.target import AdminClient, open_store, running_server, with_target
 from codexlb.config import Settings
 from codexlb.pool.roster import Roster, RosterError
-from codexlb.services import ensure_data_dir
-from codexlb.store import DatabaseError, SecretKeyError, Store
+from codexlb.store import Store
 
 _EPILOG = """\
 examples:
@@ -63,8 +62,7 @@ class LocalTarget(Target):
 
     @classmethod
     async def open(cls, settings: Settings) -> "LocalTarget":
-        ensure_data_dir(settings)
-        store = await Store.open(settings.data_dir, settings.secret_key_file)
+        store = await open_store(settings)
         return cls(store, await Roster.load(store))
 
     async def list(self) -> list[dict[str, Any]]:
@@ -88,79 +86,33 @@ class LocalTarget(Target):
 
 
 class RemoteTarget(Target):
-    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
-        self.http, self.base = http, base
-
-    async def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        data = None if body is None else orjson.dumps(body)
-        async with self.http.request(method, self.base + path, data=data,
-                                     headers={"Content-Type": "application/json"}) as resp:
-            payload = await resp.json(content_type=None)
-        if resp.status >= 400:
-            raise CliError(payload.get("error", {}).get("message", f"server answered {resp.status}"), exit_code=1)
-        return payload
+    def __init__(self, admin: AdminClient) -> None:
+        self.admin = admin
 
     async def list(self) -> list[dict[str, Any]]:
-        return (await self._call("GET", "/api/accounts"))["accounts"]
+        return (await self.admin.call("GET", "/api/accounts"))["accounts"]
 
     async def add(self, login: Login, alias: str | None) -> tuple[str, dict[str, Any]]:
-        payload = await self._call("POST", "/api/accounts", {**authjson.to_json(login), "alias": alias})
+        payload = await self.admin.call("POST", "/api/accounts", {**authjson.to_json(login), "alias": alias})
         return payload["outcome"], payload["account"]
 
     async def act(self, action: str, key: str) -> dict[str, Any]:
         method, path = ("DELETE", f"/api/accounts/{key}") if action == "remove" else (
             "POST", f"/api/accounts/{key}/{action}")
-        return (await self._call(method, path))["account"]
+        return (await self.admin.call(method, path))["account"]
 
     async def close(self) -> None:
-        await self.http.close()
+        await self.admin.close()
 
 
 async def open_target(settings: Settings) -> Target:
     """The running server if one answers on host:port, else the data dir."""
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host
-    base = f"http://{host}:{settings.port}"
-    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30, sock_connect=1))
-    try:
-        async with http.get(f"{base}/health/live") as resp:
-            live = resp.status == 200 and (await resp.json(content_type=None)).get("status") == "live"
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-        live = False
-    if live:
-        return RemoteTarget(http, base)
-    await http.close()
-    try:
-        return await LocalTarget.open(settings)
-    except (SecretKeyError, DatabaseError) as exc:
-        raise CliError(str(exc), exit_code=1) from None
+    admin = await running_server(settings)
+    return RemoteTarget(admin) if admin is not None else await LocalTarget.open(settings)
 
 
 def _with_target(work: Callable[[Target, argparse.Namespace], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        settings = load_settings(args).settings
-        # A one-shot command's output is its answer; only problems belong on stderr.
-        log.configure("warning", settings.log_format)
-
-        async def go() -> int:
-            target = await open_target(settings)
-            try:
-                return await work(target, args)
-            finally:
-                await target.close()
-
-        return asyncio.run(go())
-
-    return run
-
-
-def _ago(ts: float | None, now: float) -> str:
-    if not ts:
-        return "-"
-    seconds = int(now - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if abs(seconds) >= size:
-            return f"{seconds // size}{unit} ago" if seconds >= 0 else f"in {-seconds // size}{unit}"
-    return f"{seconds}s ago" if seconds >= 0 else f"in {-seconds}s"
+    return with_target(open_target, work)
 
 
 def _percent(window: dict[str, Any] | None) -> str:
@@ -170,14 +122,14 @@ def _percent(window: dict[str, Any] | None) -> str:
 def _resets(view: dict[str, Any], now: float) -> str:
     times = [view["status_until"]] if view["status_until"] else [
         w["reset_at"] for w in (view["primary"], view["secondary"]) if w]
-    return _ago(min(times), now) if times else "-"
+    return ago(min(times), now) if times else "-"
 
 
 def render_table(views: list[dict[str, Any]], now: float) -> str:
     header = ("ALIAS", "EMAIL", "PLAN", "STATUS", "5H", "WEEKLY", "RESETS", "LAST REFRESH")
     rows = [header] + [
         (v["alias"], v["email"] or "-", v["plan"] or "-", v["status"], _percent(v["primary"]),
-         _percent(v["secondary"]), _resets(v, now), _ago(v["last_refresh"], now))
+         _percent(v["secondary"]), _resets(v, now), ago(v["last_refresh"], now))
         for v in views
     ]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]

@@ -1,4 +1,4 @@
-"""What the subcommands share: setting flags derived from `Settings`, and error reporting."""
+"""What the subcommands share: setting flags derived from `Settings`, error reporting, and time for people."""
 
 from __future__ import annotations
 
@@ -31,12 +31,18 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for f in config.FIELDS:
         choices = f.metadata["choices"]
         metavar = f.metadata["metavar"] or ("{" + ",".join(choices) + "}" if choices else f.name.upper())
+        default = f.default
+        extra: dict[str, str] = {}
+        if config.type_of(f.name) is bool:
+            # A bare `--allow-unauthenticated` means true; `--allow-unauthenticated false` still works.
+            metavar, default, extra = "BOOL", str(f.default).lower(), {"nargs": "?", "const": "true"}
         group.add_argument(
             config.flag_name(f.name),
             dest=f"setting_{f.name}",
             metavar=metavar,
             default=argparse.SUPPRESS,
-            help=f"{f.metadata['help']} (default: {f.default}; env {config.env_name(f.name)})",
+            help=f"{f.metadata['help']} (default: {default}; env {config.env_name(f.name)})",
+            **extra,
         )
 
 
@@ -48,3 +54,14 @@ def load_settings(args: argparse.Namespace) -> config.Loaded:
         return config.load(flags=flags, config_path=getattr(args, "config", None))
     except config.ConfigError as exc:
         raise CliError(str(exc)) from None
+
+
+def ago(ts: float | None, now: float) -> str:
+    """`5m ago`, `in 2h`, or `-` for never."""
+    if not ts:
+        return "-"
+    seconds = int(now - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if abs(seconds) >= size:
+            return f"{seconds // size}{unit} ago" if seconds >= 0 else f"in {-seconds // size}{unit}"
+    return f"{seconds}s ago" if seconds >= 0 else f"in {-seconds}s"

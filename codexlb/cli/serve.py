@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     settings = loaded.settings
     log.configure(settings.log_level, settings.log_format)
     try:
-        return server.run_until_stopped(settings)
+        return server.run_until_stopped(server.serve(settings))
     except server.StartupError as exc:
         raise CliError(str(exc), exit_code=1) from None
 

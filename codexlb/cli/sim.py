@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     settings = dataclasses.replace(Settings(), host=args.host, port=args.port, drain_timeout_s=1.0)
     logger.info("simulated accounts", accounts=[a.account_id for a in backend.accounts])
     try:
-        return server.run_until_stopped(settings, create_sim_app(backend))
+        return server.run_until_stopped(server.serve(settings, create_sim_app(backend)))
     except server.StartupError as exc:
         raise CliError(str(exc), exit_code=1) from None
 

@@ -42,7 +42,8 @@ class SseSink(Sink):
             # close_after_response: the HTTP response ends properly; only then does the connection go.
             await self.response.write_eof()
         if self.request.transport is not None:
-            self.request.transport.abort()
+            # A FIN, not a reset: what was sent arrives, then the stream ends mid-response.
+            self.request.transport.close()
 
 
 class WsSink(Sink):
@@ -63,7 +64,8 @@ class WsSink(Sink):
         if code is not None:
             await self.ws.close(code=code)
         elif self.request.transport is not None:
-            self.request.transport.abort()
+            # A FIN, not a reset: what was sent arrives, then the stream ends mid-response.
+            self.request.transport.close()
 
 
 async def responses_http(request: web.Request) -> web.StreamResponse:
@@ -75,7 +77,7 @@ async def responses_http(request: web.Request) -> web.StreamResponse:
         items = validate.check_payload(payload, backend.models, http=True)
         turn_state = request.headers.get("x-codex-turn-state") or backend.new_turn_state()
         turn = backend.begin(payload, items, account, transport="http", turn_state=turn_state,
-                             metadata=turn_metadata(request.headers, payload))
+                             metadata=turn_metadata(request.headers, payload), headers=request.headers)
     except SimError as exc:
         return _error(exc, account.rate_limit_headers(time.time()) if account else None)
     response = web.StreamResponse(headers={
@@ -113,7 +115,7 @@ async def responses_ws(request: web.Request) -> web.StreamResponse:
             validate.check_ws_frame(payload)
             items = validate.check_payload(payload, backend.models, http=False)
             turn = backend.begin(payload, items, account, transport="ws", turn_state=turn_state,
-                                 metadata=turn_metadata(request.headers, payload))
+                                 metadata=turn_metadata(request.headers, payload), headers=request.headers)
         except SimError as exc:
             await sink.send_error(exc)
             continue

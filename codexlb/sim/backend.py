@@ -67,6 +67,8 @@ class Record:
     error_code: str | None = None
     faults: list[str] = field(default_factory=list)
     usage: dict[str, Any] | None = None
+    # What arrived, so tests can see which headers crossed a proxy.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Sink:
@@ -192,7 +194,7 @@ class Backend:
         return f"ts_{secrets.token_hex(10)}"
 
     def begin(self, payload: dict[str, Any], items: list[Any], account: SimAccount, *, transport: str,
-              turn_state: str, metadata: Mapping[str, Any]) -> Turn:
+              turn_state: str, metadata: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Turn:
         previous = payload.get("previous_response_id")
         generate = payload.get("generate", True) is not False
         kind = "prewarm" if not generate else str(metadata.get("request_kind") or "turn")
@@ -201,7 +203,7 @@ class Backend:
         record = Record(
             seq=self._seq, account_id=account.account_id, transport=transport, turn_state=turn_state, kind=kind,
             previous_response_id=previous, n_input=len(items), input_bytes=sum(sizes) + len(items) + 1,
-            generate=generate,
+            generate=generate, headers={k.lower(): v for k, v in (headers or {}).items()},
         )
         self.records.append(record)
         plan = self.faults.plan(RequestInfo(account.account_id, transport, previous is not None, kind,

@@ -1,4 +1,5 @@
-"""Durable state: accounts (tokens sealed) and usage records, in SQLite, off the event loop.
+"""Durable state: accounts (tokens sealed), client API keys (digests only) and usage records, in SQLite,
+off the event loop.
 
 Reads happen once at start-up; the running process serves from memory. Account
 writes are committed one by one (an account is never lost); usage records are
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from codexlb import log
+from codexlb.keys import KeyRecord
 from codexlb.pool.account import Account
 from codexlb.store import accounts as account_rows
+from codexlb.store import api_keys as key_rows
 from codexlb.store.db import DB_FILE_NAME, Database, DatabaseError
 from codexlb.store.secrets import KEY_FILE_NAME, SecretBox, SecretKeyError, load_or_create_key
 
@@ -104,8 +107,26 @@ class Store:
     async def delete_account(self, account_id: str) -> bool:
         return await self._db.call(lambda conn: account_rows.delete(conn, account_id))
 
-    def record_usage(self, record: UsageRecord) -> None:
-        self._usage.append(astuple(record))
+    async def create_api_key(self, record: KeyRecord) -> None:
+        await self._db.call(lambda conn: key_rows.insert(conn, record))
+
+    async def list_api_keys(self) -> list[KeyRecord]:
+        return await self._db.call(lambda conn: key_rows.load(conn, active_only=False))
+
+    async def load_active_api_keys(self) -> list[KeyRecord]:
+        return await self._db.call(lambda conn: key_rows.load(conn, active_only=True))
+
+    async def revoke_api_key(self, key_id: str, at: float) -> bool:
+        return await self._db.call(lambda conn: key_rows.revoke(conn, key_id, at))
+
+    def touch_api_key_soon(self, key_id: str, at: float) -> None:
+        """Queue a key's last use; the caller keeps this to about once a minute per key."""
+        self._db.submit(lambda conn: key_rows.touch(conn, key_id, at))
+
+    def record_usage(self, r: UsageRecord) -> None:
+        # Spelled out: dataclasses.astuple deep-copies, and this runs once per proxied request.
+        self._usage.append((r.ts, r.account_id, r.api_key_id, r.route, r.model, r.status, r.error_code,
+                            r.input_tokens, r.cached_tokens, r.output_tokens, r.reasoning_tokens, r.duration_ms))
 
     async def flush_usage(self) -> None:
         if not self._usage:

@@ -64,6 +64,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX usage_ts ON usage (ts);
     CREATE INDEX usage_account_ts ON usage (account_id, ts);
     """,
+    # 2: client API keys, stored as SHA-256 digests (see codexlb/keys.py); the key itself is never stored.
+    """
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        prefix TEXT NOT NULL,
+        hash BLOB NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        last_used_at REAL,
+        revoked_at REAL,
+        max_concurrency INTEGER
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

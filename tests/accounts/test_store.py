@@ -94,17 +94,48 @@ async def test_migration_takes_a_backup_first(tmp_path, monkeypatch):
     data = tmp_path / "d"
     data.mkdir(mode=0o700)
     await (await Store.open(data)).close()
+    shipped = db_module.SCHEMA_VERSION
     monkeypatch.setattr(db_module, "MIGRATIONS", (*db_module.MIGRATIONS, "ALTER TABLE accounts ADD COLUMN note TEXT"))
     monkeypatch.setattr(db_module, "SCHEMA_VERSION", len(db_module.MIGRATIONS))
     store = await Store.open(data)
     await store.close()
-    backups = list(data.glob("codexlb.db.v1-*.bak"))
+    backups = list(data.glob(f"codexlb.db.v{shipped}-*.bak"))
     assert len(backups) == 1 and oct(backups[0].stat().st_mode & 0o777) == "0o600"
     with sqlite3.connect(data / "codexlb.db") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == shipped + 1
         assert "note" in [row[1] for row in conn.execute("PRAGMA table_info(accounts)")]
     with sqlite3.connect(backups[0]) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == shipped
+
+
+async def test_a_version_1_database_gains_api_keys_and_keeps_its_accounts(tmp_path, monkeypatch, sim):
+    """An upgrade from the release before API keys: accounts (tokens still sealed) survive migration 2."""
+    data = tmp_path / "d"
+    data.mkdir(mode=0o700)
+    monkeypatch.setattr(db_module, "MIGRATIONS", db_module.MIGRATIONS[:1])
+    monkeypatch.setattr(db_module, "SCHEMA_VERSION", 1)
+    store = await Store.open(data)
+    roster = await Roster.load(store)
+    await roster.add_login(login_of(sim.backend.accounts[0]))
+    before = roster.all()[0]
+    await store.close()
+    with sqlite3.connect(data / "codexlb.db") as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'api_keys'").fetchone() is None
+    monkeypatch.undo()
+
+    store = await Store.open(data)
+    try:
+        after = (await Roster.load(store)).all()
+        assert [(a.id, a.alias, a.tokens) for a in after] == [(before.id, before.alias, before.tokens)]
+        assert await store.list_api_keys() == []
+    finally:
+        await store.close()
+    with sqlite3.connect(data / "codexlb.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(api_keys)")]
+    assert columns == ["id", "name", "prefix", "hash", "created_at", "last_used_at", "revoked_at", "max_concurrency"]
+    assert len(list(data.glob("codexlb.db.v1-*.bak"))) == 1
 
 
 async def test_newer_schema_is_refused(tmp_path):

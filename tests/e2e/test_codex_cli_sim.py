@@ -58,27 +58,32 @@ class Run:
 class CodexHome:
     """A CODEX_HOME and a HOME under tmp_path, logged in as one sim account, with the sim as provider."""
 
-    def __init__(self, binary: Path, root: Path, sim: RunningSim, *, websockets: bool) -> None:
+    def __init__(self, binary: Path, root: Path, sim: RunningSim, *, websockets: bool,
+                 base_url: str | None = None, api_key: str | None = None) -> None:
+        """Logged in as the sim's first account (ChatGPT mode), or with `api_key` (API-key mode, for a
+        proxy); `base_url` defaults to the sim's own Codex endpoint."""
         self.binary = binary
         self.cwd = root
         self.home = root / "home"
         self.codex_home = root / "codex-home"
         self.home.mkdir()
         self.codex_home.mkdir()
-        account = sim.backend.accounts[0]
-        (self.codex_home / "auth.json").write_text(json.dumps(account.auth_json()))
         lines = [
             f'model = "{MODEL}"',
-            'model_provider = "sim"',
+            'model_provider = "lb"',
             # The ChatGPT-side calls (plugins, MCP, workspace checks) go to the sim too, not to the internet.
             f'chatgpt_base_url = "{sim.url}/backend-api/"',
             "",
-            "[model_providers.sim]",
-            'name = "sim"',
-            f'base_url = "{sim.codex_base_url}"',
+            "[model_providers.lb]",
+            'name = "lb"',
+            f'base_url = "{base_url or sim.codex_base_url}"',
             'wire_api = "responses"',
-            "requires_openai_auth = true",
         ]
+        if api_key is None:
+            (self.codex_home / "auth.json").write_text(json.dumps(sim.backend.accounts[0].auth_json()))
+            lines.append("requires_openai_auth = true")
+        else:
+            lines.append('env_key = "CODEXLB_TEST_KEY"')
         if websockets:
             lines.append("supports_websockets = true")
         (self.codex_home / "config.toml").write_text("\n".join(lines) + "\n")
@@ -88,6 +93,7 @@ class CodexHome:
             "HOME": str(self.home),
             "CODEX_HOME": str(self.codex_home),
             "NO_COLOR": "1",
+            **({"CODEXLB_TEST_KEY": api_key} if api_key is not None else {}),
         }
 
     async def run(self, *args: str, timeout: float = RUN_TIMEOUT_S) -> Run:

@@ -1,0 +1,64 @@
+"""Who may use the proxy routes: a client with a valid API key, or, while no key exists, a client on this machine.
+
+Only the proxy routes are guarded here. Health checks stay open (probes carry no key), and the admin API
+(`/api/accounts`, `/api/keys`) has its own rule, loopback only (`codexlb.api.admin.require_admin`).
+This runs on every proxied request, so it does no I/O: one hash and one dict lookup (`KeyRing.verify`).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from codexlb.errors import APIError
+from codexlb.keys import KeyRecord
+from codexlb.loopback import is_loopback_remote
+from codexlb.services import KEYS, SETTINGS
+
+PROXY_PREFIXES = ("/backend-api/", "/v1/", "/api/codex/")
+# The key a request was made with, for accounting; absent when no key was needed.
+API_KEY = web.RequestKey("api_key", KeyRecord)
+
+_HOW = "Send a codexlb API key as `Authorization: Bearer <key>` or in the `x-api-key` header."
+
+
+def _presented(request: web.Request) -> tuple[str, ...]:
+    """Keys the client offered: a Bearer token and an x-api-key header, either or both."""
+    authorization = request.headers.get("Authorization", "")
+    bearer = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+    return tuple(k for k in (bearer, request.headers.get("x-api-key", "").strip()) if k)
+
+
+@web.middleware
+async def client_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith(PROXY_PREFIXES):
+        return await handler(request)
+    ring = request.app[KEYS]
+    if not ring.has_keys:
+        # No key exists: this machine only, unless the operator chose to serve everyone.
+        if is_loopback_remote(request.remote) or request.app[SETTINGS].allow_unauthenticated:
+            return await handler(request)
+        raise APIError(401, "This codexlb has no API keys, so it serves clients on its own machine only. "
+                       "Create a key on the server with `codexlb keys create` and send it: " + _HOW,
+                       code="invalid_api_key")
+    presented = _presented(request)
+    record = None
+    for key in presented:
+        record = ring.verify(key)
+        if record is not None:
+            break
+    if record is None:
+        message = "Incorrect API key provided (unknown or revoked). " if presented else "No API key provided. "
+        raise APIError(401, message + _HOW, code="invalid_api_key")
+    request[API_KEY] = record
+    limit = record.max_concurrency
+    if limit is None:
+        return await handler(request)
+    if record.inflight >= limit:
+        raise APIError(429, f"This API key allows {limit} concurrent request(s); wait for one to finish.",
+                       code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
+    record.inflight += 1
+    try:
+        return await handler(request)
+    finally:
+        record.inflight -= 1

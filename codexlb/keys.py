@@ -1,0 +1,166 @@
+"""Client API keys: how one is made, how it is stored, and the in-memory ring every request is checked against.
+
+A key is `sk-clb-` and 43 url-safe characters: 256 random bits. Only its SHA-256 digest and a short display
+prefix are stored. A fast hash is right here, and a password KDF (bcrypt, scrypt, argon2) would only cost
+time on every request: a KDF slows down guessing a low-entropy secret, but nobody can search 2^256 keys.
+
+The ring holds the active keys by digest, loaded once at start-up; checking a key is one hash and one dict
+lookup, with no database call. Create and revoke write through the store and then change the ring, so
+they take effect on the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from codexlb import log
+
+if TYPE_CHECKING:
+    from codexlb.store import Store
+
+PREFIX = "sk-clb-"
+KEY_LENGTH = len(PREFIX) + 43  # token_urlsafe(32) is 43 characters
+DISPLAY_LENGTH = len(PREFIX) + 4
+# last_used_at is for people reading `keys list`; a minute's precision spares the database a write per request.
+TOUCH_INTERVAL_S = 60.0
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_log = log.get("codexlb.keys")
+
+
+class KeyRingError(Exception):
+    """An operator's request that cannot be done (unknown key, bad or taken name); one line."""
+
+    def __init__(self, message: str, *, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.not_found = not_found
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    id: str
+    name: str
+    prefix: str            # e.g. "sk-clb-AbC1": enough to tell keys apart, useless to an attacker
+    hash: bytes            # SHA-256 of the whole key
+    created_at: float
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+    max_concurrency: int | None = None  # requests (an open WebSocket counts as one) at a time; None: no limit
+    inflight: int = field(default=0, compare=False)  # in memory only
+
+    @property
+    def status(self) -> str:
+        return "active" if self.revoked_at is None else "revoked"
+
+
+def generate() -> str:
+    return PREFIX + secrets.token_urlsafe(32)
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def new_record(key: str, name: str, max_concurrency: int | None, now: float) -> KeyRecord:
+    return KeyRecord(id="key_" + secrets.token_hex(6), name=name, prefix=key[:DISPLAY_LENGTH], hash=digest(key),
+                     created_at=now, max_concurrency=max_concurrency)
+
+
+class KeyRing:
+    def __init__(self, store: "Store", active: list[KeyRecord]) -> None:
+        self._store = store
+        self._by_hash: dict[bytes, KeyRecord] = {r.hash: r for r in active}
+        self._written_at: dict[str, float] = {}  # key id -> when last_used_at was last queued for the database
+        self._lock = asyncio.Lock()  # create and revoke check names, then await the database
+
+    @classmethod
+    async def load(cls, store: "Store") -> "KeyRing":
+        return cls(store, await store.load_active_api_keys())
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self._by_hash)
+
+    def verify(self, presented: str) -> KeyRecord | None:
+        """The active key `presented` is, or None. Cheap: the request path calls this every time."""
+        if len(presented) != KEY_LENGTH or not presented.startswith(PREFIX) or not presented.isascii():
+            return None
+        wanted = digest(presented)
+        record = self._by_hash.get(wanted)
+        # The lookup compares digests, not keys, so its timing says nothing useful about any key;
+        # compare_digest keeps the one comparison we write ourselves constant-time all the same.
+        if record is None or not hmac.compare_digest(record.hash, wanted):
+            return None
+        now = time.time()
+        record.last_used_at = now
+        if now - self._written_at.get(record.id, 0.0) >= TOUCH_INTERVAL_S:
+            self._written_at[record.id] = now
+            self._store.touch_api_key_soon(record.id, now)
+        return record
+
+    async def list(self) -> list[KeyRecord]:
+        """Every key, revoked ones too, with last use as this process knows it (fresher than the database)."""
+        records = await self._store.list_api_keys()
+        live = {r.id: r for r in self._by_hash.values()}
+        for record in records:
+            if record.id in live:
+                record.last_used_at = live[record.id].last_used_at
+        return records
+
+    async def create(self, name: str | None = None, max_concurrency: int | None = None) -> tuple[str, KeyRecord]:
+        """A new key and its record. The key exists only in the return value: show it once, then drop it."""
+        if name is not None and not _NAME_OK.match(name):
+            raise KeyRingError(f"key name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        if max_concurrency is not None and (isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
+                                            or max_concurrency < 1):
+            raise KeyRingError("max concurrency must be a whole number of at least 1")
+        async with self._lock:
+            records = await self._store.list_api_keys()
+            if name is None:
+                taken = {r.name for r in records}
+                n = 1
+                while f"key-{n}" in taken:
+                    n += 1
+                name = f"key-{n}"
+            elif any(r.name == name and r.revoked_at is None for r in records):
+                raise KeyRingError(f"an active key is already named {name!r}")
+            key = generate()
+            record = new_record(key, name, max_concurrency, time.time())
+            # Durable before usable: a key that worked must not vanish with a restart.
+            await self._store.create_api_key(record)
+            self._by_hash[record.hash] = record
+        _log.info("api key created", key_id=record.id, name=record.name, max_concurrency=max_concurrency)
+        return key, record
+
+    async def revoke(self, ref: str) -> KeyRecord:
+        """Revoke by id or name (an active key's name first)."""
+        async with self._lock:
+            records = await self._store.list_api_keys()
+            matches = ([r for r in records if r.id == ref]
+                       or [r for r in records if r.name == ref and r.revoked_at is None]
+                       or [r for r in records if r.name == ref])
+            if not matches:
+                raise KeyRingError(f"no API key {ref!r} (see `codexlb keys list`)", not_found=True)
+            record = matches[0]
+            if record.revoked_at is not None:
+                raise KeyRingError(f"API key {record.name!r} ({record.id}) is already revoked")
+            # Out of the ring before the write: a revoked key stops working even if the write fails.
+            self._by_hash.pop(record.hash, None)
+            self._written_at.pop(record.id, None)
+            record.revoked_at = time.time()
+            await self._store.revoke_api_key(record.id, record.revoked_at)
+        _log.info("api key revoked", key_id=record.id, name=record.name)
+        return record
+
+    def flush_last_used(self) -> None:
+        """Queue the last uses not yet written (at shutdown, so `keys list` is right after a restart)."""
+        for record in self._by_hash.values():
+            if record.last_used_at is not None and record.last_used_at > self._written_at.get(record.id, 0.0):
+                self._written_at[record.id] = record.last_used_at
+                self._store.touch_api_key_soon(record.id, record.last_used_at)

@@ -1,0 +1,64 @@
+"""What to do after a failed attempt on one account, before the client has seen a byte.
+
+| Attempt ended with | Then |
+|---|---|
+| 401 from upstream | refresh the token, retry once on the same account; again 401 → next account |
+| 429, 5xx, 403 deactivated, connect error, timeout, stream cut before the first event, an `error` / `response.failed` first event with a server-side code | next account (at most `failover_accounts`, within `failover_budget_s`) |
+| any other 4xx | the client's own error: answer it as upstream did |
+| every try failed | the pool's answer when no account is left, else 502 `upstream_unavailable` |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from codexlb.errors import APIError
+
+# First events that mean "this account or backend failed", not "your request is wrong".
+_RETRIABLE_CODES = frozenset({
+    "server_error", "server_is_overloaded", "service_unavailable", "usage_limit_reached", "rate_limit_exceeded",
+    "internal_error", "bad_gateway", "upstream_error", "slow_down",
+})
+
+
+@dataclass(slots=True)
+class Failure:
+    """One attempt's failure: an upstream status and error body, or a transport problem (status 0)."""
+
+    status: int
+    error: dict[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def code(self) -> str:
+        return str(self.error.get("code") or self.error.get("type") or self.reason)
+
+
+def next_step(failure: Failure, refreshed: bool) -> str:
+    """"refresh", "next" (another account) or "answer" (give the client this error)."""
+    if failure.status == 401:
+        return "next" if refreshed else "refresh"
+    if failure.status == 0 or failure.status == 429 or failure.status >= 500:
+        return "next"
+    if failure.status == 403 and failure.code in ("account_deactivated", "deactivated_workspace"):
+        return "next"
+    if failure.status == 200:  # a first event that failed
+        return "next" if failure.code in _RETRIABLE_CODES else "answer"
+    return "answer"
+
+
+def client_error(failure: Failure) -> APIError:
+    """The client's own 4xx, as upstream worded it."""
+    error = failure.error
+    status = failure.status if 400 <= failure.status < 500 else 400
+    extra = {k: v for k, v in error.items() if k not in ("message", "type", "code", "param")}
+    return APIError(status, str(error.get("message") or "Upstream rejected the request."),
+                    code=error.get("code"), type=error.get("type"), param=error.get("param"), extra=extra)
+
+
+def exhausted(failures: list[Failure]) -> APIError:
+    summary = ", ".join(f"{f.status or f.reason}" + (f" {f.code}" if f.status else "") for f in failures[-3:])
+    return APIError(502, f"Upstream failed on {len(failures)} attempt(s) ({summary}); retry the request.",
+                    code="upstream_unavailable", type="server_error")

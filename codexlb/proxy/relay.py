@@ -1,0 +1,137 @@
+"""Getting a stream to the client: keep-alives while the first event is awaited, whole frames as
+they arrive, a `response.failed` when it breaks, and one accounting record however it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+
+from aiohttp import web
+
+from codexlb.client_auth import API_KEY
+from codexlb.errors import APIError
+from codexlb.proxy.headers import client_response_headers
+from codexlb.proxy.sse import Batch, encode
+from codexlb.proxy.upstream import Outcome, Stream, StreamBroken, Upstream, open_stream
+from codexlb.store import Store, UsageRecord
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+CODEX_KEEPALIVE = encode({"type": "codex.keepalive"})
+COMMENT_KEEPALIVE = b": keepalive\n\n"
+
+
+def failed_event(outcome: Outcome, code: str, message: str) -> dict[str, Any]:
+    response_id = outcome.response_id or f"resp_{uuid.uuid4().hex}"
+    return {"type": "response.failed", "response": {
+        "id": response_id, "object": "response", "status": "failed", "error": {"code": code, "message": message}}}
+
+
+def account_usage(store: Store, request: web.Request, outcome: Outcome, model: str | None, started: float) -> None:
+    usage = outcome.usage or {}
+    details = usage.get("input_tokens_details") or {}
+    output_details = usage.get("output_tokens_details") or {}
+    key = request.get(API_KEY)
+    store.record_usage(UsageRecord(
+        ts=time.time(), account_id=outcome.account.id if outcome.account else None,
+        api_key_id=key.id if key is not None else None, route=request.path, model=model,
+        status=outcome.status, error_code=outcome.error_code,
+        input_tokens=int(usage.get("input_tokens") or 0), cached_tokens=int(details.get("cached_tokens") or 0),
+        output_tokens=int(usage.get("output_tokens") or 0),
+        reasoning_tokens=int(output_details.get("reasoning_tokens") or 0),
+        duration_ms=round((time.monotonic() - started) * 1000, 2),
+    ))
+
+
+class Opening:
+    """`open_stream` as a task, so the client can be kept alive while it fails over."""
+
+    def __init__(self, up: Upstream, payload: dict[str, Any], headers: Mapping[str, str], keys: Sequence[str],
+                 outcome: Outcome) -> None:
+        self.task = asyncio.ensure_future(open_stream(up, payload, headers, keys, outcome))
+
+    async def wait(self, every_s: float | None, on_tick: Callable[[], Awaitable[None]]) -> Stream:
+        while True:
+            done, _ = await asyncio.wait({self.task}, timeout=every_s)
+            if done:
+                return self.task.result()
+            await on_tick()
+
+    async def cancel(self) -> None:
+        """If the client left first: stop failing over, and close a stream that opened meanwhile."""
+        if not self.task.done():
+            self.task.cancel()
+            await asyncio.wait({self.task})
+        elif not self.task.cancelled() and self.task.exception() is None:
+            await self.task.result().close()
+
+
+async def relay_sse(request: web.Request, up: Upstream, payload: dict[str, Any], keys: Sequence[str],
+                    outcome: Outcome, *, keepalive: bytes,
+                    transform: Callable[[AsyncIterator[Batch]], AsyncIterator[bytes]] | None = None,
+                    trailer: bytes = b"",
+                    failure: Callable[[Outcome, str, str], bytes] | None = None) -> web.StreamResponse:
+    """Relay upstream's stream as SSE; `transform` rewrites frames (chat completions), else verbatim.
+    `failure` renders a failure after the first byte (default: a Responses `response.failed` event)."""
+    render_failure = failure or (lambda o, code, message: encode(failed_event(o, code, message)))
+    opening = Opening(up, payload, request.headers, keys, outcome)
+    response: web.StreamResponse | None = None
+    consumed = False
+
+    async def commit(headers: Mapping[str, str]) -> web.StreamResponse:
+        prepared = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+        await prepared.prepare(request)
+        return prepared
+
+    async def tick() -> None:
+        nonlocal response
+        if response is None:
+            response = await commit({})
+        await response.write(keepalive)
+
+    try:
+        try:
+            stream = await opening.wait(up.settings.keepalive_s, tick)
+        except APIError as exc:
+            outcome.status, outcome.error_code = exc.status, exc.code
+            if response is None:
+                raise
+            await response.write(render_failure(outcome, exc.code or "upstream_unavailable", exc.message))
+            await response.write(trailer)
+            return response
+        consumed = True
+        try:
+            if response is None:
+                response = await commit(client_response_headers(stream.headers))
+            batches = stream.batches()
+            chunks = transform(batches) if transform else (batch.raw async for batch in batches)
+            try:
+                async for chunk in chunks:
+                    await response.write(chunk)
+            except StreamBroken as exc:
+                outcome.status, outcome.error_code = 502, exc.code
+                await response.write(render_failure(outcome, exc.code, str(exc)))
+            await response.write(trailer)
+        finally:
+            await stream.close()
+        return response
+    finally:
+        if not consumed:
+            await opening.cancel()
+
+
+async def collect(up: Upstream, request: web.Request, payload: dict[str, Any], keys: Sequence[str],
+                  outcome: Outcome) -> list[dict[str, Any]]:
+    """Every event of a stream, for answers that are not streamed; raises APIError on failure."""
+    stream = await open_stream(up, payload, request.headers, keys, outcome)
+    events: list[dict[str, Any]] = []
+    try:
+        async for batch in stream.batches():
+            events.extend(frame.data() for frame in batch.frames)
+    except StreamBroken as exc:
+        outcome.status, outcome.error_code = 502, exc.code
+        raise APIError(502, str(exc), code=exc.code, type="server_error") from None
+    finally:
+        await stream.close()
+    return events

@@ -1,0 +1,214 @@
+"""The proxy's endpoints: the Codex CLI's (`/backend-api/codex/...`) and the OpenAI SDK's (`/v1/...`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from codexlb.errors import APIError
+from codexlb.pool.account import Status
+from codexlb.pool.sticky import conversation_keys
+from codexlb.proxy import relay
+from codexlb.proxy.request import check_responses, read_json
+from codexlb.proxy.sse import Batch
+from codexlb.proxy.upstream import Outcome, Upstream
+from codexlb.services import POOL, REFRESHER, ROSTER, HTTP, SETTINGS, STORE
+from codexlb.translate import chat
+from codexlb.translate.responses_aggregate import aggregate_response
+from codexlb.translate.chat import TranslationError, UpstreamFailed
+from codexlb.upstream.session import account_headers
+
+UPSTREAM = web.AppKey("upstream", Upstream)
+MODELS_TTL_S = 300.0
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+async def _payload(request: web.Request, *, codex_client: bool) -> dict[str, Any]:
+    max_bytes = int(request.app[SETTINGS].max_body_mb * 1024 * 1024)
+    return await read_json(request, max_bytes, too_large_status=400 if codex_client else 413)
+
+
+class _Accounted:
+    """One usage record per request, whatever way it ends."""
+
+    def __init__(self, request: web.Request, model: str | None) -> None:
+        self.request, self.model, self.outcome, self.started = request, model, Outcome(), time.monotonic()
+
+    def __enter__(self) -> Outcome:
+        return self.outcome
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: Any) -> None:
+        if isinstance(exc, APIError):
+            self.outcome.status, self.outcome.error_code = exc.status, exc.code
+        elif kind is not None and self.outcome.status == 200:
+            self.outcome.status, self.outcome.error_code = 499, "client_closed"
+        relay.account_usage(self.request.app[STORE], self.request, self.outcome, self.model, self.started)
+
+
+async def codex_responses(request: web.Request) -> web.StreamResponse:
+    """POST /backend-api/codex/responses: the Codex CLI with a custom provider."""
+    payload = check_responses(await _payload(request, codex_client=True))
+    with _Accounted(request, payload["model"]) as outcome:
+        return await relay.relay_sse(request, request.app[UPSTREAM], payload,
+                                     conversation_keys(request.headers, payload), outcome,
+                                     keepalive=relay.CODEX_KEEPALIVE)
+
+
+async def v1_responses(request: web.Request) -> web.StreamResponse:
+    """POST /v1/responses: the OpenAI SDK; `stream: false` gets one aggregated Response object."""
+    raw = await _payload(request, codex_client=False)
+    streamed = raw.get("stream") is True
+    payload = check_responses(raw)
+    keys = conversation_keys(request.headers, payload)
+    with _Accounted(request, payload["model"]) as outcome:
+        if streamed:
+            return await relay.relay_sse(request, request.app[UPSTREAM], payload, keys, outcome,
+                                         keepalive=relay.COMMENT_KEEPALIVE)
+        events = await relay.collect(request.app[UPSTREAM], request, payload, keys, outcome)
+        try:
+            return _json(aggregate_response(events))
+        except UpstreamFailed as exc:
+            raise APIError(502, exc.message, code=exc.code, type="server_error") from None
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions, carried over the Responses API."""
+    raw = await _payload(request, codex_client=False)
+    try:
+        payload = chat.chat_to_responses(raw)
+    except TranslationError as exc:
+        raise APIError(400, str(exc), code="invalid_value", param=exc.param) from None
+    keys = conversation_keys(request.headers, payload)
+    with _Accounted(request, payload["model"]) as outcome:
+        if raw.get("stream") is True:
+            translator = chat.ChatStream.for_request(raw)
+
+            async def chunks(batches: AsyncIterator[Batch]) -> AsyncIterator[bytes]:
+                async for batch in batches:
+                    out = []
+                    for frame in batch.frames:
+                        try:
+                            out.extend(chat.sse_chunk(c) for c in translator.feed(frame.data()))
+                        except UpstreamFailed as exc:
+                            out.append(chat.sse_chunk(exc.body()))
+                    if out:
+                        yield b"".join(out)
+
+            return await relay.relay_sse(request, request.app[UPSTREAM], payload, keys, outcome,
+                                         keepalive=relay.COMMENT_KEEPALIVE, transform=chunks, trailer=chat.DONE,
+                                         failure=_chat_failure)
+        events = await relay.collect(request.app[UPSTREAM], request, payload, keys, outcome)
+        try:
+            return _json(chat.aggregate_chat(events))
+        except UpstreamFailed as exc:
+            raise APIError(502, exc.message, code=exc.code, type="server_error") from None
+
+
+def _chat_failure(_outcome: Outcome, code: str, message: str) -> bytes:
+    """A chat stream has no response.failed: OpenAI ends it with an error object, then [DONE]."""
+    return chat.sse_chunk({"error": {"message": message, "type": "server_error", "code": code, "param": None}})
+
+
+async def compact(request: web.Request) -> web.Response:
+    """`/responses/compact`: today's backend compacts on `/responses` with a `compaction_trigger` item."""
+    codex_client = request.path.startswith("/backend-api/")
+    raw = await _payload(request, codex_client=codex_client)
+    payload = check_responses(raw)
+    payload["input"] = [*payload["input"], {"type": "compaction_trigger"}]
+    keys = conversation_keys(request.headers, payload)
+    with _Accounted(request, payload["model"]) as outcome:
+        events = await relay.collect(request.app[UPSTREAM], request, payload, keys, outcome)
+        try:
+            response = aggregate_response(events)
+        except UpstreamFailed as exc:
+            raise APIError(502, exc.message, code=exc.code, type="server_error") from None
+    return _json({"id": response.get("id"), "object": "response.compaction", "output": response.get("output", []),
+                  "usage": response.get("usage")})
+
+
+class _ModelCache:
+    def __init__(self) -> None:
+        self.body: dict[str, Any] | None = None
+        self.fetched_at = 0.0
+
+
+MODEL_CACHE = web.AppKey("model_cache", _ModelCache)
+
+
+async def _catalog(request: web.Request) -> dict[str, Any]:
+    cache = request.app[MODEL_CACHE]
+    if cache.body is not None and time.monotonic() - cache.fetched_at < MODELS_TTL_S:
+        return cache.body
+    account = request.app[POOL].choose(())
+    url = request.app[SETTINGS].upstream_base_url.rstrip("/") + "/codex/models"
+    version = request.query.get("client_version", "0.169.0")
+    async with request.app[HTTP].get(url, params={"client_version": version},
+                                     headers=account_headers(account)) as resp:
+        if resp.status != 200:
+            if cache.body is not None:
+                return cache.body
+            raise APIError(502, f"Upstream model catalog answered {resp.status}.", code="upstream_unavailable",
+                           type="server_error")
+        body = await resp.json(content_type=None)
+    cache.body, cache.fetched_at = body, time.monotonic()
+    return body
+
+
+async def codex_models(request: web.Request) -> web.Response:
+    return _json(await _catalog(request))
+
+
+async def v1_models(request: web.Request) -> web.Response:
+    catalog = await _catalog(request)
+    models = catalog.get("models", []) if isinstance(catalog, dict) else []
+    return _json({"object": "list", "data": [
+        {"id": m["slug"], "object": "model", "created": 0, "owned_by": "openai"}
+        for m in models if isinstance(m, dict) and isinstance(m.get("slug"), str)
+    ]})
+
+
+async def codex_usage(request: web.Request) -> web.Response:
+    """The pool as one account in `/wham/usage` shape: used % is the pool's average, resets the earliest."""
+    now = time.time()
+    accounts = [a for a in request.app[ROSTER].all()
+                if a.status not in (Status.PAUSED, Status.REAUTH_REQUIRED, Status.DEACTIVATED)]
+    windows = {}
+    for name in ("primary", "secondary"):
+        known = [getattr(a, name) for a in accounts if getattr(a, name) is not None]
+        if not known:
+            windows[f"{name}_window"] = None
+            continue
+        used = sum(w.used_percent for w in known) / len(accounts)
+        reset_at = min(w.reset_at for w in known)
+        windows[f"{name}_window"] = {"used_percent": round(used, 2), "limit_window_seconds": known[0].window_minutes * 60,
+                                     "reset_after_seconds": max(0, int(reset_at - now)), "reset_at": int(reset_at)}
+    usable = [a for a in accounts if a.usable(now)]
+    return _json({"plan_type": "pro", "rate_limit": {"allowed": bool(usable), "limit_reached": not usable, **windows},
+                  "credits": {"has_credits": False, "unlimited": False, "balance": "0"},
+                  "accounts": {"total": len(request.app[ROSTER].all()), "usable": len(usable)}})
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[UPSTREAM] = Upstream(app[SETTINGS], app[POOL], app[ROSTER], app[REFRESHER], app[HTTP])
+    app[MODEL_CACHE] = _ModelCache()
+    yield
+
+
+def setup(app: web.Application) -> None:
+    # After services.services in cleanup_ctx: it needs the pool and the session.
+    app.cleanup_ctx.append(_upstream_ctx)
+    r = app.router
+    r.add_post("/backend-api/codex/responses", codex_responses)
+    r.add_post("/v1/responses", v1_responses)
+    r.add_post("/v1/chat/completions", chat_completions)
+    r.add_post("/backend-api/codex/responses/compact", compact)
+    r.add_post("/v1/responses/compact", compact)
+    r.add_get("/backend-api/codex/models", codex_models)
+    r.add_get("/v1/models", v1_models)
+    r.add_get("/api/codex/usage", codex_usage)

@@ -1,0 +1,268 @@
+"""Opening a Responses stream upstream: choose an account, call, fail over until the first event.
+
+The client's first byte is written only after `open_stream` returns, so every failure in here can
+still move to another account. What the stream says on its way (response ids, rate limits, usage,
+the terminal event) is observed here too, for stickiness and the pool's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Mapping, Sequence
+
+import aiohttp
+import orjson
+
+from codexlb import log
+from codexlb.auth.refresh import Refresher, RefreshError
+from codexlb.config import Settings
+from codexlb.errors import APIError
+from codexlb.pool.account import Account
+from codexlb.pool.pool import Pool
+from codexlb.pool.quota import verdict_for_error, windows_from_event, windows_from_headers
+from codexlb.pool.roster import Roster
+from codexlb.proxy.failover import Failure, client_error, exhausted, next_step
+from codexlb.proxy.headers import upstream_request_headers
+from codexlb.proxy.sse import Batch, Frame, FrameSplitter
+from codexlb.upstream.session import account_headers
+
+_log = log.get("codexlb.proxy")
+TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
+# The events the proxy reads; every other one is relayed unread.
+_WATCHED = (b"response.created", b"codex.rate_limits", *(name.encode() for name in TERMINAL))
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+class StreamBroken(Exception):
+    """The upstream stream ended or stalled after the client got its first byte."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the request came to: filled in as the stream goes, read by accounting."""
+
+    account: Account | None = None
+    response_id: str | None = None
+    status: int = 200
+    error_code: str | None = None
+    usage: dict[str, Any] | None = None
+    attempts: int = 0
+    first_event_at: float | None = None
+
+
+@dataclass(slots=True)
+class Upstream:
+    """What the data path needs from the app: one object, built once."""
+
+    settings: Settings
+    pool: Pool
+    roster: Roster
+    refresher: Refresher
+    http: aiohttp.ClientSession
+
+    @property
+    def responses_url(self) -> str:
+        return self.settings.upstream_base_url.rstrip("/") + "/codex/responses"
+
+
+@dataclass(slots=True)
+class Stream:
+    """An upstream response whose first frames arrived. Iterate `batches()`, then `close()`."""
+
+    upstream: Upstream
+    account: Account
+    response: aiohttp.ClientResponse
+    splitter: FrameSplitter
+    first: Batch
+    outcome: Outcome
+    exits: AsyncExitStack
+    terminal: str | None = field(default=None)
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.response.headers
+
+    async def batches(self) -> AsyncIterator[Batch]:
+        """The complete frames of each read, as they come; raises StreamBroken on a cut or a stall."""
+        idle = self.upstream.settings.upstream_idle_timeout_s
+        batch = self.first
+        while True:
+            if batch:
+                frames = batch.find(_WATCHED) if b"event:" in batch.raw else batch.frames
+                for frame in frames:
+                    self._observe(frame)
+                yield batch
+            if self.terminal is not None:
+                return
+            try:
+                async with asyncio.timeout(idle):
+                    chunk = await self.response.content.readany()
+            except TimeoutError:
+                raise StreamBroken("upstream_timeout", f"Upstream sent nothing for {idle:g} s.") from None
+            except aiohttp.ClientError as exc:
+                raise StreamBroken("stream_incomplete", f"Upstream connection broke ({type(exc).__name__}).") from None
+            if not chunk:
+                raise StreamBroken("stream_incomplete", "Upstream closed the stream before the response finished.")
+            batch = self.splitter.feed(chunk)
+
+    def _observe(self, frame: Frame) -> None:
+        kind = frame.event
+        if kind not in TERMINAL and kind not in ("response.created", "codex.rate_limits"):
+            return
+        try:
+            data = frame.data()
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(data, dict):
+            return
+        pool, outcome, now = self.upstream.pool, self.outcome, time.time()
+        response = data.get("response") if isinstance(data.get("response"), dict) else {}
+        if kind == "response.created" and isinstance(response.get("id"), str):
+            outcome.response_id = response["id"]
+            pool.remember_response(response["id"], self.account, now)
+        elif kind == "codex.rate_limits":
+            self.upstream.roster.note_windows(self.account, windows_from_event(data, now), now)
+        elif kind in TERMINAL:
+            self.terminal = kind
+            if isinstance(response.get("usage"), dict):
+                outcome.usage = response["usage"]
+            if kind != "response.completed":
+                error = response.get("error") or data.get("error") or {}
+                outcome.error_code = str(error.get("code") or kind) if isinstance(error, dict) else kind
+                verdict = verdict_for_error(int(data.get("status") or 429), error, {}, now) if (
+                    isinstance(error, dict) and error.get("code") == "usage_limit_reached") else None
+                if verdict is not None:
+                    self.upstream.roster.note_verdict(self.account, verdict)
+
+    async def close(self) -> None:
+        self.response.release()
+        await self.exits.aclose()
+
+
+async def _read_error(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    try:
+        raw = await response.content.read(_ERROR_BODY_LIMIT)
+        body = orjson.loads(raw)
+    except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError):
+        return {}
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            return error
+        if isinstance(body.get("detail"), str):
+            return {"message": body["detail"]}
+    return {}
+
+
+async def _attempt(up: Upstream, account: Account, body: bytes, client_headers: Mapping[str, str],
+                   outcome: Outcome, deadline: float) -> Stream | Failure:
+    settings = up.settings
+    exits = AsyncExitStack()
+    await exits.enter_async_context(up.pool.lease(account))
+    response: aiohttp.ClientResponse | None = None
+    try:
+        headers = upstream_request_headers(client_headers, account_headers(account))
+        headers["Content-Type"] = "application/json"
+        headers["Accept"] = "text/event-stream"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.upstream_connect_timeout_s)
+        first_event_s = max(0.01, min(settings.upstream_first_event_timeout_s, deadline - time.monotonic()))
+        async with asyncio.timeout(first_event_s):
+            response = await up.http.post(up.responses_url, data=body, headers=headers, timeout=timeout)
+        now = time.time()
+        up.roster.note_windows(account, windows_from_headers(response.headers, now), now)
+        if response.status != 200:
+            failure = Failure(response.status, await _read_error(response), response.headers)
+            response.release()
+            verdict = verdict_for_error(failure.status, failure.error, failure.headers, now)
+            if verdict is not None:
+                up.roster.note_verdict(account, verdict)
+            await exits.aclose()
+            return failure
+        splitter = FrameSplitter()
+        batch, first = Batch(b""), None
+        async with asyncio.timeout(first_event_s):
+            while first is None:
+                chunk = await response.content.readany()
+                if not chunk:
+                    break
+                # Comments before the first event are kept: they are relayed with it.
+                batch = Batch(batch.raw + splitter.feed(chunk).raw)
+                first = batch.first()
+        if first is None:
+            response.release()
+            await exits.aclose()
+            return Failure(0, reason="cut before the first event")
+        if first.event in ("error", "response.failed"):
+            data = first.data() if first.event else {}
+            error = (data.get("error") or (data.get("response") or {}).get("error") or {}) if isinstance(
+                data, dict) else {}
+            response.release()
+            await exits.aclose()
+            return Failure(200, error if isinstance(error, dict) else {}, {}, reason=first.event)
+        outcome.first_event_at = time.monotonic()
+        return Stream(up, account, response, splitter, batch, outcome, exits)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        if response is not None:
+            response.release()
+        await exits.aclose()
+        reason = "timeout" if isinstance(exc, TimeoutError) else "connect failed"
+        return Failure(0, reason=reason)
+    except BaseException:
+        if response is not None:
+            response.release()
+        await exits.aclose()
+        raise
+
+
+async def open_stream(up: Upstream, payload: dict[str, Any], client_headers: Mapping[str, str],
+                      keys: Sequence[str], outcome: Outcome) -> Stream:
+    """A stream from the first account that gives one; raises the APIError the client should get."""
+    body = orjson.dumps(payload)
+    settings = up.settings
+    deadline = time.monotonic() + settings.failover_budget_s
+    tried: set[str] = set()
+    failures: list[Failure] = []
+    while len(tried) < settings.failover_accounts and time.monotonic() < deadline:
+        try:
+            account = up.pool.choose(keys, exclude=tried)
+        except APIError:
+            if failures:
+                break
+            raise
+        tried.add(account.id)
+        outcome.account = account
+        refreshed = False
+        while True:
+            outcome.attempts += 1
+            result = await _attempt(up, account, body, client_headers, outcome, deadline)
+            if isinstance(result, Stream):
+                return result
+            failures.append(result)
+            step = next_step(result, refreshed)
+            _log.info("upstream attempt failed", account=account.alias, status=result.status, code=result.code,
+                      next=step)
+            if step == "answer":
+                outcome.status, outcome.error_code = result.status or 400, result.code
+                raise client_error(result)
+            if step == "refresh":
+                refreshed = True
+                try:
+                    await up.refresher.refresh(account, "upstream 401")
+                except RefreshError:
+                    break
+                continue
+            break
+    # Nothing left to try: the pool's own answer when it has no account at all, else a retriable 502.
+    try:
+        up.pool.choose(keys, exclude=tried)
+    except APIError as pool_answer:
+        if pool_answer.status in (429, 503) and all(f.status in (401, 429) for f in failures):
+            raise pool_answer from None
+    raise exhausted(failures)

@@ -1,0 +1,134 @@
+"""`codexlb keys …` as users run it: on the data dir, and through a running server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import os
+import re
+import signal
+import sys
+
+import aiohttp
+import pytest
+
+from codexlb import log, server
+from codexlb.cli import main
+from codexlb.config import Settings
+from codexlb.services import KEYS
+from tests.keys.conftest import keyed_app
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+KEY = re.compile(r"sk-clb-[A-Za-z0-9_-]{43}")
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_create_shows_the_key_once_and_nothing_keeps_it(capsys, tmp_path):
+    data = str(tmp_path / "d")
+    rc, out, err = run(capsys, "keys", "create", "--name", "laptop", "--max-concurrency", "2", "--data-dir", data)
+    assert rc == 0 and err == ""
+    keys = KEY.findall(out)
+    assert len(keys) == 1
+    key = keys[0]
+    assert "cannot be shown again" in out and "Authorization: Bearer <key>" in out and "OPENAI_BASE_URL" in out
+
+    rc, listed, _ = run(capsys, "keys", "list", "--data-dir", data)
+    assert rc == 0 and "laptop" in listed and key[:11] in listed and "active" in listed
+    assert key not in listed and key[11:] not in listed
+    rc, as_json, _ = run(capsys, "keys", "list", "--json", "--data-dir", data)
+    [view] = json.loads(as_json)["keys"]
+    assert view["name"] == "laptop" and view["max_concurrency"] == 2 and key not in as_json
+    for path in (tmp_path / "d").iterdir():
+        assert key[11:].encode() not in path.read_bytes(), path
+
+    rc, out, _ = run(capsys, "keys", "revoke", "laptop", "--data-dir", data)
+    assert rc == 0 and out == f"Revoked API key 'laptop' ({view['id']}).\n"
+    rc, listed, _ = run(capsys, "keys", "list", "--data-dir", data)
+    assert "revoked" in listed
+    rc, _, err = run(capsys, "keys", "revoke", "laptop", "--data-dir", data)
+    assert rc == 1 and err.startswith("codexlb: error: API key 'laptop'") and "already revoked" in err
+    rc, _, err = run(capsys, "keys", "revoke", "nobody", "--data-dir", data)
+    assert rc == 1 and err == "codexlb: error: no API key 'nobody' (see `codexlb keys list`)\n"
+
+
+def test_list_when_empty_and_bad_input(capsys, tmp_path):
+    data = str(tmp_path / "d")
+    rc, out, _ = run(capsys, "keys", "list", "--data-dir", data)
+    assert rc == 0 and "No API keys yet" in out
+    rc, _, err = run(capsys, "keys", "create", "--name", "a b", "--data-dir", data)
+    assert rc == 1 and "must be 1-64" in err
+    with pytest.raises(SystemExit) as bad:
+        main(["keys", "create", "--max-concurrency", "0", "--data-dir", data])
+    assert bad.value.code == 2
+    rc, out, _ = run(capsys, "keys", "create", "--json", "--data-dir", data)
+    created = json.loads(out)
+    assert KEY.fullmatch(created["key"]) and created["api_key"]["name"] == "key-1"
+
+
+@pytest.mark.parametrize("argv", [["keys"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"]])
+def test_help_has_examples(capsys, argv):
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--help"])
+    assert done.value.code == 0
+    assert "examples:\n  codexlb keys create" in capsys.readouterr().out
+
+
+async def test_commands_go_through_a_running_server_and_act_at_once(tmp_path):
+    """With a server up, a key made or revoked by the CLI works, or stops working, on the next request."""
+    data = tmp_path / "d"
+    settings = dataclasses.replace(Settings(), data_dir=data, port=0, usage_poll_interval_s=0,
+                                   upstream_base_url="http://127.0.0.1:9", auth_base_url="http://127.0.0.1:9")
+    stream = io.StringIO()
+    log.configure("debug", "json", stream)
+    app = keyed_app(settings)
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    serving = asyncio.create_task(server.serve(settings, app=app, on_listening=listening.set_result))
+    url = await asyncio.wait_for(listening, 10)
+    port = url.rsplit(":", 1)[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "codexlb", "keys", *args, "--port", port, "--data-dir", str(data),
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode, out.decode(), err.decode()
+
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def whoami(key: str | None) -> int:
+                headers = {"Authorization": f"Bearer {key}"} if key else {}
+                async with http.get(f"{url}/v1/__whoami", headers=headers) as resp:
+                    return resp.status
+
+            assert await whoami(None) == 200  # no key yet: this machine is served
+            rc, out, err = await cli("create", "--name", "ci")
+            assert rc == 0, err
+            [key] = KEY.findall(out)
+            assert app[KEYS].has_keys  # the server's ring, not just the file
+            assert await whoami(key) == 200 and await whoami(None) == 401
+            rc, out, err = await cli("create", "--name", "laptop")
+            [other] = KEY.findall(out)
+            rc, out, _ = await cli("list")
+            assert rc == 0 and "ci" in out and "laptop" in out and key not in out and other not in out
+            rc, _, err = await cli("revoke", "ci")
+            assert rc == 0, err
+            assert await whoami(key) == 401 and await whoami(other) == 200
+            rc, _, err = await cli("revoke", "ci")
+            assert rc == 1 and "already revoked" in err
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(serving, 10)
+        log.configure("info", "json", io.StringIO())
+    text = stream.getvalue()
+    assert "api key created" in text and "api key revoked" in text
+    for secret in (key, other):
+        assert secret[11:] not in text
