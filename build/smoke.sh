@@ -5,7 +5,8 @@
 #
 # Checks `version`, then starts `serve` on a free loopback port with a throwaway
 # data dir and an environment without Python, waits for /health/ready, stops it
-# with SIGTERM and expects a clean exit (0). Exits non-zero on the first failure.
+# with SIGTERM and expects a clean exit (0); then runs `demo` and asks it for a
+# response. Exits non-zero on the first failure.
 set -euo pipefail
 set +m   # no job control: a background child is then never a group leader, so setsid below execs in place
 
@@ -117,5 +118,27 @@ if compgen -G "$tmp/_MEI*" >/dev/null; then
     fail "the one-file unpack dir was not removed: $(echo "$tmp"/_MEI*)"
 fi
 pass "no leftover process or unpack dir"
+
+# 4. demo: the README's first command, answered end to end through its own simulated backend
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+log="$tmp/demo.log"
+setsid "${CLEAN_ENV[@]}" "$BIN" demo --port "$port" >"$log" 2>&1 &
+server_pid=$!
+deadline=$((SECONDS + READY_TIMEOUT_S))
+answer=""
+while (( SECONDS < deadline )); do
+    kill -0 "$server_pid" 2>/dev/null || { cat "$log" >&2; fail "demo exited before answering"; }
+    answer="$(curl -s --max-time 5 "http://127.0.0.1:$port/v1/responses" -H 'Content-Type: application/json' \
+        -d '{"model": "gpt-5.5", "input": "smoke"}' || true)"
+    [[ "$answer" == *"You said: smoke"* ]] && break
+    sleep 0.2
+done
+[[ "$answer" == *"You said: smoke"* ]] || { cat "$log" >&2; fail "demo did not answer /v1/responses (last: $answer)"; }
+kill -TERM "$server_pid"
+rc=0
+wait "$server_pid" || rc=$?
+server_pid=""
+[[ "$rc" -eq 0 ]] || { cat "$log" >&2; fail "demo exited $rc after SIGTERM, want 0"; }
+pass "demo answers /v1/responses through its simulated backend and stops with exit 0"
 
 echo "PASS: all smoke checks for $BIN"

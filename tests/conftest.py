@@ -48,3 +48,15 @@ async def http():
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
+
+
+@pytest.fixture
+async def store(tmp_path):
+    """A real Store (SQLite and key) in a fresh data dir."""
+    from codexlb.store import Store
+
+    data = tmp_path / "store-data"
+    data.mkdir(mode=0o700)
+    opened = await Store.open(data)
+    yield opened
+    await opened.close()

@@ -28,14 +28,14 @@ def failed_event(outcome: Outcome, code: str, message: str) -> dict[str, Any]:
         "id": response_id, "object": "response", "status": "failed", "error": {"code": code, "message": message}}}
 
 
-def account_usage(store: Store, request: web.Request, outcome: Outcome, model: str | None, started: float) -> None:
+def account_usage(store: Store, request: web.Request, outcome: Outcome, started: float) -> None:
     usage = outcome.usage or {}
     details = usage.get("input_tokens_details") or {}
     output_details = usage.get("output_tokens_details") or {}
     key = request.get(API_KEY)
     store.record_usage(UsageRecord(
         ts=time.time(), account_id=outcome.account.id if outcome.account else None,
-        api_key_id=key.id if key is not None else None, route=request.path, model=model,
+        api_key_id=key.id if key is not None else None, route=request.path, model=outcome.model,
         status=outcome.status, error_code=outcome.error_code,
         input_tokens=int(usage.get("input_tokens") or 0), cached_tokens=int(details.get("cached_tokens") or 0),
         output_tokens=int(usage.get("output_tokens") or 0),

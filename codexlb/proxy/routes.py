@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -34,50 +35,57 @@ async def _payload(request: web.Request, *, codex_client: bool) -> dict[str, Any
     return await read_json(request, max_bytes, too_large_status=400 if codex_client else 413)
 
 
-class _Accounted:
-    """One usage record per request, whatever way it ends."""
+def accounted(handler: Callable[[web.Request, Outcome], Awaitable[web.StreamResponse]]
+              ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """One usage record per request, however it ends: bad input and client hang-ups count too."""
 
-    def __init__(self, request: web.Request, model: str | None) -> None:
-        self.request, self.model, self.outcome, self.started = request, model, Outcome(), time.monotonic()
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        outcome, started = Outcome(), time.monotonic()
+        try:
+            return await handler(request, outcome)
+        except APIError as exc:
+            outcome.status, outcome.error_code = exc.status, exc.code
+            raise
+        except BaseException:
+            if outcome.status == 200:
+                outcome.status, outcome.error_code = 499, "client_closed"
+            raise
+        finally:
+            relay.account_usage(request.app[STORE], request, outcome, started)
 
-    def __enter__(self) -> Outcome:
-        return self.outcome
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: Any) -> None:
-        if isinstance(exc, APIError):
-            self.outcome.status, self.outcome.error_code = exc.status, exc.code
-        elif kind is not None and self.outcome.status == 200:
-            self.outcome.status, self.outcome.error_code = 499, "client_closed"
-        relay.account_usage(self.request.app[STORE], self.request, self.outcome, self.model, self.started)
+    return wrapped
 
 
-async def codex_responses(request: web.Request) -> web.StreamResponse:
+@accounted
+async def codex_responses(request: web.Request, outcome: Outcome) -> web.StreamResponse:
     """POST /backend-api/codex/responses: the Codex CLI with a custom provider."""
     payload = check_responses(await _payload(request, codex_client=True))
-    with _Accounted(request, payload["model"]) as outcome:
-        return await relay.relay_sse(request, request.app[UPSTREAM], payload,
-                                     conversation_keys(request.headers, payload), outcome,
-                                     keepalive=relay.CODEX_KEEPALIVE)
+    outcome.model = payload["model"]
+    return await relay.relay_sse(request, request.app[UPSTREAM], payload, conversation_keys(request.headers, payload),
+                                 outcome, keepalive=relay.CODEX_KEEPALIVE)
 
 
-async def v1_responses(request: web.Request) -> web.StreamResponse:
+@accounted
+async def v1_responses(request: web.Request, outcome: Outcome) -> web.StreamResponse:
     """POST /v1/responses: the OpenAI SDK; `stream: false` gets one aggregated Response object."""
     raw = await _payload(request, codex_client=False)
     streamed = raw.get("stream") is True
     payload = check_responses(raw)
     keys = conversation_keys(request.headers, payload)
-    with _Accounted(request, payload["model"]) as outcome:
-        if streamed:
-            return await relay.relay_sse(request, request.app[UPSTREAM], payload, keys, outcome,
-                                         keepalive=relay.COMMENT_KEEPALIVE)
-        events = await relay.collect(request.app[UPSTREAM], request, payload, keys, outcome)
-        try:
-            return _json(aggregate_response(events))
-        except UpstreamFailed as exc:
-            raise APIError(502, exc.message, code=exc.code, type="server_error") from None
+    outcome.model = payload["model"]
+    if streamed:
+        return await relay.relay_sse(request, request.app[UPSTREAM], payload, keys, outcome,
+                                     keepalive=relay.COMMENT_KEEPALIVE)
+    events = await relay.collect(request.app[UPSTREAM], request, payload, keys, outcome)
+    try:
+        return _json(aggregate_response(events, payload))
+    except UpstreamFailed as exc:
+        raise APIError(502, exc.message, code=exc.code, type="server_error") from None
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+@accounted
+async def chat_completions(request: web.Request, outcome: Outcome) -> web.StreamResponse:
     """POST /v1/chat/completions, carried over the Responses API."""
     raw = await _payload(request, codex_client=False)
     try:
@@ -85,29 +93,29 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except TranslationError as exc:
         raise APIError(400, str(exc), code="invalid_value", param=exc.param) from None
     keys = conversation_keys(request.headers, payload)
-    with _Accounted(request, payload["model"]) as outcome:
-        if raw.get("stream") is True:
-            translator = chat.ChatStream.for_request(raw)
+    outcome.model = payload["model"]
+    if raw.get("stream") is True:
+        translator = chat.ChatStream.for_request(raw)
 
-            async def chunks(batches: AsyncIterator[Batch]) -> AsyncIterator[bytes]:
-                async for batch in batches:
-                    out = []
-                    for frame in batch.frames:
-                        try:
-                            out.extend(chat.sse_chunk(c) for c in translator.feed(frame.data()))
-                        except UpstreamFailed as exc:
-                            out.append(chat.sse_chunk(exc.body()))
-                    if out:
-                        yield b"".join(out)
+        async def chunks(batches: AsyncIterator[Batch]) -> AsyncIterator[bytes]:
+            async for batch in batches:
+                out = []
+                for frame in batch.frames:
+                    try:
+                        out.extend(chat.sse_chunk(c) for c in translator.feed(frame.data()))
+                    except UpstreamFailed as exc:
+                        out.append(chat.sse_chunk(exc.body()))
+                if out:
+                    yield b"".join(out)
 
-            return await relay.relay_sse(request, request.app[UPSTREAM], payload, keys, outcome,
-                                         keepalive=relay.COMMENT_KEEPALIVE, transform=chunks, trailer=chat.DONE,
-                                         failure=_chat_failure)
-        events = await relay.collect(request.app[UPSTREAM], request, payload, keys, outcome)
-        try:
-            return _json(chat.aggregate_chat(events))
-        except UpstreamFailed as exc:
-            raise APIError(502, exc.message, code=exc.code, type="server_error") from None
+        return await relay.relay_sse(request, request.app[UPSTREAM], payload, keys, outcome,
+                                     keepalive=relay.COMMENT_KEEPALIVE, transform=chunks, trailer=chat.DONE,
+                                     failure=_chat_failure)
+    events = await relay.collect(request.app[UPSTREAM], request, payload, keys, outcome)
+    try:
+        return _json(chat.aggregate_chat(events, model=payload["model"]))
+    except UpstreamFailed as exc:
+        raise APIError(502, exc.message, code=exc.code, type="server_error") from None
 
 
 def _chat_failure(_outcome: Outcome, code: str, message: str) -> bytes:
@@ -115,19 +123,20 @@ def _chat_failure(_outcome: Outcome, code: str, message: str) -> bytes:
     return chat.sse_chunk({"error": {"message": message, "type": "server_error", "code": code, "param": None}})
 
 
-async def compact(request: web.Request) -> web.Response:
+@accounted
+async def compact(request: web.Request, outcome: Outcome) -> web.Response:
     """`/responses/compact`: today's backend compacts on `/responses` with a `compaction_trigger` item."""
     codex_client = request.path.startswith("/backend-api/")
     raw = await _payload(request, codex_client=codex_client)
     payload = check_responses(raw)
     payload["input"] = [*payload["input"], {"type": "compaction_trigger"}]
     keys = conversation_keys(request.headers, payload)
-    with _Accounted(request, payload["model"]) as outcome:
-        events = await relay.collect(request.app[UPSTREAM], request, payload, keys, outcome)
-        try:
-            response = aggregate_response(events)
-        except UpstreamFailed as exc:
-            raise APIError(502, exc.message, code=exc.code, type="server_error") from None
+    outcome.model = payload["model"]
+    events = await relay.collect(request.app[UPSTREAM], request, payload, keys, outcome)
+    try:
+        response = aggregate_response(events, payload)
+    except UpstreamFailed as exc:
+        raise APIError(502, exc.message, code=exc.code, type="server_error") from None
     return _json({"id": response.get("id"), "object": "response.compaction", "output": response.get("output", []),
                   "usage": response.get("usage")})
 

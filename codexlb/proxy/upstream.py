@@ -49,6 +49,7 @@ class Outcome:
     """What the request came to: filled in as the stream goes, read by accounting."""
 
     account: Account | None = None
+    model: str | None = None
     response_id: str | None = None
     status: int = 200
     error_code: str | None = None

@@ -10,18 +10,8 @@ import pytest
 
 from codexlb import keys as keys_module
 from codexlb.keys import KeyRing, KeyRingError, digest, generate
-from codexlb.store import Store
 
 KEY_FORMAT = re.compile(r"^sk-clb-[A-Za-z0-9_-]{43}$")
-
-
-@pytest.fixture
-async def store(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir(mode=0o700)
-    opened = await Store.open(data)
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture
@@ -47,10 +37,10 @@ async def test_create_stores_a_digest_and_a_prefix_never_the_key(ring, store, tm
     assert record.name == "laptop" and record.max_concurrency == 3 and record.status == "active"
     assert record.prefix == key[:11] and record.hash == hashlib.sha256(key.encode()).digest()
     await store.close()
-    for path in (tmp_path / "data").iterdir():
+    for path in (tmp_path / "store-data").iterdir():
         raw = path.read_bytes()
         assert key.encode() not in raw and key[11:].encode() not in raw, path
-    with sqlite3.connect(tmp_path / "data" / "codexlb.db") as conn:
+    with sqlite3.connect(tmp_path / "store-data" / "codexlb.db") as conn:
         assert conn.execute("SELECT id, name, prefix, hash FROM api_keys").fetchall() == [
             (record.id, "laptop", key[:11], record.hash)]
 
