@@ -61,20 +61,18 @@ class Pool:
     def choose(self, keys: Sequence[str] = (), exclude: Collection[str] = (), now: float | None = None) -> Account:
         """The account for a request with these conversation keys; raises the pool's APIError when none fits."""
         now = time.time() if now is None else now
-        self.roster.reactivate_due(now)
-        accounts = self.roster.all()
-        usable = [a for a in accounts if a.usable(now) and a.id not in exclude]
         for key in keys:
             account_id = self.sticky.get(key, now)
-            if account_id is None:
-                continue
-            for account in usable:
-                if account.id == account_id:
-                    self._stick(keys, account, now)
-                    return account
+            account = self.roster.by_id(account_id) if account_id is not None else None
+            if account is not None and account.id not in exclude and account.usable(now):
+                self._stick(keys, account, now)
+                return account
+        usable = self.roster.usable(now)
+        if exclude:
+            usable = [a for a in usable if a.id not in exclude]
         chosen = self.strategy.select(usable, now)
         if chosen is None:
-            raise unavailable(accounts, now)
+            raise unavailable(self.roster.all(), now)
         self._stick(keys, chosen, now)
         return chosen
 

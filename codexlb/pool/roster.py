@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import Callable
@@ -29,6 +30,10 @@ class Roster:
         self._store = store
         self._accounts: dict[str, Account] = {a.id: a for a in accounts}
         self.on_removed: list[Callable[[Account], None]] = []
+        # The usable accounts, kept until a status changes or the next timed status is due:
+        # choosing an account must not walk a thousand of them per request.
+        self._usable: list[Account] | None = None
+        self._next_due = math.inf
 
     @classmethod
     async def load(cls, store: Store) -> "Roster":
@@ -36,6 +41,19 @@ class Roster:
 
     def all(self) -> list[Account]:
         return list(self._accounts.values())
+
+    def by_id(self, account_id: str) -> Account | None:
+        return self._accounts.get(account_id)
+
+    def usable(self, now: float) -> list[Account]:
+        """Accounts in rotation now (timed statuses past their reset are reactivated first)."""
+        if self._usable is None or now >= self._next_due:
+            self.reactivate_due(now)
+            self._usable = [a for a in self._accounts.values() if a.usable(now)]
+            self._next_due = min((a.status_until for a in self._accounts.values()
+                                  if a.status in (Status.RATE_LIMITED, Status.QUOTA_EXCEEDED)
+                                  and a.status_until is not None), default=math.inf)
+        return self._usable
 
     def find(self, key: str) -> Account | None:
         """By account id, alias, or 1-based position in `all()`."""
@@ -80,6 +98,7 @@ class Roster:
             )
             await self._store.save_account(account)
             self._accounts[account.id] = account
+            self._usable = None
             _log.info("account added", account=account.alias)
             return account, "added"
         outcome = "kept"
@@ -99,6 +118,7 @@ class Roster:
         account = self.get(key)
         await self._store.delete_account(account.id)
         del self._accounts[account.id]
+        self._usable = None
         for listener in self.on_removed:
             listener(account)
         _log.info("account removed", account=account.alias)
@@ -163,3 +183,4 @@ class Roster:
             _log.info("account status", account=account.alias, status=status.value, was=account.status.value,
                       until=until, reason=reason)
         account.status, account.status_until, account.status_reason = status, until, reason
+        self._usable = None

@@ -115,6 +115,33 @@ def main() -> None:
     print(f"sticky table (10,000 entries), median of {args.iterations}")
     for label, us in bench_sticky(args.iterations, args.seed).items():
         print(f"  {label:<20} {us:8.2f} us")
+    print(f"Pool.choose, the whole decision (stickiness, usable set, strategy), {args.accounts} accounts")
+    for label, us in bench_pool_choose(pool, args.iterations, args.seed).items():
+        print(f"  {label:<32} {us:8.2f} us")
+
+
+class _NoStore:
+    """Pool.choose never writes while no status changes; the bench keeps it that way."""
+
+    def save_account_soon(self, account: Account) -> None:
+        pass
+
+
+def bench_pool_choose(accounts: list[Account], iterations: int, seed: int) -> dict[str, float]:
+    from codexlb.pool.pool import Pool
+    from codexlb.pool.roster import Roster
+
+    pool = Pool(Roster(_NoStore(), accounts), rng=random.Random(seed))  # type: ignore[arg-type]
+    now = time.time()
+    out = {}
+    for label, keys in (("new conversation each time", None), ("sticky conversation", ["session:s"])):
+        samples = []
+        for i in range(iterations):
+            started = time.perf_counter_ns()
+            pool.choose(keys or [f"session:{i}"], now=now)
+            samples.append(time.perf_counter_ns() - started)
+        out[label] = statistics.median(samples) / 1000
+    return out
 
 
 if __name__ == "__main__":
