@@ -41,30 +41,42 @@ def account_usage(store: Store, request: web.Request, outcome: Outcome, started:
         output_tokens=int(usage.get("output_tokens") or 0),
         reasoning_tokens=int(output_details.get("reasoning_tokens") or 0),
         duration_ms=round((time.monotonic() - started) * 1000, 2),
+        ttfb_ms=None if outcome.first_event_at is None else round((outcome.first_event_at - started) * 1000, 2),
     ))
 
 
-class Opening:
-    """`open_stream` as a task, so the client can be kept alive while it fails over."""
+class KeepAlive:
+    """Keep-alives while the first event is awaited: a timer, and a task only once it fires.
 
-    def __init__(self, up: Upstream, payload: dict[str, Any], headers: Mapping[str, str], keys: Sequence[str],
-                 outcome: Outcome) -> None:
-        self.task = asyncio.ensure_future(open_stream(up, payload, headers, keys, outcome))
+    Most requests get their first event long before `every_s`; they pay for one timer, not a task.
+    """
 
-    async def wait(self, every_s: float | None, on_tick: Callable[[], Awaitable[None]]) -> Stream:
-        while True:
-            done, _ = await asyncio.wait({self.task}, timeout=every_s)
-            if done:
-                return self.task.result()
-            await on_tick()
+    def __init__(self, every_s: float, commit: Callable[[], Awaitable[web.StreamResponse]], beat: bytes) -> None:
+        self._every_s, self._commit, self._beat = every_s, commit, beat
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(every_s, self._start)
+        self.response: web.StreamResponse | None = None
 
-    async def cancel(self) -> None:
-        """If the client left first: stop failing over, and close a stream that opened meanwhile."""
-        if not self.task.done():
-            self.task.cancel()
-            await asyncio.wait({self.task})
-        elif not self.task.cancelled() and self.task.exception() is None:
-            await self.task.result().close()
+    def _start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        self.response = await self._commit()
+        while not self._stop.is_set():
+            await self.response.write(self._beat)
+            try:
+                await asyncio.wait_for(self._stop.wait(), self._every_s)
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> web.StreamResponse | None:
+        """Stop beating between two writes; the response, if the first beat committed one."""
+        self._timer.cancel()
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        return self.response
 
 
 async def relay_sse(request: web.Request, up: Upstream, payload: dict[str, Any], keys: Sequence[str],
@@ -75,50 +87,41 @@ async def relay_sse(request: web.Request, up: Upstream, payload: dict[str, Any],
     """Relay upstream's stream as SSE; `transform` rewrites frames (chat completions), else verbatim.
     `failure` renders a failure after the first byte (default: a Responses `response.failed` event)."""
     render_failure = failure or (lambda o, code, message: encode(failed_event(o, code, message)))
-    opening = Opening(up, payload, request.headers, keys, outcome)
-    response: web.StreamResponse | None = None
-    consumed = False
 
     async def commit(headers: Mapping[str, str]) -> web.StreamResponse:
         prepared = web.StreamResponse(headers={**SSE_HEADERS, **headers})
         await prepared.prepare(request)
         return prepared
 
-    async def tick() -> None:
-        nonlocal response
-        if response is None:
-            response = await commit({})
-        await response.write(keepalive)
-
+    beats = KeepAlive(up.settings.keepalive_s, lambda: commit({}), keepalive)
     try:
-        try:
-            stream = await opening.wait(up.settings.keepalive_s, tick)
-        except APIError as exc:
-            outcome.status, outcome.error_code = exc.status, exc.code
-            if response is None:
-                raise
-            await response.write(render_failure(outcome, exc.code or "upstream_unavailable", exc.message))
-            await response.write(trailer)
-            return response
-        consumed = True
-        try:
-            if response is None:
-                response = await commit(client_response_headers(stream.headers))
-            batches = stream.batches()
-            chunks = transform(batches) if transform else (batch.raw async for batch in batches)
-            try:
-                async for chunk in chunks:
-                    await response.write(chunk)
-            except StreamBroken as exc:
-                outcome.status, outcome.error_code = 502, exc.code
-                await response.write(render_failure(outcome, exc.code, str(exc)))
-            await response.write(trailer)
-        finally:
-            await stream.close()
+        stream = await open_stream(up, payload, request.headers, keys, outcome)
+    except APIError as exc:
+        outcome.status, outcome.error_code = exc.status, exc.code
+        response = await beats.stop()
+        if response is None:
+            raise
+        await response.write(render_failure(outcome, exc.code or "upstream_unavailable", exc.message))
+        await response.write_eof(trailer)
         return response
+    except BaseException:
+        await beats.stop()
+        raise
+    try:
+        response = await beats.stop() or await commit(client_response_headers(stream.headers))
+        batches = stream.batches()
+        chunks = transform(batches) if transform else (batch.raw async for batch in batches)
+        try:
+            async for chunk in chunks:
+                await response.write(chunk)
+        except StreamBroken as exc:
+            outcome.status, outcome.error_code = 502, exc.code
+            await response.write(render_failure(outcome, exc.code, str(exc)))
+        # End the client's response now, not after the handler's bookkeeping (accounting, the log line).
+        await response.write_eof(trailer)
     finally:
-        if not consumed:
-            await opening.cancel()
+        await stream.close()
+    return response
 
 
 async def collect(up: Upstream, request: web.Request, payload: dict[str, Any], keys: Sequence[str],

@@ -41,11 +41,12 @@ class UsageRecord:
     output_tokens: int = 0
     reasoning_tokens: int = 0
     duration_ms: float | None = None
+    ttfb_ms: float | None = None
 
 
 _INSERT_USAGE = (
     "INSERT INTO usage (ts, account_id, api_key_id, route, model, status, error_code, input_tokens, "
-    "cached_tokens, output_tokens, reasoning_tokens, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "cached_tokens, output_tokens, reasoning_tokens, duration_ms, ttfb_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -126,7 +127,8 @@ class Store:
     def record_usage(self, r: UsageRecord) -> None:
         # Spelled out: dataclasses.astuple deep-copies, and this runs once per proxied request.
         self._usage.append((r.ts, r.account_id, r.api_key_id, r.route, r.model, r.status, r.error_code,
-                            r.input_tokens, r.cached_tokens, r.output_tokens, r.reasoning_tokens, r.duration_ms))
+                            r.input_tokens, r.cached_tokens, r.output_tokens, r.reasoning_tokens, r.duration_ms,
+                            r.ttfb_ms))
 
     async def flush_usage(self) -> None:
         if not self._usage:

@@ -77,6 +77,10 @@ MIGRATIONS: tuple[str, ...] = (
         max_concurrency INTEGER
     );
     """,
+    # 3: time to first byte per request, beside its total duration.
+    """
+    ALTER TABLE usage ADD COLUMN ttfb_ms REAL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

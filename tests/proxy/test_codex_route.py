@@ -216,3 +216,5 @@ async def test_usage_is_accounted(proxy, http):
     assert row[2] == proxy.sim.backend.records[-1].account_id
     assert row[4] == "/backend-api/codex/responses" and row[5] == "gpt-5.5" and row[6] == 200
     assert row[8] == usage["input_tokens"] and row[10] == usage["output_tokens"]
+    duration_ms, ttfb_ms = row[12], row[13]
+    assert 0 < ttfb_ms <= duration_ms
