@@ -6,6 +6,7 @@ aiohttp) share one formatter, so one redaction step covers both.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -35,6 +36,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def _sensitive_key(key: Any) -> bool:
     if not isinstance(key, str):
         return False

@@ -63,7 +63,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         poller = UsagePoller(roster, refresher, http, settings.upstream_base_url)
         app[STORE], app[ROSTER], app[HTTP], app[REFRESHER], app[USAGE] = store, roster, http, refresher, poller
         app[POOL] = Pool(roster, strategy=settings.strategy, sticky_ttl_s=settings.sticky_ttl_s)
-        loops = [asyncio.create_task(refresher.run(), name="codexlb-refresh")]
+        loops = [asyncio.create_task(refresher.run(), name="codexlb-refresh"),
+                 asyncio.create_task(roster.run_flusher(), name="codexlb-account-flush")]
         if settings.usage_poll_interval_s > 0:
             loops.append(asyncio.create_task(poller.run(settings.usage_poll_interval_s), name="codexlb-usage"))
         try:
@@ -72,6 +73,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            roster.flush_dirty()
             await refresher.close()
     finally:
         await http.close()

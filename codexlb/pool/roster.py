@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -34,6 +35,7 @@ class Roster:
         # choosing an account must not walk a thousand of them per request.
         self._usable: list[Account] | None = None
         self._next_due = math.inf
+        self._dirty: set[str] = set()
 
     @classmethod
     async def load(cls, store: Store) -> "Roster":
@@ -159,10 +161,27 @@ class Roster:
         full = exhausted_window(account, now)
         if full is not None and account.status is Status.ACTIVE:
             self._set(account, Status.QUOTA_EXCEEDED, full.reset_at, "usage window full")
+            self._store.save_account_soon(account)
         elif full is None and account.status is Status.QUOTA_EXCEEDED and windows:
             self._set(account, Status.ACTIVE, None, "usage below the limit")
-        if windows or full is not None:
             self._store.save_account_soon(account)
+        elif windows:
+            # Every answer carries usage figures: store them with the next flush, not a write per request.
+            self._dirty.add(account.id)
+
+    def flush_dirty(self) -> int:
+        """Queue the writes of accounts whose usage figures changed since the last flush."""
+        dirty, self._dirty = self._dirty, set()
+        for account_id in dirty:
+            account = self._accounts.get(account_id)
+            if account is not None:
+                self._store.save_account_soon(account)
+        return len(dirty)
+
+    async def run_flusher(self, interval_s: float = 30.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self.flush_dirty()
 
     def note_verdict(self, account: Account, verdict: Verdict) -> None:
         if account.status in (Status.PAUSED, Status.REAUTH_REQUIRED):

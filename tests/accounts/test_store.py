@@ -201,3 +201,17 @@ def test_kill_9_after_import_loses_no_account(tmp_path):
                             env={k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")})
     ids = [a["id"] for a in orjson.loads(listed.stdout)["accounts"]]
     assert ids == [a.account_id for a in backend.accounts]
+
+
+async def test_usage_figures_are_written_by_the_flush_not_per_answer(tmp_path, sim):
+    data = tmp_path / "d"
+    data.mkdir(mode=0o700)
+    store = await Store.open(data)
+    roster = await Roster.load(store)
+    account, _ = await roster.add_login(login_of(sim.backend.accounts[0]))
+    figures = {"primary": Window(30.0, 300, time.time() + 900)}
+    roster.note_windows(account, figures, time.time())
+    assert (await store.load_accounts())[0].primary is None
+    assert roster.flush_dirty() == 1 and roster.flush_dirty() == 0
+    assert (await store.load_accounts())[0].primary == figures["primary"]
+    await store.close()
