@@ -46,7 +46,7 @@ def _sensitive_key(key: Any) -> bool:
 
 # One cheap search that every secret pattern needs to match first; most log strings have none.
 _MAYBE_SECRET = re.compile(
-    r"(?i)bearer|basic|eyJ|sk-|rt_|access_token|refresh_token|id_token|api_key|password|code|client_secret"
+    r"(?i)bearer|basic|eyJ|sk-|rt_|(?:token|api_key|password|code|code_verifier|client_secret)\"?\s*[=:]"
 )
 
 

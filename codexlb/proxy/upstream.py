@@ -26,13 +26,13 @@ from codexlb.pool.quota import verdict_for_error, windows_from_event, windows_fr
 from codexlb.pool.roster import Roster
 from codexlb.proxy.failover import Failure, client_error, exhausted, next_step
 from codexlb.proxy.headers import upstream_request_headers
-from codexlb.proxy.sse import Batch, Frame, FrameSplitter
+from codexlb.proxy.sse import Batch, Frame, FrameSplitter, event_names
 from codexlb.upstream.session import account_headers
 
 _log = log.get("codexlb.proxy")
 TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
 # The events the proxy reads; every other one is relayed unread.
-_WATCHED = (b"response.created", b"codex.rate_limits", *(name.encode() for name in TERMINAL))
+_WATCHED = event_names("response.created", "codex.rate_limits", *TERMINAL)
 _ERROR_BODY_LIMIT = 64 * 1024
 
 
