@@ -44,7 +44,6 @@ Codex CLI — put this in $CODEX_HOME/config.toml and `export CODEXLB_KEY=anythi
   base_url = "{url}/backend-api/codex"
   wire_api = "responses"
   env_key = "CODEXLB_KEY"
-  supports_websockets = true
 
 curl:
 

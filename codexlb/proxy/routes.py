@@ -203,6 +203,13 @@ async def codex_usage(request: web.Request) -> web.Response:
                   "accounts": {"total": len(request.app[ROSTER].all()), "usable": len(usable)}})
 
 
+async def websocket_not_yet(request: web.Request) -> web.Response:
+    """Until the WebSocket bridge exists: 426 makes the Codex CLI fall back to HTTP at once
+    (any other answer costs it several upgrade retries first; protocol notes §8.2)."""
+    raise APIError(426, "This codexlb serves Responses over HTTP only; use HTTP (SSE).",
+                   code="websocket_unsupported", type="invalid_request_error", headers={"Upgrade": "websocket"})
+
+
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     app[UPSTREAM] = Upstream(app[SETTINGS], app[POOL], app[ROSTER], app[REFRESHER], app[HTTP])
     app[MODEL_CACHE] = _ModelCache()
@@ -214,6 +221,7 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_upstream_ctx)
     r = app.router
     r.add_post("/backend-api/codex/responses", codex_responses)
+    r.add_get("/backend-api/codex/responses", websocket_not_yet)
     r.add_post("/v1/responses", v1_responses)
     r.add_post("/v1/chat/completions", chat_completions)
     r.add_post("/backend-api/codex/responses/compact", compact)

@@ -41,3 +41,13 @@ async def test_a_turn_survives_a_failing_account(codex_bin, tmp_path, aiohttp_se
     assert run.rc == 0 and "Reconnecting" not in run.stderr, run.describe()
     failing = sim.backend.accounts[0].account_id
     assert [(r.account_id == failing, r.status) for r in sim.backend.records] == [(True, 500), (False, 200)]
+
+
+async def test_a_websocket_client_falls_back_to_http_at_once(codex_bin, tmp_path, aiohttp_server, settings, sim):
+    """No WebSocket bridge yet: the upgrade is answered 426, which the CLI takes as "use HTTP" without retrying."""
+    proxy = await start_proxy(aiohttp_server, settings, sim)
+    codex = CodexHome(codex_bin, tmp_path, sim, websockets=True, base_url=proxy.codex_base_url, api_key="sk-x")
+    run = await codex.run("exec", "--skip-git-repo-check", "hello")
+    assert run.rc == 0 and run.stdout.strip() == "Hello from the codexlb simulator. You said: hello", run.describe()
+    assert "Reconnecting" not in run.stderr, run.describe()
+    assert {r.transport for r in sim.backend.records} == {"http"}
