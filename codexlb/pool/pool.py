@@ -84,12 +84,32 @@ class Pool:
         for key in keys:
             self.sticky.put(key, account.id, now)
 
+    def hold(self, account: Account) -> "Lease":
+        """Count a request toward the account's load until the lease is released."""
+        return Lease(account)
+
     @asynccontextmanager
     async def lease(self, account: Account) -> AsyncIterator[Account]:
-        """Counts the request toward the account's load until it ends, however it ends."""
-        account.inflight += 1
-        account.last_used_at = time.time()
+        """`hold` as a context manager: released however the block ends, cancellation included."""
+        lease = self.hold(account)
         try:
             yield account
         finally:
-            account.inflight -= 1
+            lease.release()
+
+
+class Lease:
+    """An account's in-flight count, taken once and given back exactly once."""
+
+    __slots__ = ("account", "_held")
+
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        self._held = True
+        account.inflight += 1
+        account.last_used_at = time.time()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.account.inflight -= 1

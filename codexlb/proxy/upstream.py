@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping, Sequence
 
@@ -21,7 +20,7 @@ from codexlb.auth.refresh import Refresher, RefreshError
 from codexlb.config import Settings
 from codexlb.errors import APIError
 from codexlb.pool.account import Account
-from codexlb.pool.pool import Pool
+from codexlb.pool.pool import Lease, Pool
 from codexlb.pool.quota import verdict_for_error, windows_from_event, windows_from_headers
 from codexlb.pool.roster import Roster
 from codexlb.proxy.failover import Failure, client_error, exhausted, next_step
@@ -83,7 +82,7 @@ class Stream:
     splitter: FrameSplitter
     first: Batch
     outcome: Outcome
-    exits: AsyncExitStack
+    lease: Lease
     terminal: str | None = field(default=None)
 
     @property
@@ -144,7 +143,7 @@ class Stream:
 
     async def close(self) -> None:
         self.response.release()
-        await self.exits.aclose()
+        self.lease.release()
 
 
 async def _read_error(response: aiohttp.ClientResponse) -> dict[str, Any]:
@@ -164,10 +163,11 @@ async def _read_error(response: aiohttp.ClientResponse) -> dict[str, Any]:
 
 async def _attempt(up: Upstream, account: Account, body: bytes, client_headers: Mapping[str, str],
                    outcome: Outcome, deadline: float) -> Stream | Failure:
+    """One call on one account: a Stream once the first event is in, else why not."""
     settings = up.settings
-    exits = AsyncExitStack()
-    await exits.enter_async_context(up.pool.lease(account))
+    lease = up.pool.hold(account)
     response: aiohttp.ClientResponse | None = None
+    result: Stream | Failure | None = None
     try:
         headers = upstream_request_headers(client_headers, account_headers(account))
         headers["Content-Type"] = "application/json"
@@ -176,50 +176,42 @@ async def _attempt(up: Upstream, account: Account, body: bytes, client_headers: 
         first_event_s = max(0.01, min(settings.upstream_first_event_timeout_s, deadline - time.monotonic()))
         async with asyncio.timeout(first_event_s):
             response = await up.http.post(up.responses_url, data=body, headers=headers, timeout=timeout)
-        now = time.time()
-        up.roster.note_windows(account, windows_from_headers(response.headers, now), now)
-        if response.status != 200:
-            failure = Failure(response.status, await _read_error(response), response.headers)
-            response.release()
-            verdict = verdict_for_error(failure.status, failure.error, failure.headers, now)
-            if verdict is not None:
-                up.roster.note_verdict(account, verdict)
-            await exits.aclose()
-            return failure
-        splitter = FrameSplitter()
-        batch, first = Batch(b""), None
-        async with asyncio.timeout(first_event_s):
+            now = time.time()
+            up.roster.note_windows(account, windows_from_headers(response.headers, now), now)
+            if response.status != 200:
+                result = Failure(response.status, await _read_error(response), response.headers)
+                verdict = verdict_for_error(result.status, result.error, result.headers, now)
+                if verdict is not None:
+                    up.roster.note_verdict(account, verdict)
+                return result
+            splitter = FrameSplitter()
+            batch, first = Batch(b""), None
             while first is None:
                 chunk = await response.content.readany()
                 if not chunk:
-                    break
+                    result = Failure(0, reason="cut before the first event")
+                    return result
                 # Comments before the first event are kept: they are relayed with it.
                 batch = Batch(batch.raw + splitter.feed(chunk).raw)
                 first = batch.first()
-        if first is None:
-            response.release()
-            await exits.aclose()
-            return Failure(0, reason="cut before the first event")
         if first.event in ("error", "response.failed"):
-            data = first.data() if first.event else {}
+            data = first.data()
             error = (data.get("error") or (data.get("response") or {}).get("error") or {}) if isinstance(
                 data, dict) else {}
-            response.release()
-            await exits.aclose()
-            return Failure(200, error if isinstance(error, dict) else {}, {}, reason=first.event)
+            result = Failure(200, error if isinstance(error, dict) else {}, {}, reason=first.event)
+            return result
         outcome.first_event_at = time.monotonic()
-        return Stream(up, account, response, splitter, batch, outcome, exits)
+        result = Stream(up, account, response, splitter, batch, outcome, lease)
+        return result
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        if response is not None:
-            response.release()
-        await exits.aclose()
-        reason = "timeout" if isinstance(exc, TimeoutError) else "connect failed"
-        return Failure(0, reason=reason)
-    except BaseException:
-        if response is not None:
-            response.release()
-        await exits.aclose()
-        raise
+        result = Failure(0, reason="timeout" if isinstance(exc, TimeoutError) else "connect failed")
+        return result
+    finally:
+        # Anything but a live stream gives the connection and the account's slot back here.
+        if not isinstance(result, Stream):
+            if response is not None:
+                response.release()
+            lease.release()
 
 
 async def open_stream(up: Upstream, payload: dict[str, Any], client_headers: Mapping[str, str],

@@ -36,6 +36,7 @@ async def start_proxy(aiohttp_server, settings, sim: RunningSim, accounts: int |
     settings = dataclasses.replace(settings, upstream_base_url=sim.upstream_base_url, auth_base_url=sim.url,
                                    **overrides)
     app = create_app(settings)
+    # The test server cancels the handler of a client that hangs up, as `serve` does.
     server = await aiohttp_server(app)
     for sim_account in sim.backend.accounts[:accounts]:
         await app[ROSTER].add_login(login_of(sim_account))

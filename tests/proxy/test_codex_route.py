@@ -80,6 +80,7 @@ async def test_failover_before_the_first_byte(proxy, http, fault):
         assert [e["type"] for e in events][:3] == TEXT_KINDS_HEAD and events[-1]["type"] == "response.completed"
     completed = [r for r in proxy.sim.backend.records if r.outcome == "completed"]
     assert len(completed) == 4 and all(r.account_id != first for r in completed)
+    assert [a.inflight for a in proxy.roster.all()] == [0, 0, 0]
 
 
 async def test_401_refreshes_and_retries_the_same_account(aiohttp_server, settings, sim_one, http):
@@ -218,3 +219,17 @@ async def test_usage_is_accounted(proxy, http):
     assert row[8] == usage["input_tokens"] and row[10] == usage["output_tokens"]
     duration_ms, ttfb_ms = row[12], row[13]
     assert 0 < ttfb_ms <= duration_ms
+
+
+async def test_a_client_that_hangs_up_mid_stream_frees_its_account(proxy, http):
+    import asyncio
+
+    await add_fault(http, proxy.sim, action="stall", after_events=3, times=None)
+    resp = await http.post(f"{proxy.codex_base_url}/responses", json=body(user("hi")))
+    assert resp.status == 200
+    await resp.content.readuntil(b"\n\n")  # the stream is running: an account is leased
+    assert sum(a.inflight for a in proxy.roster.all()) == 1
+    resp.close()
+    async with asyncio.timeout(10):
+        while sum(a.inflight for a in proxy.roster.all()):
+            await asyncio.sleep(0.01)
