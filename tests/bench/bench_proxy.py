@@ -4,6 +4,8 @@ Run: .venv/bin/python tests/bench/bench_proxy.py [--requests 300] [--seconds 5] 
 
 The sim and codexlb each run as their own process (`codexlb sim`, `codexlb serve`); this process
 is the client. All three share the machine's cores, so read the ratios, not the absolute figures.
+The "bare relay" row is the ceiling for any aiohttp proxy on this machine: a process that only
+forwards bytes (no parsing, pool, failover, accounting or log) between the same client and sim.
 """
 
 from __future__ import annotations
@@ -23,6 +25,35 @@ import orjson
 
 PAYLOAD = orjson.dumps({"model": "gpt-5.5", "stream": True, "store": False, "input": [
     {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "bench"}]}]})
+
+
+BARE_RELAY = """
+import asyncio, sys
+import aiohttp
+from aiohttp import web
+upstream, token, account = sys.argv[1:4]
+headers = {"Authorization": "Bearer " + token, "chatgpt-account-id": account, "Content-Type": "application/json"}
+async def relay(request):
+    body = await request.read()
+    async with request.app["http"].post(upstream, data=body, headers=headers) as up:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        async for chunk in up.content.iter_any():
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+async def main():
+    app = web.Application()
+    app["http"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    app.router.add_post("/backend-api/codex/responses", relay)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(runner.addresses[0][1], flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
 
 
 async def start(*args: str, env: dict[str, str] | None = None) -> tuple[asyncio.subprocess.Process, str]:
@@ -115,12 +146,23 @@ async def main() -> None:
         for name, q in (("p50", 0.5), ("p99", 0.99)):
             dv, pv = pct(d, q) * 1000, pct(p, q) * 1000
             print(f"  {name}: direct {dv:6.2f} ms  proxied {pv:6.2f} ms  added {pv - dv:5.2f} ms  ratio {pv / dv:4.2f}")
+        bare = await asyncio.create_subprocess_exec(sys.executable, "-c", BARE_RELAY, direct,
+                                                    account["access_token"], account["account_id"],
+                                                    stdout=asyncio.subprocess.PIPE)
+        assert bare.stdout is not None
+        bare_url = f"http://127.0.0.1:{int(await asyncio.wait_for(bare.stdout.readline(), 30))}"
         print(f"streamed requests/s ({args.seconds:g} s each)")
-        for concurrency in (1, 32):
-            dr = await throughput(direct, direct_headers, concurrency, args.seconds)
-            pr = await throughput(proxied, proxy_headers, concurrency, args.seconds)
-            print(f"  concurrency {concurrency:2d}: direct {dr:7.0f}/s  proxied {pr:7.0f}/s  "
-                  f"proxied/direct {pr / dr:4.2f}")
+        try:
+            for concurrency in (1, 32):
+                dr = await throughput(direct, direct_headers, concurrency, args.seconds)
+                pr = await throughput(proxied, proxy_headers, concurrency, args.seconds)
+                br = await throughput(f"{bare_url}/backend-api/codex/responses", proxy_headers, concurrency,
+                                      args.seconds)
+                print(f"  concurrency {concurrency:2d}: direct {dr:7.0f}/s  proxied {pr:7.0f}/s  "
+                      f"proxied/direct {pr / dr:4.2f}  (bare relay/direct {br / dr:4.2f})")
+        finally:
+            bare.terminate()
+            await bare.wait()
         print(f"  (mean direct first event {statistics.mean(d) * 1000:.2f} ms; cpu count {os.cpu_count()})")
     finally:
         for proc in (proxy, sim):
