@@ -14,7 +14,7 @@ from codexlb.client_auth import API_KEY
 from codexlb.errors import APIError
 from codexlb.proxy.headers import client_response_headers
 from codexlb.proxy.sse import Batch, encode
-from codexlb.proxy.upstream import Outcome, Stream, StreamBroken, Upstream, open_stream
+from codexlb.proxy.upstream import Outcome, StreamBroken, Upstream, open_stream
 from codexlb.store import Store, UsageRecord
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

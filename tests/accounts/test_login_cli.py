@@ -8,7 +8,6 @@ import os
 import re
 import sys
 
-import aiohttp
 import pytest
 
 pytestmark = pytest.mark.usefixtures("clean_env")
