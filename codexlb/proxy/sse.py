@@ -60,6 +60,18 @@ class Batch:
             start = end + 2
         return None
 
+    def last(self) -> Frame | None:
+        """The last frame that is not a comment (a terminal event is always the last of its batch)."""
+        end = len(self.raw)
+        while end > 0:
+            cut = self.raw.rfind(b"\n\n", 0, end - 2)
+            start = cut + 2 if cut != -1 else 0
+            frame = _frame(self.raw[start:end])
+            if frame is not None:
+                return frame
+            end = start
+        return None
+
     def find(self, names: re.Pattern[bytes]) -> Iterator[Frame]:
         """Frames whose `event:` line matches `names` (see `event_names`), found in one pass."""
         for match in names.finditer(self.raw):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
 
 import aiohttp
 import orjson
@@ -30,8 +30,7 @@ from codexlb.upstream.session import account_headers
 
 _log = log.get("codexlb.proxy")
 TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
-# The events the proxy reads; every other one is relayed unread.
-_WATCHED = event_names("response.created", "codex.rate_limits", *TERMINAL)
+_RATE_LIMITS = event_names("codex.rate_limits")
 _ERROR_BODY_LIMIT = 64 * 1024
 
 
@@ -95,8 +94,7 @@ class Stream:
         batch = self.first
         while True:
             if batch:
-                frames = batch.find(_WATCHED) if b"event:" in batch.raw else batch.frames
-                for frame in frames:
+                for frame in self._watched(batch):
                     self._observe(frame)
                 yield batch
             if self.terminal is not None:
@@ -111,6 +109,18 @@ class Stream:
             if not chunk:
                 raise StreamBroken("stream_incomplete", "Upstream closed the stream before the response finished.")
             batch = self.splitter.feed(chunk)
+
+    def _watched(self, batch: Batch) -> Iterator[Frame]:
+        """The frames worth reading, found without splitting the batch: the stream's first frame
+        (response.created), rate-limit events, and the batch's last frame (where a terminal is)."""
+        first = batch.first() if self.outcome.response_id is None else None
+        if first is not None:
+            yield first
+        if b"codex.rate_limits" in batch.raw:
+            yield from batch.find(_RATE_LIMITS)
+        last = batch.last()
+        if last is not None and last.event in TERMINAL and last.raw is not (first.raw if first else None):
+            yield last
 
     def _observe(self, frame: Frame) -> None:
         kind = frame.event

@@ -44,3 +44,11 @@ def test_find_picks_watched_frames_without_splitting_the_rest():
     # A delta whose text contains the words of an event line is not an event line.
     tricky = Batch(encode({"type": "response.output_text.delta", "delta": "\nevent: response.completed\n"}))
     assert list(tricky.find(event_names("response.completed"))) == []
+
+
+def test_first_and_last_skip_comments():
+    raw = b": ping\n\n" + STREAM + b": ping\n\n"
+    batch = Batch(raw)
+    assert batch.first().event == "response.created"
+    assert batch.last().event == "response.completed"
+    assert Batch(b": only\n\n").last() is None and Batch(b"").last() is None
