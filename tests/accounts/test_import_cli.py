@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import os
-import signal
-import sys
 import time
 
 import orjson
 import pytest
 
-from codexlb import server
 from codexlb.cli import main
 from codexlb.config import Settings
 from codexlb.services import ROSTER
 from codexlb.app import create_app
 from codexlb.sim.accounts import make_jwt
+from tests.serving import codexlb, serving
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -103,22 +99,12 @@ async def test_commands_go_through_a_running_server(tmp_path, sim):
     settings = dataclasses.replace(Settings(), data_dir=data, port=0, usage_poll_interval_s=0,
                                    upstream_base_url=sim.upstream_base_url, auth_base_url=sim.url)
     app = create_app(settings)
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    serving = asyncio.create_task(server.serve(settings, app=app, on_listening=listening.set_result))
-    url = await asyncio.wait_for(listening, 10)
-    port = url.rsplit(":", 1)[1]
     path = tmp_path / "sim1.json"
     path.write_bytes(orjson.dumps(sim.backend.accounts[0].auth_json()))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    async with serving(settings, app) as port:
+        async def cli(*args: str) -> tuple[int, str, str]:
+            return await codexlb("accounts", *args, "--port", port, "--data-dir", str(data))
 
-    async def cli(*args: str) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "codexlb", "accounts", *args, "--port", port, "--data-dir", str(data),
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        return proc.returncode, out.decode(), err.decode()
-
-    try:
         rc, out, err = await cli("import", str(path))
         assert rc == 0, err
         assert [a.id for a in app[ROSTER].all()] == [sim.backend.accounts[0].account_id]
@@ -128,6 +114,3 @@ async def test_commands_go_through_a_running_server(tmp_path, sim):
         assert "sim1" in out and "paused" in out
         rc, _, err = await cli("resume", "nobody")
         assert rc == 1 and "no account 'nobody'" in err
-    finally:
-        os.kill(os.getpid(), signal.SIGTERM)
-        await asyncio.wait_for(serving, 10)

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
 import json
-import os
 import re
-import signal
-import sys
 
 import aiohttp
 import pytest
 
-from codexlb import log, server
+from codexlb import log
 from codexlb.cli import main
 from codexlb.config import Settings
 from codexlb.services import KEYS
 from tests.keys.conftest import keyed_app
+from tests.serving import codexlb, serving
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 KEY = re.compile(r"sk-clb-[A-Za-z0-9_-]{43}")
@@ -89,24 +86,14 @@ async def test_commands_go_through_a_running_server_and_act_at_once(tmp_path):
     stream = io.StringIO()
     log.configure("debug", "json", stream)
     app = keyed_app(settings)
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    serving = asyncio.create_task(server.serve(settings, app=app, on_listening=listening.set_result))
-    url = await asyncio.wait_for(listening, 10)
-    port = url.rsplit(":", 1)[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
-
-    async def cli(*args: str) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "codexlb", "keys", *args, "--port", port, "--data-dir", str(data),
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        return proc.returncode, out.decode(), err.decode()
-
     try:
-        async with aiohttp.ClientSession() as http:
+        async with serving(settings, app) as port, aiohttp.ClientSession() as http:
+            async def cli(*args: str) -> tuple[int, str, str]:
+                return await codexlb("keys", *args, "--port", port, "--data-dir", str(data))
+
             async def whoami(key: str | None) -> int:
                 headers = {"Authorization": f"Bearer {key}"} if key else {}
-                async with http.get(f"{url}/v1/__whoami", headers=headers) as resp:
+                async with http.get(f"http://127.0.0.1:{port}/v1/__whoami", headers=headers) as resp:
                     return resp.status
 
             assert await whoami(None) == 200  # no key yet: this machine is served
@@ -125,8 +112,6 @@ async def test_commands_go_through_a_running_server_and_act_at_once(tmp_path):
             rc, _, err = await cli("revoke", "ci")
             assert rc == 1 and "already revoked" in err
     finally:
-        os.kill(os.getpid(), signal.SIGTERM)
-        await asyncio.wait_for(serving, 10)
         log.configure("info", "json", io.StringIO())
     text = stream.getvalue()
     assert "api key created" in text and "api key revoked" in text

@@ -1,0 +1,37 @@
+"""A real `serve` in the test's loop, and the `codexlb` command run against it as a user would."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from codexlb import server
+from codexlb.config import Settings
+
+
+@asynccontextmanager
+async def serving(settings: Settings, app: web.Application) -> AsyncIterator[str]:
+    """Serve `app` until the block ends (then SIGTERM, as an operator would); yields the port."""
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(server.serve(settings, app=app, on_listening=listening.set_result))
+    url = await asyncio.wait_for(listening, 10)
+    try:
+        yield url.rsplit(":", 1)[1]
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(task, 10)
+
+
+async def codexlb(*args: str) -> tuple[int, str, str]:
+    """`codexlb ARGS` as a subprocess (not blocking the loop that serves it); rc, stdout, stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "codexlb", *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
