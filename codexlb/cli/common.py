@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, Coroutine
 
-from codexlb import config
+from codexlb import config, server
 
 
 class CliError(Exception):
@@ -65,3 +66,11 @@ def ago(ts: float | None, now: float) -> str:
         if abs(seconds) >= size:
             return f"{seconds // size}{unit} ago" if seconds >= 0 else f"in {-seconds // size}{unit}"
     return f"{seconds}s ago" if seconds >= 0 else f"in {-seconds}s"
+
+
+def run_server(main: Coroutine[Any, Any, None]) -> int:
+    """Run a serving coroutine as the command's body; a start-up failure is one line, exit 1."""
+    try:
+        return server.run_until_stopped(main)
+    except server.StartupError as exc:
+        raise CliError(str(exc), exit_code=1) from None

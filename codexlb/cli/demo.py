@@ -14,7 +14,7 @@ from aiohttp import web
 from codexlb import log, server
 from codexlb.app import create_app
 from codexlb.auth.authjson import from_tokens
-from codexlb.cli.common import CliError, HelpFormatter
+from codexlb.cli.common import CliError, HelpFormatter, run_server
 from codexlb.config import Settings
 from codexlb.services import ROSTER
 from codexlb.sim.backend import SimConfig
@@ -87,10 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if args.accounts < 1:
         raise CliError("--accounts must be at least 1")
     log.configure(args.log_level, args.log_format)
-    try:
-        return server.run_until_stopped(demo(args))
-    except server.StartupError as exc:
-        raise CliError(str(exc), exit_code=1) from None
+    return run_server(demo(args))
 
 
 def register(commands: argparse._SubParsersAction) -> None:

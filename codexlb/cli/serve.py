@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from codexlb import log, server
-from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags, load_settings
+from codexlb.cli.common import HelpFormatter, add_setting_flags, load_settings, run_server
 
 _EPILOG = """\
 examples:
@@ -22,10 +22,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_settings(args)
     settings = loaded.settings
     log.configure(settings.log_level, settings.log_format)
-    try:
-        return server.run_until_stopped(server.serve(settings))
-    except server.StartupError as exc:
-        raise CliError(str(exc), exit_code=1) from None
+    return run_server(server.serve(settings))
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 
 from codexlb import log, server
-from codexlb.cli.common import CliError, HelpFormatter
+from codexlb.cli.common import CliError, HelpFormatter, run_server
 from codexlb.config import Settings
 from codexlb.sim.app import create_sim_app
 from codexlb.sim.backend import Backend, SimConfig
@@ -67,10 +67,7 @@ def run(args: argparse.Namespace) -> int:
         logger.info("wrote auth.json files", count=len(paths), directory=str(Path(args.write_auth).expanduser()))
     settings = dataclasses.replace(Settings(), host=args.host, port=args.port, drain_timeout_s=1.0)
     logger.info("simulated accounts", accounts=[a.account_id for a in backend.accounts])
-    try:
-        return server.run_until_stopped(server.serve(settings, create_sim_app(backend)))
-    except server.StartupError as exc:
-        raise CliError(str(exc), exit_code=1) from None
+    return run_server(server.serve(settings, create_sim_app(backend)))
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
+from aiohttp.typedefs import Handler
 
 from codexlb import health, middlewares
 from codexlb.sim import control, oauth, responses, validate
@@ -97,10 +98,7 @@ async def responses_http(request: web.Request) -> web.StreamResponse:
 
 async def responses_ws(request: web.Request) -> web.StreamResponse:
     backend = request.app[BACKEND]
-    try:
-        account = backend.authenticate(request.headers)
-    except SimError as exc:
-        return _error(exc)
+    account = backend.authenticate(request.headers)
     turn_state = request.headers.get("x-codex-turn-state") or backend.new_turn_state()
     ws = web.WebSocketResponse(max_msg_size=MAX_BODY)
     ws.headers.update({"x-codex-turn-state": turn_state, **account.rate_limit_headers(time.time())})
@@ -127,42 +125,40 @@ async def responses_ws(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
-    try:
-        backend.authenticate(request.headers)
-    except SimError as exc:
-        return _error(exc)
+    backend.authenticate(request.headers)
     return _json(200, backend.model_catalog())
 
 
 async def usage(request: web.Request) -> web.Response:
-    backend = request.app[BACKEND]
+    account = request.app[BACKEND].authenticate(request.headers)
+    return _json(200, account.usage_view(time.time()))
+
+
+@web.middleware
+async def sim_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A SimError raised before a response started is answered in upstream's HTTP shape."""
     try:
-        account = backend.authenticate(request.headers)
+        return await handler(request)
     except SimError as exc:
         return _error(exc)
-    return _json(200, account.usage_view(time.time()))
 
 
 async def oauth_token(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
-    try:
-        if request.content_type == "application/x-www-form-urlencoded":
-            form: dict[str, Any] = dict(await request.post())
-        else:
-            form = validate.parse_json(await request.read())
-        grant_type = form.get("grant_type")
-        if grant_type == "authorization_code":
-            account = backend.auth.exchange(form)
-        elif grant_type == "refresh_token":
-            token = form.get("refresh_token")
-            if not isinstance(token, str) or not token:
-                raise bad_request("Missing required parameter: 'refresh_token'.", "invalid_request",
-                                  "refresh_token")
-            account = backend.refresh(token)
-        else:
-            raise bad_request(f"Unsupported grant type: {grant_type!r}", "unsupported_grant_type", "grant_type")
-    except SimError as exc:
-        return _error(exc)
+    if request.content_type == "application/x-www-form-urlencoded":
+        form: dict[str, Any] = dict(await request.post())
+    else:
+        form = validate.parse_json(await request.read())
+    grant_type = form.get("grant_type")
+    if grant_type == "authorization_code":
+        account = backend.auth.exchange(form)
+    elif grant_type == "refresh_token":
+        token = form.get("refresh_token")
+        if not isinstance(token, str) or not token:
+            raise bad_request("Missing required parameter: 'refresh_token'.", "invalid_request", "refresh_token")
+        account = backend.refresh(token)
+    else:
+        raise bad_request(f"Unsupported grant type: {grant_type!r}", "unsupported_grant_type", "grant_type")
     return _json(200, {
         "access_token": account.access_token,
         "refresh_token": account.refresh_token,
@@ -174,7 +170,7 @@ async def oauth_token(request: web.Request) -> web.Response:
 
 
 def create_sim_app(backend: Backend) -> web.Application:
-    app = web.Application(middlewares=[middlewares.openai_errors], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[middlewares.openai_errors, sim_errors], client_max_size=MAX_BODY)
     app[BACKEND] = backend
     app.on_response_prepare.append(middlewares.on_response_prepare)
     app.router.add_post("/backend-api/codex/responses", responses_http)

@@ -289,27 +289,19 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return data
 
 
+# SimErrors raised here become upstream-shaped answers in the sim app's middleware.
 async def authorize(request: web.Request) -> web.Response:
-    try:
-        location = request.app[AUTH].authorize(request.query)
-    except SimError as exc:
-        return _json(exc.status, exc.http_body())
+    location = request.app[AUTH].authorize(request.query)
     return web.Response(status=302, headers={"Location": location})
 
 
 async def device_usercode(request: web.Request) -> web.Response:
-    try:
-        body = await _json_body(request)
-        return _json(200, request.app[AUTH].device_start(body, str(request.url.origin())))
-    except SimError as exc:
-        return _json(exc.status, exc.http_body())
+    body = await _json_body(request)
+    return _json(200, request.app[AUTH].device_start(body, str(request.url.origin())))
 
 
 async def device_token(request: web.Request) -> web.Response:
-    try:
-        return _json(200, request.app[AUTH].device_poll(await _json_body(request)))
-    except SimError as exc:
-        return _json(exc.status, exc.http_body())
+    return _json(200, request.app[AUTH].device_poll(await _json_body(request)))
 
 
 async def device_page(request: web.Request) -> web.Response:
