@@ -6,7 +6,9 @@ from aiohttp import web
 
 from codexlb import client_auth, health, middlewares, services
 from codexlb.api import accounts as accounts_api
+from codexlb.api import admission as admission_api
 from codexlb.api import keys as keys_api
+from codexlb.bridge import websocket as ws_bridge
 from codexlb.proxy import routes as proxy_routes
 from codexlb.config import Settings
 from codexlb.services import SETTINGS
@@ -23,5 +25,7 @@ def create_app(settings: Settings) -> web.Application:
     health.setup(app)
     accounts_api.setup(app)
     keys_api.setup(app)
+    admission_api.setup(app)
     proxy_routes.setup(app)
+    ws_bridge.setup(app)
     return app

@@ -51,14 +51,4 @@ async def client_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         message = "Incorrect API key provided (unknown or revoked). " if presented else "No API key provided. "
         raise APIError(401, message + _HOW, code="invalid_api_key")
     request[API_KEY] = record
-    limit = record.max_concurrency
-    if limit is None:
-        return await handler(request)
-    if record.inflight >= limit:
-        raise APIError(429, f"This API key allows {limit} concurrent request(s); wait for one to finish.",
-                       code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
-    record.inflight += 1
-    try:
-        return await handler(request)
-    finally:
-        record.inflight -= 1
+    return await handler(request)

@@ -146,6 +146,28 @@ class Settings:
         10.0, "While the first event is awaited longer than this, send keep-alives this often (commits the "
         "answer: no failover after the first one).", check=_check_positive, metavar="SECONDS",
     )
+    max_inflight: int = setting(
+        512, "Most proxied requests served at once (an open WebSocket counts as one); more wait in line.",
+        check=_check_at_least_one, metavar="N",
+    )
+    queue_wait_s: float = setting(
+        10.0, "Longest a request waits in line at a full gate before it gets 429 proxy_overloaded with "
+        "Retry-After.", check=_check_non_negative, metavar="SECONDS",
+    )
+    max_queue: int = setting(
+        1024, "Most requests waiting in line at one gate; past it, a newcomer gets 429 at once.",
+        check=_check_non_negative, metavar="N",
+    )
+    account_max_streams: int = setting(
+        16, "Most streams at once on one account; a full account is passed over for another with room.",
+        check=_check_at_least_one, metavar="N",
+    )
+    max_upstream_connects: int = setting(
+        32, "Most upstream WebSocket connects in progress at once.", check=_check_at_least_one, metavar="N",
+    )
+    max_refreshes: int = setting(
+        4, "Most token refreshes in progress at once.", check=_check_at_least_one, metavar="N",
+    )
     drain_timeout_s: float = setting(
         30.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.",
         check=_check_non_negative, metavar="SECONDS",

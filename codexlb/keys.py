@@ -17,7 +17,7 @@ import hmac
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from codexlb import log
@@ -52,7 +52,6 @@ class KeyRecord:
     last_used_at: float | None = None
     revoked_at: float | None = None
     max_concurrency: int | None = None  # requests (an open WebSocket counts as one) at a time; None: no limit
-    inflight: int = field(default=0, compare=False)  # in memory only
 
     @property
     def status(self) -> str:

@@ -9,6 +9,7 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from codexlb.admission.gates import Gates
 from codexlb.auth.refresh import Refresher
 from codexlb.config import Settings
 from codexlb.keys import KeyRing
@@ -27,6 +28,7 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 REFRESHER = web.AppKey("refresher", Refresher)
 USAGE = web.AppKey("usage_poller", UsagePoller)
 KEYS = web.AppKey("keys", KeyRing)
+GATES = web.AppKey("gates", Gates)
 
 
 class StartupError(Exception):
@@ -59,10 +61,12 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         check_exposure(settings, keys)
         app[KEYS] = keys
         roster = await Roster.load(store)
-        refresher = Refresher(roster, http, settings.auth_base_url, margin_s=settings.refresh_margin_s)
+        gates = app[GATES] = Gates(settings)
+        refresher = Refresher(roster, http, settings.auth_base_url, margin_s=settings.refresh_margin_s,
+                              gate=gates.refreshes)
         poller = UsagePoller(roster, refresher, http, settings.upstream_base_url)
         app[STORE], app[ROSTER], app[HTTP], app[REFRESHER], app[USAGE] = store, roster, http, refresher, poller
-        app[POOL] = Pool(roster, strategy=settings.strategy, sticky_ttl_s=settings.sticky_ttl_s)
+        app[POOL] = Pool(roster, strategy=settings.strategy, sticky_ttl_s=settings.sticky_ttl_s, gates=gates)
         loops = [asyncio.create_task(refresher.run(), name="codexlb-refresh"),
                  asyncio.create_task(roster.run_flusher(), name="codexlb-account-flush")]
         if settings.usage_poll_interval_s > 0:

@@ -15,7 +15,10 @@ from typing import Any
 import aiohttp
 
 from codexlb import log
+from codexlb.admission.gate import Gate, GateFull
+from codexlb.admission.gates import Gates
 from codexlb.auth import jwt
+from codexlb.config import Settings
 from codexlb.pool.account import Account, Status, Tokens
 from codexlb.pool.roster import Roster
 from codexlb.singleflight import SingleFlight
@@ -46,7 +49,8 @@ def _error_code(body: Any) -> str:
 
 class Refresher:
     def __init__(self, roster: Roster, http: aiohttp.ClientSession, auth_base_url: str, *,
-                 margin_s: float = 600.0, jitter_s: float = 120.0, timeout_s: float = 30.0) -> None:
+                 margin_s: float = 600.0, jitter_s: float = 120.0, timeout_s: float = 30.0,
+                 gate: Gate | None = None) -> None:
         self._roster = roster
         self._http = http
         self._url = auth_base_url.rstrip("/") + "/oauth/token"
@@ -54,6 +58,8 @@ class Refresher:
         self._jitter_s = jitter_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._flights: SingleFlight[Tokens] = SingleFlight()
+        # Bounds refreshes at once across accounts (a pool coming back from sleep refreshes all together).
+        self._gate = gate or Gates(Settings()).refreshes
 
     def due(self, account: Account, now: float) -> bool:
         """Refresh ahead of expiry; a stable per-account jitter keeps a pool from refreshing in one burst."""
@@ -94,7 +100,7 @@ class Refresher:
         body = {"client_id": CLIENT_ID, "grant_type": "refresh_token", "refresh_token": used,
                 "scope": "openid profile email"}
         try:
-            async with self._http.post(self._url, json=body, timeout=self._timeout) as resp:
+            async with self._gate.slot(), self._http.post(self._url, json=body, timeout=self._timeout) as resp:
                 status = resp.status
                 try:
                     data = await resp.json(content_type=None)
@@ -102,6 +108,8 @@ class Refresher:
                     data = None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise RefreshError(f"token endpoint unreachable: {type(exc).__name__}", permanent=False) from None
+        except GateFull as exc:
+            raise RefreshError(exc.message, permanent=False) from None
         if status != 200 or not isinstance(data, dict):
             code = _error_code(data)
             permanent = status in (400, 401, 403) and code in PERMANENT

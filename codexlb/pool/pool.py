@@ -14,9 +14,11 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import asynccontextmanager
-from typing import AsyncIterator, Collection, Sequence
+from typing import Collection, Sequence
 
+from codexlb.admission.gate import Slot
+from codexlb.admission.gates import Gates
+from codexlb.config import Settings
 from codexlb.errors import APIError
 from codexlb.pool.account import Account, Status
 from codexlb.pool.roster import Roster
@@ -52,29 +54,60 @@ def unavailable(accounts: Sequence[Account], now: float) -> APIError:
 
 class Pool:
     def __init__(self, roster: Roster, *, strategy: str = "capacity", sticky_ttl_s: float = 3600.0,
-                 sticky_max: int = 100_000, rng: random.Random | None = None) -> None:
+                 sticky_max: int = 100_000, rng: random.Random | None = None, gates: Gates | None = None) -> None:
         self.roster = roster
         self.strategy = make_strategy(strategy, rng)
         self.sticky = StickyTable(sticky_max, sticky_ttl_s)
-        roster.on_removed.append(lambda account: self.sticky.forget_account(account.id))
+        self.gates = gates or Gates(Settings())
+        roster.on_removed.append(self._forget)
+
+    def _forget(self, account: Account) -> None:
+        self.sticky.forget_account(account.id)
+        self.gates.forget_account(account.id)
 
     def choose(self, keys: Sequence[str] = (), exclude: Collection[str] = (), now: float | None = None) -> Account:
-        """The account for a request with these conversation keys; raises the pool's APIError when none fits."""
+        """The account for a request with these conversation keys; raises the pool's APIError when none fits.
+
+        An account with no free stream slot is passed over, for stickiness too, while another has one."""
         now = time.time() if now is None else now
-        for key in keys:
-            account_id = self.sticky.get(key, now)
-            account = self.roster.by_id(account_id) if account_id is not None else None
-            if account is not None and account.id not in exclude and account.usable(now):
-                self._stick(keys, account, now)
-                return account
         usable = self.roster.usable(now)
         if exclude:
             usable = [a for a in usable if a.id not in exclude]
-        chosen = self.strategy.select(usable, now)
+        if not usable:
+            raise unavailable(self.roster.all(), now)
+        roomy = [a for a in usable if self.gates.account(a).has_room()]
+        for key in keys:
+            account = self._sticky(key, exclude, now)
+            if account is not None and (not roomy or self.gates.account(account).has_room()):
+                self._stick(keys, account, now)
+                return account
+        chosen = self.strategy.select(roomy or usable, now)
         if chosen is None:
             raise unavailable(self.roster.all(), now)
         self._stick(keys, chosen, now)
         return chosen
+
+    async def admit(self, keys: Sequence[str] = (), exclude: Collection[str] = (),
+                    wait_s: float | None = None) -> tuple[Account, Slot]:
+        """An account and one of its stream slots. A request anchored on a response (`resp:` key) waits
+        for the account that holds that response's state; any other goes to an account with a free slot,
+        and waits in line only when every usable account is full. Raises the pool's APIError or GateFull."""
+        now = time.time()
+        pinned = self._sticky(keys[0], exclude, now) if keys and keys[0].startswith("resp:") else None
+        account = pinned or self.choose(keys, exclude, now)
+        if pinned is not None:
+            self._stick(keys, pinned, now)
+        gate = self.gates.account(account)
+        slot = gate.try_acquire() or await gate.acquire(wait_s)
+        account.last_used_at = time.time()
+        return account, slot
+
+    def _sticky(self, key: str, exclude: Collection[str], now: float) -> Account | None:
+        account_id = self.sticky.get(key, now)
+        account = self.roster.by_id(account_id) if account_id is not None else None
+        if account is not None and account.id not in exclude and account.usable(now):
+            return account
+        return None
 
     def remember_response(self, response_id: str, account: Account, now: float | None = None) -> None:
         """A response this account produced: a follow-up anchored on it must come back here."""
@@ -83,33 +116,3 @@ class Pool:
     def _stick(self, keys: Sequence[str], account: Account, now: float) -> None:
         for key in keys:
             self.sticky.put(key, account.id, now)
-
-    def hold(self, account: Account) -> "Lease":
-        """Count a request toward the account's load until the lease is released."""
-        return Lease(account)
-
-    @asynccontextmanager
-    async def lease(self, account: Account) -> AsyncIterator[Account]:
-        """`hold` as a context manager: released however the block ends, cancellation included."""
-        lease = self.hold(account)
-        try:
-            yield account
-        finally:
-            lease.release()
-
-
-class Lease:
-    """An account's in-flight count, taken once and given back exactly once."""
-
-    __slots__ = ("account", "_held")
-
-    def __init__(self, account: Account) -> None:
-        self.account = account
-        self._held = True
-        account.inflight += 1
-        account.last_used_at = time.time()
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            self.account.inflight -= 1

@@ -9,20 +9,20 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from codexlb.client_auth import API_KEY
 from codexlb.errors import APIError
 from codexlb.pool.account import Status
 from codexlb.pool.sticky import conversation_keys
 from codexlb.proxy import relay
 from codexlb.proxy.request import check_responses, read_json
 from codexlb.proxy.sse import Batch
-from codexlb.proxy.upstream import Outcome, Upstream
-from codexlb.services import POOL, REFRESHER, ROSTER, HTTP, SETTINGS, STORE
+from codexlb.proxy.upstream import UPSTREAM, Outcome, Upstream
+from codexlb.services import GATES, POOL, REFRESHER, ROSTER, HTTP, SETTINGS, STORE
 from codexlb.translate import chat
 from codexlb.translate.responses_aggregate import aggregate_response
 from codexlb.translate.chat import TranslationError, UpstreamFailed
 from codexlb.upstream.session import account_headers
 
-UPSTREAM = web.AppKey("upstream", Upstream)
 MODELS_TTL_S = 300.0
 
 
@@ -37,13 +37,15 @@ async def _payload(request: web.Request, *, codex_client: bool) -> dict[str, Any
 
 def accounted(handler: Callable[[web.Request, Outcome], Awaitable[web.StreamResponse]]
               ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """One usage record per request, however it ends: bad input and client hang-ups count too."""
+    """Admission (the key's and the global in-flight gate), then one usage record per request, however it
+    ends: bad input, rejections and client hang-ups count too."""
 
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
         outcome, started = Outcome(), time.monotonic()
         try:
-            return await handler(request, outcome)
+            async with request.app[GATES].admitted(request.get(API_KEY)):
+                return await handler(request, outcome)
         except APIError as exc:
             outcome.status, outcome.error_code = exc.status, exc.code
             raise
@@ -203,15 +205,8 @@ async def codex_usage(request: web.Request) -> web.Response:
                   "accounts": {"total": len(request.app[ROSTER].all()), "usable": len(usable)}})
 
 
-async def websocket_not_yet(request: web.Request) -> web.Response:
-    """Until the WebSocket bridge exists: 426 makes the Codex CLI fall back to HTTP at once
-    (any other answer costs it several upgrade retries first; protocol notes §8.2)."""
-    raise APIError(426, "This codexlb serves Responses over HTTP only; use HTTP (SSE).",
-                   code="websocket_unsupported", type="invalid_request_error", headers={"Upgrade": "websocket"})
-
-
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[UPSTREAM] = Upstream(app[SETTINGS], app[POOL], app[ROSTER], app[REFRESHER], app[HTTP])
+    app[UPSTREAM] = Upstream(app[SETTINGS], app[POOL], app[ROSTER], app[REFRESHER], app[HTTP], app[GATES])
     app[MODEL_CACHE] = _ModelCache()
     yield
 
@@ -221,7 +216,6 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_upstream_ctx)
     r = app.router
     r.add_post("/backend-api/codex/responses", codex_responses)
-    r.add_get("/backend-api/codex/responses", websocket_not_yet)
     r.add_post("/v1/responses", v1_responses)
     r.add_post("/v1/chat/completions", chat_completions)
     r.add_post("/backend-api/codex/responses/compact", compact)

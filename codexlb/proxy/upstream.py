@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import aiohttp
 import orjson
+from aiohttp import web
 
 from codexlb import log
+from codexlb.admission.gate import Slot
+from codexlb.admission.gates import Gates
 from codexlb.auth.refresh import Refresher, RefreshError
 from codexlb.config import Settings
 from codexlb.errors import APIError
 from codexlb.pool.account import Account
-from codexlb.pool.pool import Lease, Pool
+from codexlb.pool.pool import Pool
 from codexlb.pool.quota import verdict_for_error, windows_from_event, windows_from_headers
 from codexlb.pool.roster import Roster
 from codexlb.proxy.failover import Failure, client_error, exhausted, next_step
@@ -32,6 +35,9 @@ _log = log.get("codexlb.proxy")
 TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
 _RATE_LIMITS = event_names("codex.rate_limits")
 _ERROR_BODY_LIMIT = 64 * 1024
+T = TypeVar("T")
+# One try on one account, in one of its stream slots.
+Attempt = Callable[[Account, Slot], Awaitable["T | Failure"]]
 
 
 class StreamBroken(Exception):
@@ -65,10 +71,14 @@ class Upstream:
     roster: Roster
     refresher: Refresher
     http: aiohttp.ClientSession
+    gates: Gates
 
     @property
     def responses_url(self) -> str:
         return self.settings.upstream_base_url.rstrip("/") + "/codex/responses"
+
+
+UPSTREAM = web.AppKey("upstream", Upstream)
 
 
 @dataclass(slots=True)
@@ -81,7 +91,7 @@ class Stream:
     splitter: FrameSplitter
     first: Batch
     outcome: Outcome
-    lease: Lease
+    slot: Slot
     terminal: str | None = field(default=None)
 
     @property
@@ -130,30 +140,37 @@ class Stream:
             data = frame.data()
         except orjson.JSONDecodeError:
             return
-        if not isinstance(data, dict):
-            return
-        pool, outcome, now = self.upstream.pool, self.outcome, time.time()
-        response = data.get("response") if isinstance(data.get("response"), dict) else {}
-        if kind == "response.created" and isinstance(response.get("id"), str):
-            outcome.response_id = response["id"]
-            pool.remember_response(response["id"], self.account, now)
-        elif kind == "codex.rate_limits":
-            self.upstream.roster.note_windows(self.account, windows_from_event(data, now), now)
-        elif kind in TERMINAL:
+        if observe(self.upstream, self.account, self.outcome, kind, data):
             self.terminal = kind
-            if isinstance(response.get("usage"), dict):
-                outcome.usage = response["usage"]
-            if kind != "response.completed":
-                error = response.get("error") or data.get("error") or {}
-                outcome.error_code = str(error.get("code") or kind) if isinstance(error, dict) else kind
-                verdict = verdict_for_error(int(data.get("status") or 429), error, {}, now) if (
-                    isinstance(error, dict) and error.get("code") == "usage_limit_reached") else None
-                if verdict is not None:
-                    self.upstream.roster.note_verdict(self.account, verdict)
 
     async def close(self) -> None:
         self.response.release()
-        self.lease.release()
+        self.slot.release()
+
+
+def observe(up: Upstream, account: Account, outcome: Outcome, kind: str, data: Any) -> bool:
+    """What one upstream event tells the pool and the accounting (any transport); True for a terminal."""
+    if not isinstance(data, dict):
+        return False
+    pool, now = up.pool, time.time()
+    response = data.get("response") if isinstance(data.get("response"), dict) else {}
+    if kind == "response.created" and isinstance(response.get("id"), str):
+        outcome.response_id = response["id"]
+        pool.remember_response(response["id"], account, now)
+    elif kind == "codex.rate_limits":
+        up.roster.note_windows(account, windows_from_event(data, now), now)
+    elif kind in TERMINAL:
+        if isinstance(response.get("usage"), dict):
+            outcome.usage = response["usage"]
+        if kind != "response.completed":
+            error = response.get("error") or data.get("error") or {}
+            outcome.error_code = str(error.get("code") or kind) if isinstance(error, dict) else kind
+            verdict = verdict_for_error(int(data.get("status") or 429), error, {}, now) if (
+                isinstance(error, dict) and error.get("code") == "usage_limit_reached") else None
+            if verdict is not None:
+                up.roster.note_verdict(account, verdict)
+        return True
+    return False
 
 
 async def _read_error(response: aiohttp.ClientResponse) -> dict[str, Any]:
@@ -171,11 +188,11 @@ async def _read_error(response: aiohttp.ClientResponse) -> dict[str, Any]:
     return {}
 
 
-async def _attempt(up: Upstream, account: Account, body: bytes, client_headers: Mapping[str, str],
+async def _attempt(up: Upstream, account: Account, slot: Slot, body: bytes, client_headers: Mapping[str, str],
                    outcome: Outcome, deadline: float) -> Stream | Failure:
-    """One call on one account: a Stream once the first event is in, else why not."""
+    """One call on one account, in one of its stream slots: a Stream (which then owns the slot) once the
+    first event is in, else why not."""
     settings = up.settings
-    lease = up.pool.hold(account)
     response: aiohttp.ClientResponse | None = None
     result: Stream | Failure | None = None
     try:
@@ -211,57 +228,66 @@ async def _attempt(up: Upstream, account: Account, body: bytes, client_headers: 
             result = Failure(200, error if isinstance(error, dict) else {}, {}, reason=first.event)
             return result
         outcome.first_event_at = time.monotonic()
-        result = Stream(up, account, response, splitter, batch, outcome, lease)
+        result = Stream(up, account, response, splitter, batch, outcome, slot)
         return result
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         result = Failure(0, reason="timeout" if isinstance(exc, TimeoutError) else "connect failed")
         return result
     finally:
-        # Anything but a live stream gives the connection and the account's slot back here.
-        if not isinstance(result, Stream):
-            if response is not None:
-                response.release()
-            lease.release()
+        # Anything but a live stream gives the connection back here.
+        if not isinstance(result, Stream) and response is not None:
+            response.release()
 
 
-async def open_stream(up: Upstream, payload: dict[str, Any], client_headers: Mapping[str, str],
-                      keys: Sequence[str], outcome: Outcome) -> Stream:
-    """A stream from the first account that gives one; raises the APIError the client should get."""
-    body = orjson.dumps(payload)
+async def _on_account(up: Upstream, account: Account, slot: Slot, attempt: Attempt[T], outcome: Outcome,
+                      failures: list[Failure]) -> T | None:
+    """Attempts on one account (a 401 earns one refresh and a retry): the result, or None to move on."""
+    refreshed = False
+    while True:
+        outcome.attempts += 1
+        result = await attempt(account, slot)
+        if not isinstance(result, Failure):
+            return result
+        failures.append(result)
+        step = next_step(result, refreshed)
+        _log.info("upstream attempt failed", account=account.alias, status=result.status, code=result.code,
+                  next=step)
+        if step == "answer":
+            outcome.status, outcome.error_code = result.status or 400, result.code
+            raise client_error(result)
+        if step != "refresh":
+            return None
+        refreshed = True
+        try:
+            await up.refresher.refresh(account, "upstream 401")
+        except RefreshError:
+            return None
+
+
+async def fail_over(up: Upstream, keys: Sequence[str], outcome: Outcome, attempt: Attempt[T]) -> tuple[T, Slot]:
+    """`attempt` on the pool's accounts in turn, each in one of its stream slots, until one succeeds:
+    its result and the slot (the caller's to release). Raises the APIError the client should get."""
     settings = up.settings
     deadline = time.monotonic() + settings.failover_budget_s
     tried: set[str] = set()
     failures: list[Failure] = []
     while len(tried) < settings.failover_accounts and time.monotonic() < deadline:
         try:
-            account = up.pool.choose(keys, exclude=tried)
+            account, slot = await up.pool.admit(keys, tried, min(settings.queue_wait_s, deadline - time.monotonic()))
         except APIError:
             if failures:
                 break
             raise
         tried.add(account.id)
         outcome.account = account
-        refreshed = False
-        while True:
-            outcome.attempts += 1
-            result = await _attempt(up, account, body, client_headers, outcome, deadline)
-            if isinstance(result, Stream):
-                return result
-            failures.append(result)
-            step = next_step(result, refreshed)
-            _log.info("upstream attempt failed", account=account.alias, status=result.status, code=result.code,
-                      next=step)
-            if step == "answer":
-                outcome.status, outcome.error_code = result.status or 400, result.code
-                raise client_error(result)
-            if step == "refresh":
-                refreshed = True
-                try:
-                    await up.refresher.refresh(account, "upstream 401")
-                except RefreshError:
-                    break
-                continue
-            break
+        result = None
+        try:
+            result = await _on_account(up, account, slot, attempt, outcome, failures)
+        finally:
+            if result is None:
+                slot.release()
+        if result is not None:
+            return result, slot
     # Nothing left to try: the pool's own answer when it has no account at all, else a retriable 502.
     try:
         up.pool.choose(keys, exclude=tried)
@@ -269,3 +295,13 @@ async def open_stream(up: Upstream, payload: dict[str, Any], client_headers: Map
         if pool_answer.status in (429, 503) and all(f.status in (401, 429) for f in failures):
             raise pool_answer from None
     raise exhausted(failures)
+
+
+async def open_stream(up: Upstream, payload: dict[str, Any], client_headers: Mapping[str, str],
+                      keys: Sequence[str], outcome: Outcome) -> Stream:
+    """A stream from the first account that gives one (the stream owns the account's slot)."""
+    body = orjson.dumps(payload)
+    deadline = time.monotonic() + up.settings.failover_budget_s
+    stream, _slot = await fail_over(up, keys, outcome, lambda account, slot: _attempt(
+        up, account, slot, body, client_headers, outcome, deadline))
+    return stream

@@ -104,22 +104,26 @@ async def responses_ws(request: web.Request) -> web.StreamResponse:
     ws.headers.update({"x-codex-turn-state": turn_state, **account.rate_limit_headers(time.time())})
     await ws.prepare(request)
     sink = WsSink(request, ws)
-    async for message in ws:
-        if message.type is not WSMsgType.TEXT:
-            await sink.send_error(bad_request("Only text frames with JSON are accepted.", "invalid_value"))
-            continue
-        try:
-            payload = validate.parse_json(message.data.encode())
-            validate.check_ws_frame(payload)
-            items = validate.check_payload(payload, backend.models, http=False)
-            turn = backend.begin(payload, items, account, transport="ws", turn_state=turn_state,
-                                 metadata=turn_metadata(request.headers, payload), headers=request.headers)
-        except SimError as exc:
-            await sink.send_error(exc)
-            continue
-        await turn.play(sink)
-        if sink.closed:
-            break
+    backend.open_sockets += 1
+    try:
+        async for message in ws:
+            if message.type is not WSMsgType.TEXT:
+                await sink.send_error(bad_request("Only text frames with JSON are accepted.", "invalid_value"))
+                continue
+            try:
+                payload = validate.parse_json(message.data.encode())
+                validate.check_ws_frame(payload)
+                items = validate.check_payload(payload, backend.models, http=False)
+                turn = backend.begin(payload, items, account, transport="ws", turn_state=turn_state,
+                                     metadata=turn_metadata(request.headers, payload), headers=request.headers)
+            except SimError as exc:
+                await sink.send_error(exc)
+                continue
+            await turn.play(sink)
+            if sink.closed:
+                break
+    finally:
+        backend.open_sockets -= 1
     return ws
 
 

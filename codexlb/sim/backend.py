@@ -142,6 +142,8 @@ class Backend:
         self.state = StateStore(self.config.state_ttl_s)
         self.faults = FaultBook(self.config.seed)
         self.records: deque[Record] = deque(maxlen=10_000)
+        # Responses WebSockets open right now: a client that leaves sockets behind shows here.
+        self.open_sockets = 0
         self.auth = AuthServer(self.accounts, self.account, device_poll_interval_s=self.config.device_poll_interval_s)
         self._seq = 0
         # Per (account, prompt_cache_key): the last full input, to count cached prefix tokens.

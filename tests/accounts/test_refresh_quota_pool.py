@@ -220,13 +220,15 @@ async def test_removed_account_leaves_the_sticky_table(roster, sim):
     assert pool.choose(["session:x"]).id != chosen.id
 
 
-async def test_lease_counts_inflight_and_releases_on_cancel(roster, sim):
+async def test_admitted_slot_counts_inflight_and_releases_on_cancel(roster, sim):
     [account, *_] = await filled(roster, sim, 1)
     pool = Pool(roster)
     entered = asyncio.Event()
 
     async def hold():
-        async with pool.lease(account):
+        admitted, slot = await pool.admit()
+        async with slot:
+            assert admitted is account
             entered.set()
             await asyncio.Event().wait()
 

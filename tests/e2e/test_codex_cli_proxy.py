@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from codexlb.pool.selection import make_strategy
+from codexlb.services import GATES
 from tests.e2e.test_codex_cli_sim import (RESUME_PROMPT, RESUME_REPLY, TOOL_PROMPT, TOOL_RAN, TOOL_REPLY, CodexHome,
                                           _check_turn, _show)
 from tests.proxy.conftest import start_proxy
@@ -43,11 +44,20 @@ async def test_a_turn_survives_a_failing_account(codex_bin, tmp_path, aiohttp_se
     assert [(r.account_id == failing, r.status) for r in sim.backend.records] == [(True, 500), (False, 200)]
 
 
-async def test_a_websocket_client_falls_back_to_http_at_once(codex_bin, tmp_path, aiohttp_server, settings, sim):
-    """No WebSocket bridge yet: the upgrade is answered 426, which the CLI takes as "use HTTP" without retrying."""
+async def test_websocket_session_through_the_proxy_stays_incremental(codex_bin, tmp_path, aiohttp_server,
+                                                                     settings, sim):
+    """The CLI's socket is bridged to an upstream socket: prewarm, then each request anchored on the
+    previous response with only the new items, as against the backend itself."""
     proxy = await start_proxy(aiohttp_server, settings, sim)
     codex = CodexHome(codex_bin, tmp_path, sim, websockets=True, base_url=proxy.codex_base_url, api_key="sk-x")
-    run = await codex.run("exec", "--skip-git-repo-check", "hello")
-    assert run.rc == 0 and run.stdout.strip() == "Hello from the codexlb simulator. You said: hello", run.describe()
-    assert "Reconnecting" not in run.stderr, run.describe()
-    assert {r.transport for r in sim.backend.records} == {"http"}
+    first = await codex.run("exec", "--skip-git-repo-check", TOOL_PROMPT)
+    _check_turn(first, TOOL_REPLY)
+    records = sim.backend.records_view()
+    shown = _show(records)
+    assert [(r["transport"], r["kind"], r["outcome"]) for r in records] == [
+        ("ws", "prewarm", "completed"), ("ws", "turn", "completed"), ("ws", "turn", "completed")], shown
+    prewarm, prompt, follow_up = records
+    assert prompt["previous_response_id"] == prewarm["response_id"], shown
+    assert follow_up["previous_response_id"] == prompt["response_id"] and follow_up["n_input"] == 1, shown
+    assert len({r["account_id"] for r in records}) == 1, shown
+    assert all(g["in_use"] == 0 and g["waiting"] == 0 for g in proxy.app[GATES].snapshot()["gates"].values())

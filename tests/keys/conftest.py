@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -10,8 +8,6 @@ from codexlb.app import create_app
 from codexlb.client_auth import API_KEY
 from codexlb.config import Settings
 
-RELEASE = web.AppKey("release", asyncio.Event)
-ENTERED = web.AppKey("entered", asyncio.Event)
 # Routes of our own under each guarded prefix: the real proxy routes need upstream accounts.
 GUARDED = ("/v1/__whoami", "/backend-api/__whoami", "/api/codex/__whoami")
 
@@ -26,20 +22,13 @@ async def remote_from_header(request: web.Request, handler: Handler) -> web.Stre
 def keyed_app(settings: Settings) -> web.Application:
     app = create_app(settings)
     app.middlewares.insert(0, remote_from_header)
-    app[RELEASE], app[ENTERED] = asyncio.Event(), asyncio.Event()
 
     async def whoami(request: web.Request) -> web.Response:
         record = request.get(API_KEY)
         return web.json_response({"key_id": record.id if record else None})
 
-    async def slow(request: web.Request) -> web.Response:
-        request.app[ENTERED].set()
-        await request.app[RELEASE].wait()
-        return web.json_response({"done": True})
-
     for path in GUARDED:
         app.router.add_get(path, whoami)
-    app.router.add_get("/v1/__slow", slow)
     return app
 
 

@@ -1,0 +1,1 @@
+"""Admission: bounded waits for bounded capacity, then an honest 429 (see `gate`)."""

@@ -1,0 +1,1 @@
+"""Carrying Responses over WebSockets: client sockets relayed upstream (`websocket`)."""

@@ -1,0 +1,231 @@
+"""`GET .../responses` upgraded: a client's Responses WebSocket relayed to an upstream one.
+
+Frames go both ways as they come, unparsed on the way out. The handshake is admitted (key and
+in-flight gates) and the upstream socket opened before the client's upgrade is answered, so a
+refusal is a real HTTP status. One account serves the socket for its life; its stream slot is held
+as long. A lost upstream socket is recovered as `codexlb.recovery` decides: invisibly between
+requests and before the client has a byte of the response, with one `response.failed` after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import WSMsgType, web
+
+from codexlb import log, recovery
+from codexlb.admission.gate import Slot
+from codexlb.client_auth import API_KEY
+from codexlb.errors import APIError
+from codexlb.pool.sticky import conversation_keys
+from codexlb.proxy.relay import account_usage, failed_event
+from codexlb.proxy.upstream import UPSTREAM, Outcome, Upstream, observe
+from codexlb.recovery import Action, Phase
+from codexlb.services import STORE
+from codexlb.upstream.websocket import HEARTBEAT_S, MAX_FRAME, UpstreamSocket, connect, open_socket
+
+_log = log.get("codexlb.bridge.ws")
+_CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """The client's `response.create` whose response is under way: kept whole, to be sent again."""
+
+    text: str
+    outcome: Outcome
+    sent_at: float = field(default_factory=time.monotonic)
+    seen: bool = False  # the client has received an event of this response
+    resends: int = 0
+
+
+class Bridge:
+    def __init__(self, up: Upstream, request: web.Request, client: web.WebSocketResponse, sock: UpstreamSocket,
+                 slot: Slot) -> None:
+        self._up, self._request, self._client = up, request, client
+        self._sock: UpstreamSocket | None = sock
+        self._account, self._turn_state = sock.account, sock.turn_state
+        self._slot = slot
+        self._inflight: _InFlight | None = None
+        self._lock = asyncio.Lock()  # one reconnect at a time; sends wait for it
+        self._ready = asyncio.Event()  # set while there is an upstream socket to read
+        self._ready.set()
+
+    async def run(self) -> None:
+        """Relay until the client leaves; the upstream socket and the account slot are given back however it ends."""
+        pump = asyncio.create_task(self._pump())
+        try:
+            async for message in self._client:
+                if message.type is WSMsgType.TEXT:
+                    await self._from_client(message.data)
+        finally:
+            # Everything that must happen is done before the first await: a client that drops its TCP
+            # connection cancels this handler again, and a second cancellation cuts a finally short.
+            # The pump closes the upstream socket itself; `wait` (unlike `await pump`) lets it finish
+            # that even if this handler is cancelled meanwhile.
+            pump.cancel()
+            self._slot.release()
+            if self._inflight is not None:
+                self._finish(499, "client_closed")
+            await asyncio.wait([pump])
+
+    async def _from_client(self, text: str) -> None:
+        try:
+            payload = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            payload = None
+        if isinstance(payload, dict) and payload.get("type") == "response.create":
+            outcome = Outcome(account=self._account, model=payload.get("model") if isinstance(
+                payload.get("model"), str) else None)
+            self._inflight = _InFlight(text, outcome)
+        async with self._lock:
+            if self._sock is None and not await self._reconnect("between requests"):
+                if self._inflight is not None:
+                    await self._fail("upstream_unavailable", "Upstream could not be reached again; retry.")
+                return
+            sock = self._sock
+        assert sock is not None
+        try:
+            await sock.ws.send_str(text)
+        except (aiohttp.ClientError, ConnectionError):
+            pass  # the socket is broken: the pump sees it end and recovers with the request held
+
+    async def _pump(self) -> None:
+        """Read whichever upstream socket is current; when one ends, recover. The upstream socket is
+        closed here, by the only task that reads it (a close while another task reads waits for it)."""
+        try:
+            while not self._client.closed:
+                await self._ready.wait()
+                sock = self._sock
+                if sock is None:
+                    self._ready.clear()
+                    continue
+                await self._relay(sock)
+                await self._lost(sock)
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            # The client is gone: the handler's read loop ends on its own.
+            _log.info("client socket broke", error=type(exc).__name__)
+        finally:
+            sock, self._sock = self._sock, None
+            if sock is not None:
+                await sock.ws.close()
+
+    async def _relay(self, sock: UpstreamSocket) -> None:
+        idle = self._up.settings.upstream_idle_timeout_s
+        ws = sock.ws
+        while True:
+            try:
+                message = await ws.receive(timeout=idle if self._inflight is not None else None)
+            except TimeoutError:
+                await ws.close()
+                return
+            if message.type is WSMsgType.TEXT:
+                await self._from_upstream(message.data)
+            elif message.type is WSMsgType.BINARY:
+                await self._client.send_bytes(message.data)
+            elif message.type in _CLOSED:
+                return
+
+    async def _from_upstream(self, text: str) -> None:
+        await self._client.send_str(text)
+        inflight = self._inflight
+        if inflight is None:
+            return
+        if not inflight.seen:
+            inflight.seen = True
+            inflight.outcome.first_event_at = time.monotonic()
+        try:
+            data: Any = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return
+        kind = data.get("type") if isinstance(data, dict) else None
+        if isinstance(kind, str) and observe(self._up, self._account, inflight.outcome, kind, data):
+            status = 200 if kind == "response.completed" else int(data.get("status") or 502)
+            self._finish(status, inflight.outcome.error_code)
+
+    async def _lost(self, sock: UpstreamSocket) -> None:
+        async with self._lock:
+            if self._sock is sock:
+                self._sock = None
+                self._ready.clear()
+            while True:
+                inflight = self._inflight
+                phase = (Phase.IDLE if inflight is None else Phase.AFTER_BYTES if inflight.seen
+                         else Phase.BEFORE_BYTES)
+                decision = recovery.on_socket_lost(
+                    phase, inflight.resends if inflight else 0,
+                    time.monotonic() - inflight.sent_at if inflight else 0.0)
+                _log.info("upstream socket lost", account=self._account.alias, phase=phase.value,
+                          decision=decision.reason)
+                if decision.action is Action.RECONNECT:
+                    return  # the next request reconnects
+                if decision.action is Action.FAIL:
+                    await self._fail(decision.code or "upstream_unavailable",
+                                     "The upstream connection was lost; retry the request.")
+                    return
+                assert inflight is not None
+                inflight.resends += 1
+                if await self._reconnect("request in flight") and self._sock is not None:
+                    try:
+                        await self._sock.ws.send_str(inflight.text)
+                    except (aiohttp.ClientError, ConnectionError):
+                        pass  # read next, that socket ends too and comes back here
+                    return
+
+    async def _reconnect(self, why: str) -> bool:
+        """A new upstream socket on the same account and turn state (the backend holding the conversation)."""
+        result = await connect(self._up, self._account, self._request.headers, self._turn_state)
+        if not isinstance(result, UpstreamSocket):
+            _log.info("upstream reconnect failed", account=self._account.alias, why=why, status=result.status,
+                      reason=result.reason)
+            return False
+        self._sock = result
+        self._turn_state = result.turn_state or self._turn_state
+        self._ready.set()
+        _log.info("upstream reconnected", account=self._account.alias, why=why)
+        return True
+
+    async def _fail(self, code: str, message: str) -> None:
+        inflight = self._inflight
+        assert inflight is not None
+        await self._client.send_str(orjson.dumps(failed_event(inflight.outcome, code, message)).decode())
+        inflight.outcome.error_code = code
+        self._finish(502, code)
+
+    def _finish(self, status: int, code: str | None) -> None:
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
+        inflight.outcome.status, inflight.outcome.error_code = status, code
+        account_usage(self._request.app[STORE], self._request, inflight.outcome, inflight.sent_at)
+
+
+async def responses_ws(request: web.Request) -> web.StreamResponse:
+    """GET /backend-api/codex/responses and /v1/responses with `Upgrade: websocket`."""
+    client = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME)
+    if not client.can_prepare(request).ok:
+        raise APIError(426, "This route speaks WebSocket (Upgrade: websocket) or POST.", code="upgrade_required",
+                       type="invalid_request_error", headers={"Upgrade": "websocket"})
+    up = request.app[UPSTREAM]
+    async with up.gates.admitted(request.get(API_KEY)):
+        sock, slot = await open_socket(up, request.headers, conversation_keys(request.headers, None), Outcome())
+        try:
+            if sock.turn_state:
+                client.headers["x-codex-turn-state"] = sock.turn_state
+            await client.prepare(request)
+        except BaseException:
+            await sock.ws.close()
+            slot.release()
+            raise
+        await Bridge(up, request, client, sock, slot).run()
+    return client
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/backend-api/codex/responses", responses_ws)
+    app.router.add_get("/v1/responses", responses_ws)

@@ -1,0 +1,65 @@
+"""What to do when an upstream socket is lost: the decision alone, no I/O (the bridges act on it).
+
+The Codex CLI answers a failed anchored request by resending the whole conversation (≈70K instead of
+≈2–3K tokens a turn), and a 400 `previous_response_not_found` over HTTP ends its turn. So a lost socket
+is made invisible wherever the client cannot have noticed, and retriable where it can:
+
+| Lost when | Attempts / time left | Action | The client sees |
+|---|---|---|---|
+| between requests (nothing in flight) | any | `reconnect`: same account, same turn state, before the next send | nothing |
+| a request is in flight, the client has no byte of it yet | yes | `resend`: reconnect as above, send the held request again | one normal response |
+| a request is in flight, the client has no byte of it yet | no | `fail` `upstream_unavailable` | HTTP 502 / WS `response.failed`, retriable |
+| the client already has bytes of the response | — | `fail` `stream_incomplete`; the next request reconnects | `response.failed`, retriable |
+
+Upstream's own `previous_response_not_found` after we reconnected is our loss, not the client's error:
+it is answered like `fail` `upstream_unavailable`, never as a 400 (`lost_state_answer`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+# Bounds on transparent recovery of one request: attempts, and seconds since it was first sent.
+MAX_RESENDS = 3
+RESEND_BUDGET_S = 30.0
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"                    # no request in flight on the socket
+    BEFORE_BYTES = "before_bytes"    # in flight; nothing of its response has reached the client
+    AFTER_BYTES = "after_bytes"      # in flight; the client has part of the response
+
+
+class Action(enum.Enum):
+    RECONNECT = "reconnect"
+    RESEND = "resend"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    code: str | None = None  # for FAIL: the error code the client gets
+
+    @property
+    def reason(self) -> str:
+        return self.action.value if self.code is None else f"{self.action.value}:{self.code}"
+
+
+def on_socket_lost(phase: Phase, resends: int, elapsed_s: float, *, max_resends: int = MAX_RESENDS,
+                   budget_s: float = RESEND_BUDGET_S) -> Decision:
+    """The upstream socket closed, broke or went silent past its bound."""
+    if phase is Phase.IDLE:
+        return Decision(Action.RECONNECT)
+    if phase is Phase.AFTER_BYTES:
+        return Decision(Action.FAIL, "stream_incomplete")
+    if resends < max_resends and elapsed_s < budget_s:
+        return Decision(Action.RESEND)
+    return Decision(Action.FAIL, "upstream_unavailable")
+
+
+def lost_state_answer(reconnected: bool) -> Decision | None:
+    """Upstream said `previous_response_not_found`. After a reconnect of ours the state went with our
+    socket: a retriable failure. Otherwise the client's anchor is genuinely unknown: None, pass it on."""
+    return Decision(Action.FAIL, "upstream_unavailable") if reconnected else None

@@ -1,0 +1,127 @@
+"""A client WebSocket through codexlb to the sim's Responses WebSocket: the relay, admission at the
+handshake, and recovery when the upstream socket is lost (the seed's scenarios)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from codexlb.services import GATES
+from tests.proxy.conftest import Proxy, start_proxy
+from tests.simclient import body, handshake_headers, user, ws_turn
+
+PREWARM = {"model": "gpt-5.5", "generate": False, "input": [
+    {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "base"}]}]}
+
+
+async def add_fault(http: aiohttp.ClientSession, proxy: Proxy, **fault) -> None:
+    async with http.post(f"{proxy.sim.url}/__sim/faults", json={"transport": "ws", **fault}) as resp:
+        assert resp.status == 201, await resp.text()
+
+
+async def connect(http: aiohttp.ClientSession, proxy: Proxy) -> aiohttp.ClientWebSocketResponse:
+    return await http.ws_connect(f"{proxy.codex_base_url}/responses",
+                                 headers={"session_id": "conv-1", "openai-beta": "responses_websockets=2026-02-06"})
+
+
+async def settled(proxy: Proxy) -> dict:
+    """The gates once every handler has finished (a closed socket's handler ends a moment after the
+    client) and no upstream socket is left open behind the client."""
+    async with asyncio.timeout(5):
+        while True:
+            gates = proxy.app[GATES].snapshot()["gates"]
+            if all(g["in_use"] == 0 and g["waiting"] == 0 for g in gates.values()) and not (
+                    proxy.sim.backend.open_sockets):
+                return gates
+            await asyncio.sleep(0.01)
+
+
+def terminal(events: list[dict]) -> dict:
+    return events[-1]
+
+
+async def conversation(ws: aiohttp.ClientWebSocketResponse, turns: int = 2) -> list[list[dict]]:
+    """Prewarm, then `turns` requests each anchored on the previous response with only a new message."""
+    answers = [await ws_turn(ws, PREWARM)]
+    for n in range(turns):
+        anchor = terminal(answers[-1])["response"]["id"]
+        answers.append(await ws_turn(ws, body(user(f"turn {n}"), previous_response_id=anchor)))
+    return answers
+
+
+@pytest.fixture
+async def proxy(aiohttp_server, settings, sim):
+    return await start_proxy(aiohttp_server, settings, sim, failover_budget_s=10)
+
+
+async def test_frames_are_relayed_and_the_turn_state_comes_back(proxy, http):
+    async with await connect(http, proxy) as ws:
+        assert handshake_headers(ws).get("x-codex-turn-state")
+        answers = await conversation(ws)
+    assert [terminal(a)["type"] for a in answers] == ["response.completed"] * 3
+    records = proxy.sim.backend.records_view()
+    assert [r["transport"] for r in records] == ["ws"] * 3
+    assert [r["previous_response_id"] for r in records[1:]] == [r["response_id"] for r in records[:-1]]
+    assert len({r["account_id"] for r in records}) == 1
+    gates = await settled(proxy)
+    assert gates["inflight"]["admitted"] == 1
+
+
+async def test_socket_closed_between_turns_is_reconnected_unseen(proxy, http):
+    await add_fault(http, proxy, action="close_after_response", anchored=True, times=1)
+    async with await connect(http, proxy) as ws:
+        answers = await conversation(ws, turns=3)
+    assert [terminal(a)["type"] for a in answers] == ["response.completed"] * 4
+    records = proxy.sim.backend.records_view()
+    # Same account and turn state on the new socket, so the anchor still resolves there.
+    assert [r["outcome"] for r in records] == ["completed"] * 4
+    assert len({(r["account_id"], r["turn_state"]) for r in records}) == 1
+    await settled(proxy)
+
+
+@pytest.mark.parametrize("after_events", [0, 1])
+async def test_socket_lost_before_the_client_saw_a_byte_is_resent(proxy, http, after_events):
+    """`close` after 0 events: nothing reached us. After 1 event the client would have it, so only 0
+    is invisible; 1 is the mid-stream case and must end in one response.failed, never a 400."""
+    await add_fault(http, proxy, action="close", anchored=True, after_events=after_events, times=1)
+    async with await connect(http, proxy) as ws:
+        answers = await conversation(ws, turns=1)
+        follow_up = terminal(answers[-1])
+        if after_events == 0:
+            assert follow_up["type"] == "response.completed"
+            assert [e["type"] for e in answers[-1]].count("response.created") == 1
+        else:
+            assert follow_up["type"] == "response.failed"
+            assert follow_up["response"]["error"]["code"] == "stream_incomplete"
+            # The client's retry (full history, as the CLI does) succeeds on a reconnected socket.
+            retry = await ws_turn(ws, body(user("base"), user("turn 0")))
+            assert terminal(retry)["type"] == "response.completed"
+    records = proxy.sim.backend.records_view()
+    assert all(r["error_code"] != "previous_response_not_found" for r in records)
+    await settled(proxy)
+
+
+async def test_a_handshake_that_cannot_be_admitted_is_an_http_429(aiohttp_server, settings, sim, http):
+    proxy = await start_proxy(aiohttp_server, settings, sim, max_inflight=1, queue_wait_s=0.2)
+    async with await connect(http, proxy):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await connect(http, proxy)
+    assert refused.value.status == 429
+    assert 1 <= int(refused.value.headers["Retry-After"]) <= 60
+    gates = await settled(proxy)
+    assert gates["inflight"]["rejected"] == 1
+
+
+async def test_no_account_is_an_http_503_at_the_handshake(aiohttp_server, settings, sim, http):
+    proxy = await start_proxy(aiohttp_server, settings, sim, accounts=0)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await connect(http, proxy)
+    assert refused.value.status == 503
+    await settled(proxy)
+
+
+async def test_a_plain_get_is_told_to_upgrade(proxy, http):
+    async with http.get(f"{proxy.codex_base_url}/responses") as resp:
+        assert resp.status == 426 and (await resp.json())["error"]["code"] == "upgrade_required"
