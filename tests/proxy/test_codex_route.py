@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from codexlb.pool.account import Status
-from codexlb.proxy.routes import UPSTREAM
+from codexlb.proxy.upstream import UPSTREAM
 from tests.proxy.conftest import start_proxy
 from tests.simclient import body, parse_sse, user
 
