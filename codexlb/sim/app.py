@@ -99,6 +99,7 @@ async def responses_http(request: web.Request) -> web.StreamResponse:
 async def responses_ws(request: web.Request) -> web.StreamResponse:
     backend = request.app[BACKEND]
     account = backend.authenticate(request.headers)
+    await backend.handshake(account)
     turn_state = request.headers.get("x-codex-turn-state") or backend.new_turn_state()
     ws = web.WebSocketResponse(max_msg_size=MAX_BODY)
     ws.headers.update({"x-codex-turn-state": turn_state, **account.rate_limit_headers(time.time())})

@@ -20,7 +20,7 @@ from aiohttp import web
 from codexlb.sim import responses
 from codexlb.sim.accounts import SimAccount, make_accounts
 from codexlb.sim.errors import SimError, bad_request, previous_response_not_found
-from codexlb.sim.faults import FaultBook, Plan, RequestInfo
+from codexlb.sim.faults import HANDSHAKE, FaultBook, Plan, RequestInfo
 from codexlb.sim.oauth import AuthServer
 from codexlb.sim.state import StateStore
 
@@ -194,6 +194,16 @@ class Backend:
     @staticmethod
     def new_turn_state() -> str:
         return f"ts_{secrets.token_hex(10)}"
+
+    async def handshake(self, account: SimAccount) -> None:
+        """Play the faults aimed at one WebSocket upgrade (kind `handshake`): a `delay` holds it for
+        `first_byte_ms`; a `status` raises the SimError it is refused with."""
+        plan = self.faults.plan(RequestInfo(account.account_id, "ws", False, HANDSHAKE, None))
+        if plan.first_byte_s:
+            await asyncio.sleep(plan.first_byte_s)
+        action = plan.action
+        if action is not None and action.action == "status":
+            raise self._status_error(action.status, action.code, action.message, action.retry_after)
 
     def begin(self, payload: dict[str, Any], items: list[Any], account: SimAccount, *, transport: str,
               turn_state: str, metadata: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Turn:

@@ -24,6 +24,8 @@ ACTIONS = (
     "delay",                 # wait `first_byte_ms` before the first event, `between_events_ms` between events
 )
 TRANSPORTS = ("http", "ws")
+# The request kind of a WebSocket upgrade: `status` refuses it with that HTTP status, `delay` holds it.
+HANDSHAKE = "handshake"
 # The JSON types each field a spec may set accepts (NoneType: the field may be null).
 _STR, _INT, _NUM, _NULL = (str,), (int,), (int, float), (type(None),)
 _FIELD_TYPES = {
@@ -98,7 +100,8 @@ class Fault:
             (self.account is None or self.account == info.account_id)
             and (self.transport is None or self.transport == info.transport)
             and (self.anchored is None or self.anchored == info.anchored)
-            and (self.kind is None or self.kind == info.kind)
+            # A WebSocket handshake is hit only by faults that name it: any other fault is for requests.
+            and (self.kind == info.kind if self.kind is not None or info.kind == HANDSHAKE else True)
             and (self.turn_id is None or self.turn_id == info.turn_id)
         )
 

@@ -8,6 +8,7 @@ import asyncio
 import aiohttp
 import pytest
 
+from codexlb.pool.selection import make_strategy
 from codexlb.services import GATES
 from tests.proxy.conftest import Proxy, start_proxy
 from tests.simclient import body, handshake_headers, user, ws_turn
@@ -125,3 +126,16 @@ async def test_no_account_is_an_http_503_at_the_handshake(aiohttp_server, settin
 async def test_a_plain_get_is_told_to_upgrade(proxy, http):
     async with http.get(f"{proxy.codex_base_url}/responses") as resp:
         assert resp.status == 426 and (await resp.json())["error"]["code"] == "upgrade_required"
+
+
+async def test_a_refused_upstream_handshake_fails_over_to_another_account(proxy, http):
+    proxy.pool.strategy = make_strategy("round_robin")  # starts at the lowest account id: the failing one
+    failing = min(a.account_id for a in proxy.sim.backend.accounts)
+    await add_fault(http, proxy, kind="handshake", action="status", status=500, account=failing, times=None)
+    async with await connect(http, proxy) as ws:
+        answers = await conversation(ws, turns=1)
+    assert [terminal(a)["type"] for a in answers] == ["response.completed"] * 2
+    async with http.get(f"{proxy.sim.url}/__sim/faults") as resp:
+        assert (await resp.json())["faults"][0]["fired"] == 1
+    assert {r["account_id"] for r in proxy.sim.backend.records_view()} != {failing}
+    await settled(proxy)
