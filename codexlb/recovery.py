@@ -10,9 +10,6 @@ is made invisible wherever the client cannot have noticed, and retriable where i
 | a request is in flight, the client has no byte of it yet | yes | `resend`: reconnect as above, send the held request again | one normal response |
 | a request is in flight, the client has no byte of it yet | no | `fail` `upstream_unavailable` | HTTP 502 / WS `response.failed`, retriable |
 | the client already has bytes of the response | — | `fail` `stream_incomplete`; the next request reconnects | `response.failed`, retriable |
-
-Upstream's own `previous_response_not_found` after we reconnected is our loss, not the client's error:
-it is answered like `fail` `upstream_unavailable`, never as a 400 (`lost_state_answer`).
 """
 
 from __future__ import annotations
@@ -57,9 +54,3 @@ def on_socket_lost(phase: Phase, resends: int, elapsed_s: float, *, max_resends:
     if resends < max_resends and elapsed_s < budget_s:
         return Decision(Action.RESEND)
     return Decision(Action.FAIL, "upstream_unavailable")
-
-
-def lost_state_answer(reconnected: bool) -> Decision | None:
-    """Upstream said `previous_response_not_found`. After a reconnect of ours the state went with our
-    socket: a retriable failure. Otherwise the client's anchor is genuinely unknown: None, pass it on."""
-    return Decision(Action.FAIL, "upstream_unavailable") if reconnected else None

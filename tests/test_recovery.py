@@ -1,0 +1,37 @@
+"""The recovery decision table, every row and every bound."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from codexlb.recovery import MAX_RESENDS, RESEND_BUDGET_S, Action, Phase, on_socket_lost
+
+
+@pytest.mark.parametrize("resends, elapsed", list(itertools.product([0, 1, MAX_RESENDS, 99], [0.0, RESEND_BUDGET_S, 1e6])))
+def test_lost_between_requests_always_reconnects_quietly(resends, elapsed):
+    assert on_socket_lost(Phase.IDLE, resends, elapsed).action is Action.RECONNECT
+
+
+@pytest.mark.parametrize("resends, elapsed", list(itertools.product([0, 1, MAX_RESENDS, 99], [0.0, RESEND_BUDGET_S, 1e6])))
+def test_lost_after_the_client_saw_bytes_fails_retriably(resends, elapsed):
+    decision = on_socket_lost(Phase.AFTER_BYTES, resends, elapsed)
+    assert (decision.action, decision.code) == (Action.FAIL, "stream_incomplete")
+
+
+@pytest.mark.parametrize("resends", range(MAX_RESENDS))
+def test_lost_before_any_byte_is_resent_within_the_bounds(resends):
+    assert on_socket_lost(Phase.BEFORE_BYTES, resends, RESEND_BUDGET_S - 0.001).action is Action.RESEND
+
+
+@pytest.mark.parametrize("resends, elapsed", [(MAX_RESENDS, 0.0), (0, RESEND_BUDGET_S), (MAX_RESENDS + 5, 1e6)])
+def test_lost_before_any_byte_past_a_bound_fails_as_unavailable(resends, elapsed):
+    decision = on_socket_lost(Phase.BEFORE_BYTES, resends, elapsed)
+    assert (decision.action, decision.code) == (Action.FAIL, "upstream_unavailable")
+    assert decision.reason == "fail:upstream_unavailable"
+
+
+def test_bounds_are_the_callers_to_tighten():
+    assert on_socket_lost(Phase.BEFORE_BYTES, 1, 0.0, max_resends=1).action is Action.FAIL
+    assert on_socket_lost(Phase.BEFORE_BYTES, 0, 2.0, budget_s=1.0).action is Action.FAIL
