@@ -15,6 +15,7 @@ import asyncio
 import math
 from collections import deque
 from types import TracebackType
+from typing import Callable
 
 from codexlb.errors import APIError
 
@@ -86,8 +87,8 @@ class Gate:
                  label: str | None = None) -> None:
         if capacity < 1 or max_queue < 0 or wait_s < 0:
             raise ValueError("a gate needs capacity >= 1, max_queue >= 0 and wait_s >= 0")
-        self.name = name
-        self.label = label or f"{name} gate"
+        self._name = name
+        self._label = label or f"{name} gate"
         self.capacity = capacity
         self.wait_s = wait_s
         self.max_queue = max_queue
@@ -99,6 +100,16 @@ class Gate:
         self._line: deque[asyncio.Future[None]] = deque()
         self._last_release: float | None = None
         self._interval_s: float | None = None  # smoothed time between two releases
+        # Called when a slot comes free with nobody in this gate's line to take it.
+        self.on_free: Callable[[], None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def label(self) -> str:
+        return self._label
 
     def has_room(self) -> bool:
         return self.in_use < self.capacity and not self.waiting
@@ -120,25 +131,21 @@ class Gate:
         if slot is not None:
             return slot
         if self.waiting >= self.max_queue:
-            raise self._reject("the waiting line is full")
+            raise self.reject("the waiting line is full")
         wait_s = self.wait_s if wait_s is None else wait_s
         loop = asyncio.get_running_loop()
-        turn: asyncio.Future[None] = loop.create_future()
+        turn = _Turn(self, loop)
         self._line.append(turn)
         self.waiting += 1
-        self._wake()
-        timer = loop.call_later(wait_s, _expire, turn)
+        timer = loop.call_later(wait_s, turn.expire)
         try:
             await turn
         except _Expired:
-            self._left()
-            raise self._reject(f"no slot freed within {wait_s:g} s") from None
+            raise self.reject(f"no slot freed within {wait_s:g} s") from None
         except BaseException:
             if turn.done() and not turn.cancelled() and turn.exception() is None:
                 # Handed a slot in the same instant we were cancelled: pass it on.
                 self._give_back()
-            else:
-                self._left()
             raise
         finally:
             timer.cancel()
@@ -156,7 +163,8 @@ class Gate:
         return {"capacity": self.capacity, "in_use": self.in_use, "waiting": self.waiting,
                 "admitted": self.admitted, "rejected": self.rejected}
 
-    def _reject(self, why: str) -> GateFull:
+    def reject(self, why: str) -> GateFull:
+        """The 429 for a caller turned away (counted as a rejection)."""
         self.rejected += 1
         return GateFull(self, why, self.retry_after())
 
@@ -172,6 +180,8 @@ class Gate:
                 turn.set_result(None)
                 return
         self.in_use -= 1
+        if self.on_free is not None:
+            self.on_free()
 
     def _note_release(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -181,21 +191,15 @@ class Gate:
         self._last_release = now
 
     def _left(self) -> None:
-        """A waiter gave up without a slot."""
+        """A waiter left the line without a slot (cancelled, or its wait ran out), this very instant."""
         self.waiting -= 1
         line = self._line
         if len(line) > 64 and len(line) > 2 * self.waiting:
-            # Drop the futures of waiters that left once they outnumber live ones: amortized O(1).
+            # Drop the turns of waiters that left once they outnumber live ones: amortized O(1).
             self._line = deque(turn for turn in line if not turn.done())
-        self._wake()
-
-    def _wake(self) -> None:
-        """Hand free slots to the line. A slot comes free with the line non-empty only in the instant
-        between a waiter's cancellation and its bookkeeping; without this, a newcomer queued in that
-        instant would wait out its whole timeout beside an idle slot."""
-        line = self._line
-        while self.in_use < self.capacity and line:
-            turn = line.popleft()
+        # The leaver may have been all that kept a free slot from the line (a release found only it).
+        while self.in_use < self.capacity and self._line:
+            turn = self._line.popleft()
             if not turn.done():
                 self.in_use += 1
                 self.waiting -= 1
@@ -203,6 +207,21 @@ class Gate:
                 turn.set_result(None)
 
 
-def _expire(turn: asyncio.Future[None]) -> None:
-    if not turn.done():
-        turn.set_exception(_Expired())
+class _Turn(asyncio.Future[None]):
+    """A waiter's place in line. Its gate learns of a cancellation or an expired wait the moment it
+    happens, not when the waiter's task next runs: `waiting` is exact at every instant."""
+
+    def __init__(self, gate: Gate, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._gate = gate
+
+    def cancel(self, msg: object = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self._gate._left()
+        return True
+
+    def expire(self) -> None:
+        if not self.done():
+            self.set_exception(_Expired())
+            self._gate._left()

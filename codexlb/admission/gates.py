@@ -3,6 +3,7 @@ connects, token refreshes, streams per account, and requests per API key that ha
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -18,7 +19,16 @@ class _AccountGate(Gate):
 
     def __init__(self, account: Account, capacity: int, **kw: Any) -> None:
         self.account = account
-        super().__init__(f"account:{account.alias}", capacity, **kw)
+        super().__init__("account", capacity, **kw)
+
+    # The alias can change (a re-import renames): read it at the time of asking.
+    @property
+    def name(self) -> str:
+        return f"account:{self.account.alias}"
+
+    @property
+    def label(self) -> str:
+        return f"streams on account {self.account.alias}"
 
     @property  # type: ignore[override]
     def in_use(self) -> int:
@@ -36,6 +46,9 @@ class Gates:
         self.upstream_connects = self._gate("upstream_connects", settings.max_upstream_connects,
                                             "upstream WebSocket connects")
         self.refreshes = self._gate("refreshes", settings.max_refreshes, "token refreshes")
+        # Requests that found every usable account full line up here for whichever frees first.
+        self.any_account = self._gate("any_account", 1, "line for a stream slot on any account")
+        self.account_freed = asyncio.Event()
         self._accounts: dict[str, _AccountGate] = {}
         self._keys: dict[str, Gate] = {}
 
@@ -49,7 +62,8 @@ class Gates:
         if gate is None or gate.account is not account:
             gate = self._accounts[account.id] = _AccountGate(
                 account, self._settings.account_max_streams, wait_s=self._settings.queue_wait_s,
-                max_queue=self._settings.max_queue, label=f"streams on account {account.alias}")
+                max_queue=self._settings.max_queue)
+            gate.on_free = self.account_freed.set
         return gate
 
     def forget_account(self, account_id: str) -> None:
@@ -75,7 +89,7 @@ class Gates:
             yield
 
     def all(self) -> list[Gate]:
-        return [self.inflight, self.upstream_connects, self.refreshes, *self._accounts.values(),
+        return [self.inflight, self.upstream_connects, self.refreshes, self.any_account, *self._accounts.values(),
                 *self._keys.values()]
 
     def snapshot(self) -> dict[str, Any]:

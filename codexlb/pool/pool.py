@@ -11,6 +11,7 @@ when no account can take it.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
@@ -91,14 +92,42 @@ class Pool:
                     wait_s: float | None = None) -> tuple[Account, Slot]:
         """An account and one of its stream slots. A request anchored on a response (`resp:` key) waits
         for the account that holds that response's state; any other goes to an account with a free slot,
-        and waits in line only when every usable account is full. Raises the pool's APIError or GateFull."""
+        and only when every usable account is full waits in one line (`any_account`, FIFO) for whichever
+        frees a slot first. Raises the pool's APIError or GateFull."""
         now = time.time()
         pinned = self._sticky(keys[0], exclude, now) if keys and keys[0].startswith("resp:") else None
-        account = pinned or self.choose(keys, exclude, now)
         if pinned is not None:
             self._stick(keys, pinned, now)
-        gate = self.gates.account(account)
-        slot = gate.try_acquire() or await gate.acquire(wait_s)
+            gate = self.gates.account(pinned)
+            return self._used(pinned, gate.try_acquire() or await gate.acquire(wait_s))
+        line = self.gates.any_account
+        if not (line.in_use or line.waiting):  # nobody is in line before us
+            account = self.choose(keys, exclude, now)
+            slot = self.gates.account(account).try_acquire()
+            if slot is not None:
+                return self._used(account, slot)
+        return await self._first_free(keys, exclude, line.wait_s if wait_s is None else wait_s)
+
+    async def _first_free(self, keys: Sequence[str], exclude: Collection[str], wait_s: float) -> tuple[Account, Slot]:
+        """In the line's one slot (so in arrival order), take the first account slot that comes free."""
+        line, freed = self.gates.any_account, self.gates.account_freed
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        async with line.slot(wait_s):
+            while True:
+                freed.clear()  # before looking, so a slot freed after the look still wakes us
+                account = self.choose(keys, exclude)
+                slot = self.gates.account(account).try_acquire()
+                if slot is not None:
+                    return self._used(account, slot)
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                        await freed.wait()
+                except TimeoutError:
+                    raise line.reject(f"no account freed a stream slot within {wait_s:g} s") from None
+
+    @staticmethod
+    def _used(account: Account, slot: Slot) -> tuple[Account, Slot]:
         account.last_used_at = time.time()
         return account, slot
 
