@@ -168,6 +168,18 @@ class Settings:
     max_refreshes: int = setting(
         4, "Most token refreshes in progress at once.", check=_check_at_least_one, metavar="N",
     )
+    http_bridge: bool = setting(
+        True, "Carry the Codex CLI's HTTP requests over one upstream WebSocket per conversation, sending "
+        "only new items upstream (the CLI resends the whole conversation over HTTP).",
+    )
+    bridge_max_sessions: int = setting(
+        512, "Most conversations with an upstream WebSocket of their own; past it, the least recently used "
+        "idle one is let go.", check=_check_at_least_one, metavar="N",
+    )
+    bridge_idle_ttl_s: float = setting(
+        600.0, "How long a conversation's upstream WebSocket is kept without a request.",
+        check=_check_positive, metavar="SECONDS",
+    )
     drain_timeout_s: float = setting(
         30.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.",
         check=_check_non_negative, metavar="SECONDS",

@@ -9,6 +9,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from codexlb.bridge import http as bridge
 from codexlb.client_auth import API_KEY
 from codexlb.errors import APIError
 from codexlb.pool.account import Status
@@ -64,8 +65,13 @@ async def codex_responses(request: web.Request, outcome: Outcome) -> web.StreamR
     """POST /backend-api/codex/responses: the Codex CLI with a custom provider."""
     payload = check_responses(await _payload(request, codex_client=True))
     outcome.model = payload["model"]
-    return await relay.relay_sse(request, request.app[UPSTREAM], payload, conversation_keys(request.headers, payload),
-                                 outcome, keepalive=relay.CODEX_KEEPALIVE)
+    up, keys = request.app[UPSTREAM], conversation_keys(request.headers, payload)
+    key = bridge.session_key(request, keys) if up.settings.http_bridge else None
+    if key is not None:
+        bridged = await bridge.relay(request, up, request.app[bridge.SESSIONS], key, payload, keys, outcome)
+        if bridged is not None:
+            return bridged
+    return await relay.relay_sse(request, up, payload, keys, outcome, keepalive=relay.CODEX_KEEPALIVE)
 
 
 @accounted
@@ -208,7 +214,13 @@ async def codex_usage(request: web.Request) -> web.Response:
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     app[UPSTREAM] = Upstream(app[SETTINGS], app[POOL], app[ROSTER], app[REFRESHER], app[HTTP], app[GATES])
     app[MODEL_CACHE] = _ModelCache()
-    yield
+    settings = app[SETTINGS]
+    sessions = app[bridge.SESSIONS] = bridge.Sessions(app[UPSTREAM], settings.bridge_max_sessions,
+                                                      settings.bridge_idle_ttl_s)
+    try:
+        yield
+    finally:
+        await sessions.close()
 
 
 def setup(app: web.Application) -> None:

@@ -60,6 +60,8 @@ class Outcome:
     usage: dict[str, Any] | None = None
     attempts: int = 0
     first_event_at: float | None = None
+    # Accounts already tried for this request (by the HTTP bridge), not to be tried again.
+    tried: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -269,7 +271,7 @@ async def fail_over(up: Upstream, keys: Sequence[str], outcome: Outcome, attempt
     its result and the slot (the caller's to release). Raises the APIError the client should get."""
     settings = up.settings
     deadline = time.monotonic() + settings.failover_budget_s
-    tried: set[str] = set()
+    tried = outcome.tried
     failures: list[Failure] = []
     while len(tried) < settings.failover_accounts and time.monotonic() < deadline:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 
 from codexlb.services import STORE
+from tests.proxy.conftest import start_proxy
 from tests.simclient import body, user
 
 
@@ -21,7 +22,10 @@ async def test_codex_models_are_the_upstream_catalog_cached(proxy, http):
         assert any(m["id"] == "gpt-5.5" for m in (await resp.json())["data"])
 
 
-async def test_pool_usage_view(proxy, http):
+async def test_pool_usage_view(aiohttp_server, settings, sim, http):
+    # Over HTTP each answer carries the account's usage headers (a bridged conversation gets them once
+    # per upstream socket, so the view would move only with the usage poller).
+    proxy = await start_proxy(aiohttp_server, settings, sim, http_bridge=False)
     for account in proxy.sim.backend.accounts:
         account.primary.limit_tokens = 100_000
     for _ in range(3):

@@ -1,0 +1,230 @@
+"""The HTTP bridge: a Codex CLI's HTTP `/responses` request carried over its conversation's upstream
+WebSocket (`sessions`), anchored by the proxy itself (`anchor`), relayed back as SSE.
+
+Over HTTP the CLI always sends the whole conversation; on the socket only the new items go up, with
+`previous_response_id`. Because the proxy holds the whole request, anything that goes wrong before the
+client's first byte can be put right here: a lost socket is reconnected and the request resent
+(`codexlb.recovery`), and an anchor upstream no longer knows is dropped and the input sent whole, so a
+client never sees `previous_response_not_found` for an anchor it did not send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Sequence
+
+import orjson
+from aiohttp import web
+
+from codexlb import log, recovery
+from codexlb.bridge.anchor import Anchor, digest
+from codexlb.bridge.sessions import LOST, MAX_FAILURES, MAX_QUEUED, Session, Sessions
+from codexlb.client_auth import API_KEY
+from codexlb.errors import APIError
+from codexlb.proxy.failover import Failure, client_error, next_step
+from codexlb.proxy.relay import CODEX_KEEPALIVE, SSE_HEADERS, KeepAlive, failed_event
+from codexlb.proxy.sse import encode
+from codexlb.proxy.upstream import Outcome, Upstream, observe
+from codexlb.recovery import Action, Phase
+
+__all__ = ["SESSIONS", "Sessions", "relay", "session_key"]
+SESSIONS = web.AppKey("bridge_sessions", Sessions)
+_log = log.get("codexlb.bridge.http")
+# Fields of an HTTP body that a WebSocket `response.create` does not carry.
+_HTTP_ONLY = ("stream", "background")
+
+
+class _Resend(Exception):
+    """Send the request again on this session (before the client's first byte); `whole`: without the
+    proxy's anchor, which upstream no longer knows."""
+
+    def __init__(self, whole: bool) -> None:
+        super().__init__()
+        self.whole = whole
+
+
+class _Unbridged(Exception):
+    """This request cannot go over the session before its first byte: take the plain HTTP way."""
+
+
+def session_key(request: web.Request, keys: Sequence[str]) -> str | None:
+    """A conversation worth a session: the CLI's session id or prompt cache key, per API key."""
+    conversation = next((k for k in keys if k.startswith(("session:", "cache:"))), None)
+    if conversation is None:
+        return None
+    api_key = request.get(API_KEY)
+    return f"{api_key.id if api_key is not None else '-'}|{conversation}"
+
+
+class _Turn:
+    """One request over a session: what went up, what came back, and whether the client has bytes."""
+
+    def __init__(self, request: web.Request, up: Upstream, session: Session, payload: dict[str, Any],
+                 outcome: Outcome) -> None:
+        self.request, self.up, self.session, self.outcome = request, up, session, outcome
+        self.items: list[Any] = payload["input"]
+        self.full = [digest(item) for item in self.items]
+        self.base = {k: v for k, v in payload.items() if k not in _HTTP_ONLY}
+        self.whole = False  # send without the proxy's anchor
+        self.anchored = False
+        self.response: web.StreamResponse | None = None
+        self.output: list[Any] = []
+        self.sent_at = time.monotonic()
+        self.resends = 0
+        self.finished = False  # the terminal event went to the client
+
+    def frame(self) -> str:
+        anchor = self.session.anchor
+        covered = None if self.whole or anchor is None else anchor.delta(self.full)
+        self.anchored = covered is not None
+        body = dict(self.base)
+        if covered is not None and anchor is not None:
+            body["previous_response_id"] = anchor.response_id
+            body["input"] = self.items[covered:]
+        return orjson.dumps({"type": "response.create", **body}).decode()
+
+    async def commit(self) -> web.StreamResponse:
+        if self.response is None:
+            self.response = web.StreamResponse(headers=SSE_HEADERS)
+            await self.response.prepare(self.request)
+        return self.response
+
+    async def run(self) -> web.StreamResponse:
+        beats = KeepAlive(self.up.settings.keepalive_s, self.commit, CODEX_KEEPALIVE)
+        try:
+            while True:
+                try:
+                    return await self._once(beats)
+                except _Resend as again:
+                    self.whole = self.whole or again.whole
+        finally:
+            await beats.stop()
+
+    async def _once(self, beats: KeepAlive) -> web.StreamResponse:
+        session, settings = self.session, self.up.settings
+        if session.sock is None:
+            await self._lost()
+        inbox = session.begin()
+        assert session.sock is not None
+        await session.sock.ws.send_str(self.frame())
+        seen = False
+        while True:
+            wait = settings.upstream_idle_timeout_s if seen else settings.upstream_first_event_timeout_s
+            try:
+                async with asyncio.timeout(wait):
+                    data = await inbox.get()
+            except TimeoutError:
+                session.drop_socket()
+                data = LOST
+            if data is LOST:
+                phase = Phase.AFTER_BYTES if self.response is not None else Phase.BEFORE_BYTES
+                return await self._recover(phase)
+            event = orjson.loads(data)
+            kind = event.get("type") if isinstance(event, dict) else None
+            if not seen:
+                seen = True
+                if kind in ("error", "response.failed") and self.response is None:
+                    self._refused(event)
+                self.outcome.first_event_at = time.monotonic()
+            response = await beats.stop() or await self.commit()
+            await response.write(encode(event))
+            if kind == "response.output_item.done" and isinstance(event.get("item"), dict):
+                self.output.append(event["item"])
+            if isinstance(kind, str) and observe(self.up, session.account, self.outcome, kind, event):
+                if kind == "response.completed" and self.outcome.response_id:
+                    session.anchor = Anchor.after(self.outcome.response_id, self.full, self.output)
+                    session.failures = 0
+                elif kind != "response.completed":
+                    self.outcome.status = 502
+                self.finished = True
+                await response.write_eof()
+                return response
+
+    def _refused(self, event: dict[str, Any]) -> None:
+        """Upstream refused the request before anything reached the client."""
+        error = event.get("error") or (event.get("response") or {}).get("error") or {}
+        error = error if isinstance(error, dict) else {}
+        if error.get("code") == "previous_response_not_found" and self.anchored:
+            _log.info("bridge anchor lost upstream; resending whole", account=self.session.account.alias)
+            raise _Resend(whole=True)
+        status = event.get("status")
+        failure = Failure(status if isinstance(status, int) else 200, error, {}, reason=str(event.get("type")))
+        if next_step(failure, refreshed=True) == "answer":
+            raise client_error(failure)
+        raise _Unbridged
+
+    async def _lost(self) -> None:
+        """The session has no socket before the request goes up: reconnect (the client sees nothing)."""
+        failure = await self.session.reconnect()
+        if failure is not None:
+            _log.info("bridge reconnect failed", account=self.session.account.alias, status=failure.status)
+            raise _Unbridged
+
+    async def _recover(self, phase: Phase) -> web.StreamResponse:
+        decision = recovery.on_socket_lost(phase, self.resends, time.monotonic() - self.sent_at)
+        _log.info("bridge socket lost", account=self.session.account.alias, phase=phase.value,
+                  decision=decision.reason)
+        if decision.action is Action.RESEND:
+            self.resends += 1
+            raise _Resend(whole=False)
+        self.outcome.status, self.outcome.error_code = 502, decision.code
+        if self.response is None:
+            raise APIError(502, "The upstream connection was lost; retry the request.",
+                           code=decision.code or "upstream_unavailable", type="server_error")
+        await self.response.write(encode(failed_event(self.outcome, decision.code or "stream_incomplete",
+                                                      "The upstream connection was lost; retry the request.")))
+        self.finished = True
+        await self.response.write_eof()
+        return self.response
+
+
+async def relay(request: web.Request, up: Upstream, sessions: Sessions, key: str, payload: dict[str, Any],
+                keys: Sequence[str], outcome: Outcome) -> web.StreamResponse | None:
+    """The request over its conversation's session; None when it must take the plain HTTP way instead:
+    no session to be had, its line is full or slow, its account has no free stream slot (the request
+    carries the whole conversation, so another account can serve it), or it failed before the client's
+    first byte for a reason another account may not have."""
+    session = await sessions.get(key, request.headers, keys)
+    if session is None or session.queued >= MAX_QUEUED:
+        return None
+    session.queued += 1
+    try:
+        try:
+            async with asyncio.timeout(up.settings.queue_wait_s):
+                await session.lock.acquire()
+        except TimeoutError:
+            return None
+        try:
+            return await _in_session(request, up, sessions, session, payload, outcome)
+        finally:
+            session.lock.release()
+    finally:
+        session.queued -= 1
+
+
+async def _in_session(request: web.Request, up: Upstream, sessions: Sessions, session: Session,
+                      payload: dict[str, Any], outcome: Outcome) -> web.StreamResponse | None:
+    slot = up.gates.account(session.account).try_acquire()
+    if slot is None:
+        return None
+    outcome.account = session.account
+    turn = _Turn(request, up, session, payload, outcome)
+    try:
+        return await turn.run()
+    except _Unbridged:
+        outcome.tried.add(session.account.id)
+        session.failures += 1
+        if session.failures >= MAX_FAILURES or session.sock is None:
+            await sessions.retire(session)
+        return None
+    except APIError as exc:
+        if exc.status >= 500:
+            session.failures += 1
+        raise
+    finally:
+        slot.release()
+        session.end()
+        if not turn.finished:
+            # Whatever upstream still sends for this request would reach the next one: start afresh.
+            session.drop_socket()

@@ -1,0 +1,166 @@
+"""The HTTP bridge's sessions: one long-lived upstream WebSocket per conversation (and API key), with
+one reader task, made once however many requests ask at the same time, and let go when idle too long
+or when there are too many (least recently used first)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Any, Mapping, Sequence
+
+import aiohttp
+from aiohttp import WSMsgType
+
+from codexlb import log
+from codexlb.bridge.anchor import Anchor
+from codexlb.pool.account import Account
+from codexlb.proxy.failover import Failure
+from codexlb.proxy.upstream import Outcome, Upstream
+from codexlb.singleflight import SingleFlight
+from codexlb.upstream.websocket import UpstreamSocket, connect, open_socket
+
+_log = log.get("codexlb.bridge.sessions")
+# What the reader puts in a request's inbox when the upstream socket ends under it.
+LOST = object()
+# Requests of one conversation waiting for its socket; more go the plain HTTP way.
+MAX_QUEUED = 4
+# A session whose requests keep failing is retired; the next request starts a fresh one.
+MAX_FAILURES = 3
+# Request headers a reconnect presents again (the rest belonged to the request that made the session).
+_KEPT = ("session_id", "session-id", "thread-id", "originator", "user-agent", "version", "openai-beta",
+         "x-codex-window-id", "x-codex-beta-features", "x-codex-installation-id")
+
+
+class Session:
+    """One conversation's upstream socket on one account, and the response it may anchor on."""
+
+    def __init__(self, up: Upstream, key: str, sock: UpstreamSocket, headers: Mapping[str, str]) -> None:
+        self.up, self.key = up, key
+        self.account: Account = sock.account
+        self.turn_state = sock.turn_state
+        self.headers = {name: value for name, value in headers.items() if name.lower() in _KEPT}
+        self.sock: UpstreamSocket | None = None
+        self.anchor: Anchor | None = None
+        self.lock = asyncio.Lock()
+        self.queued = 0
+        self.failures = 0
+        self.retired = False
+        self.last_used = time.monotonic()
+        self._inbox: asyncio.Queue[Any] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._attach(sock)
+
+    @property
+    def busy(self) -> bool:
+        return self.queued > 0
+
+    def _attach(self, sock: UpstreamSocket) -> None:
+        self.sock = sock
+        self.turn_state = sock.turn_state or self.turn_state
+        self._reader = asyncio.create_task(self._read(sock), name="codexlb-bridge-reader")
+
+    async def reconnect(self) -> Failure | None:
+        """A new socket on the same account and turn state, where the conversation's state lives."""
+        result = await connect(self.up, self.account, self.headers, self.turn_state)
+        if isinstance(result, Failure):
+            return result
+        self._attach(result)
+        return None
+
+    def begin(self) -> asyncio.Queue[Any]:
+        """The inbox of the request about to be sent: every upstream frame until it ends, then LOST if
+        the socket goes."""
+        self._inbox = asyncio.Queue()
+        if self.sock is None:
+            self._inbox.put_nowait(LOST)
+        return self._inbox
+
+    def end(self) -> None:
+        self._inbox = None
+        self.last_used = time.monotonic()
+
+    def drop_socket(self) -> None:
+        """Give up on the current socket (it stalled): its reader closes it."""
+        self.sock = None
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def _read(self, sock: UpstreamSocket) -> None:
+        """The only reader of the socket, so it is also the one that closes it."""
+        try:
+            async for message in sock.ws:
+                if message.type is WSMsgType.TEXT and self._inbox is not None:
+                    self._inbox.put_nowait(message.data)
+        except (aiohttp.ClientError, ConnectionError):
+            pass
+        finally:
+            # A socket already replaced (dropped, reconnected) has nothing more to say to anyone.
+            if self.sock is sock:
+                self.sock = None
+                if self._inbox is not None:
+                    self._inbox.put_nowait(LOST)
+            await sock.ws.close()
+
+    async def close(self) -> None:
+        self.retired = True
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.wait([self._reader])
+
+
+class Sessions:
+    def __init__(self, up: Upstream, max_sessions: int, idle_ttl_s: float) -> None:
+        self._up = up
+        self._max = max_sessions
+        self._ttl = idle_ttl_s
+        self._by_key: OrderedDict[str, Session] = OrderedDict()
+        self._making: SingleFlight[Session] = SingleFlight()
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    async def get(self, key: str, headers: Mapping[str, str], keys: Sequence[str]) -> Session | None:
+        """The conversation's session, made if need be; None when none can be had (the caller goes the
+        plain HTTP way)."""
+        session = self._by_key.get(key)
+        if session is not None and not session.retired:
+            self._by_key.move_to_end(key)
+            return session
+        await self._let_go()
+        if len(self._by_key) >= self._max:
+            return None
+        return await self._making.do(key, lambda: self._make(key, headers, keys))
+
+    async def _make(self, key: str, headers: Mapping[str, str], keys: Sequence[str]) -> Session | None:
+        try:
+            sock, slot = await open_socket(self._up, headers, keys, Outcome())
+        except Exception as exc:  # noqa: BLE001 - any failure just means: no bridge for this request
+            _log.info("bridge session not made", error=type(exc).__name__)
+            return None
+        slot.release()  # a session holds no stream slot while idle; each request takes one
+        session = self._by_key[key] = Session(self._up, key, sock, headers)
+        _log.info("bridge session made", account=sock.account.alias, sessions=len(self._by_key))
+        return session
+
+    async def retire(self, session: Session) -> None:
+        if self._by_key.get(session.key) is session:
+            del self._by_key[session.key]
+        await session.close()
+
+    async def _let_go(self) -> None:
+        """Idle sessions past their time, then, while full, the least recently used idle ones."""
+        now = time.monotonic()
+        doomed: list[Session] = []
+        for session in self._by_key.values():  # least recently used first
+            if session.busy:
+                continue
+            if now - session.last_used <= self._ttl and len(self._by_key) - len(doomed) < self._max:
+                break  # the rest were used more recently still
+            doomed.append(session)
+        for session in doomed:
+            await self.retire(session)
+
+    async def close(self) -> None:
+        for session in list(self._by_key.values()):
+            await self.retire(session)
