@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.typedefs import Handler
 
 from codexlb import health, middlewares
@@ -105,7 +105,7 @@ async def responses_ws(request: web.Request) -> web.StreamResponse:
     ws.headers.update({"x-codex-turn-state": turn_state, **account.rate_limit_headers(time.time())})
     await ws.prepare(request)
     sink = WsSink(request, ws)
-    backend.open_sockets += 1
+    backend.sockets.add(ws)
     try:
         async for message in ws:
             if message.type is not WSMsgType.TEXT:
@@ -124,7 +124,7 @@ async def responses_ws(request: web.Request) -> web.StreamResponse:
             if sink.closed:
                 break
     finally:
-        backend.open_sockets -= 1
+        backend.sockets.discard(ws)
     return ws
 
 
@@ -174,10 +174,17 @@ async def oauth_token(request: web.Request) -> web.Response:
     })
 
 
+async def _going_away(app: web.Application) -> None:
+    """On shutdown, close open WebSockets as a server going away does (1001), not by timeout."""
+    for ws in list(app[BACKEND].sockets):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+
 def create_sim_app(backend: Backend) -> web.Application:
     app = web.Application(middlewares=[middlewares.openai_errors, sim_errors], client_max_size=MAX_BODY)
     app[BACKEND] = backend
     app.on_response_prepare.append(middlewares.on_response_prepare)
+    app.on_shutdown.append(_going_away)
     app.router.add_post("/backend-api/codex/responses", responses_http)
     app.router.add_get("/backend-api/codex/responses", responses_ws)
     app.router.add_get("/backend-api/codex/models", models)

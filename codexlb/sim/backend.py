@@ -143,11 +143,15 @@ class Backend:
         self.faults = FaultBook(self.config.seed)
         self.records: deque[Record] = deque(maxlen=10_000)
         # Responses WebSockets open right now: a client that leaves sockets behind shows here.
-        self.open_sockets = 0
+        self.sockets: set[Any] = set()
         self.auth = AuthServer(self.accounts, self.account, device_poll_interval_s=self.config.device_poll_interval_s)
         self._seq = 0
         # Per (account, prompt_cache_key): the last full input, to count cached prefix tokens.
         self._prefix: dict[tuple[str, str], tuple[list[Any], list[int]]] = {}
+
+    @property
+    def open_sockets(self) -> int:
+        return len(self.sockets)
 
     # --- accounts ---------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import asyncio
 import aiohttp
 import pytest
 
+from codexlb.bridge.http import SESSIONS
 from codexlb.pool.selection import make_strategy
 from codexlb.services import GATES
 from tests.proxy.conftest import Proxy, start_proxy
@@ -29,12 +30,12 @@ async def connect(http: aiohttp.ClientSession, proxy: Proxy) -> aiohttp.ClientWe
 
 async def settled(proxy: Proxy) -> dict:
     """The gates once every handler has finished (a closed socket's handler ends a moment after the
-    client) and no upstream socket is left open behind the client."""
+    client), with no upstream socket left open but (at most) one per HTTP bridge session."""
     async with asyncio.timeout(5):
         while True:
             gates = proxy.app[GATES].snapshot()["gates"]
-            if all(g["in_use"] == 0 and g["waiting"] == 0 for g in gates.values()) and not (
-                    proxy.sim.backend.open_sockets):
+            if all(g["in_use"] == 0 and g["waiting"] == 0 for g in gates.values()) and (
+                    proxy.sim.backend.open_sockets <= len(proxy.app[SESSIONS])):
                 return gates
             await asyncio.sleep(0.01)
 

@@ -1,0 +1,175 @@
+"""The HTTP bridge against the sim: a client that resends the whole conversation over HTTP, as the Codex
+CLI does, while only new items go upstream; and the seed's scenarios of a lost upstream socket."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from codexlb.bridge.http import SESSIONS
+from tests.bridge.test_websocket import settled
+from tests.proxy.conftest import Proxy, start_proxy
+from tests.proxy.test_codex_route import add_fault, post
+from tests.simclient import body, user
+
+SESSION = {"session_id": "conv-http-1"}
+
+
+class Conversation:
+    """A client that sends its whole history each time: prior input, the answer's output, new items."""
+
+    def __init__(self, http, proxy: Proxy, headers: dict[str, str] | None = None) -> None:
+        self.http, self.proxy, self.headers = http, proxy, headers or SESSION
+        self.history: list[dict] = []
+
+    async def say(self, text: str):
+        self.history.append(user(text))
+        resp, events = await post(self.http, self.proxy, body(*self.history), self.headers)
+        if resp.status == 200 and events[-1]["type"] == "response.completed":
+            self.history.extend(events[-1]["response"]["output"])
+        return resp, events
+
+
+def records(proxy: Proxy) -> list[dict]:
+    return proxy.sim.backend.records_view()
+
+
+def completed(resp, events) -> bool:
+    return resp.status == 200 and [e["type"] for e in events].count("response.completed") == 1 and (
+        events[-1]["type"] == "response.completed")
+
+
+@pytest.fixture
+async def proxy(aiohttp_server, settings, sim):
+    return await start_proxy(aiohttp_server, settings, sim, failover_budget_s=10)
+
+
+async def test_whole_history_in_only_new_items_up(proxy, http):
+    talk = Conversation(http, proxy)
+    for n in range(5):
+        assert completed(*await talk.say(f"turn {n}"))
+    seen = records(proxy)
+    assert [r["transport"] for r in seen] == ["ws"] * 5
+    assert seen[0]["previous_response_id"] is None
+    # Each later request is anchored on the one before and carries only the new user message.
+    assert [r["previous_response_id"] for r in seen[1:]] == [r["response_id"] for r in seen[:-1]]
+    assert [r["n_input"] for r in seen[1:]] == [1] * 4
+    assert len({(r["account_id"], r["turn_state"]) for r in seen}) == 1
+    assert len(proxy.app[SESSIONS]) == 1
+
+
+async def test_a_changed_history_is_sent_whole(proxy, http):
+    talk = Conversation(http, proxy)
+    assert completed(*await talk.say("one"))
+    talk.history[0] = user("one, edited")  # the client rewrote history: no prefix, no trimming
+    assert completed(*await talk.say("two"))
+    second = records(proxy)[1]
+    assert second["previous_response_id"] is None and second["n_input"] == 3
+
+
+async def test_closed_between_turns_reconnects_unseen(proxy, http):
+    await add_fault(http, proxy.sim, transport="ws", action="close_after_response", times=1)
+    talk = Conversation(http, proxy)
+    for n in range(3):
+        assert completed(*await talk.say(f"turn {n}"))
+    seen = records(proxy)
+    assert [r["outcome"] for r in seen] == ["completed"] * 3
+    # The new socket presents the turn state, so the anchor still resolves there.
+    assert seen[1]["previous_response_id"] == seen[0]["response_id"] and seen[1]["n_input"] == 1
+
+
+@pytest.mark.parametrize("anchored", [False, True], ids=["first-request", "anchored"])
+async def test_lost_before_the_first_byte_is_one_clean_response(proxy, http, anchored):
+    talk = Conversation(http, proxy)
+    if anchored:
+        assert completed(*await talk.say("warm up"))
+    await add_fault(http, proxy.sim, transport="ws", action="close", after_events=0, anchored=anchored, times=1)
+    resp, events = await talk.say("hello")
+    assert completed(resp, events)
+    assert [e["type"] for e in events].count("response.created") == 1
+    tries = records(proxy)[-2:]
+    assert [t["outcome"] for t in tries] == ["close", "completed"]
+    await settled(proxy)
+
+
+async def test_lost_mid_stream_is_a_retriable_failure_and_the_retry_succeeds(proxy, http):
+    talk = Conversation(http, proxy)
+    assert completed(*await talk.say("warm up"))
+    await add_fault(http, proxy.sim, transport="ws", action="close", after_events=3, times=1)
+    resp, events = await post(http, proxy, body(*talk.history, user("cut")), SESSION)
+    assert resp.status == 200
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["error"]["code"] == "stream_incomplete"
+    # The CLI resends the same body; the session reconnects and answers it.
+    talk.history.append(user("cut"))
+    resp, events = await post(http, proxy, body(*talk.history), SESSION)
+    assert completed(resp, events)
+    await settled(proxy)
+
+
+async def test_state_lost_upstream_never_reaches_the_client_as_400(proxy, http):
+    talk = Conversation(http, proxy)
+    assert completed(*await talk.say("warm up"))
+    await add_fault(http, proxy.sim, transport="ws", action="drop_state", anchored=True, times=1)
+    resp, events = await talk.say("after the loss")
+    assert completed(resp, events)
+    lost, whole = records(proxy)[-2:]
+    assert lost["error_code"] == "previous_response_not_found"
+    # The proxy held the whole conversation: it sent it without its anchor.
+    assert whole["previous_response_id"] is None and whole["n_input"] == 3
+    assert completed(*await talk.say("and on"))
+    assert records(proxy)[-1]["previous_response_id"] == whole["response_id"]
+
+
+async def test_killed_at_every_event_index(proxy, http):
+    """Upstream dies after k events, for every k: a terminal answer comes in bounded time, never a 400,
+    and no slot or socket is left behind."""
+    talk = Conversation(http, proxy)
+    assert completed(*await talk.say("warm up"))
+    n_events = 16  # a short reply's stream
+    for k in range(n_events):
+        await add_fault(http, proxy.sim, transport="ws", action="close", after_events=k, times=1)
+        started = time.monotonic()
+        resp, events = await post(http, proxy, body(*talk.history, user(f"k={k}")), SESSION)
+        assert time.monotonic() - started < 5
+        assert resp.status == 200, events
+        last = events[-1]
+        if k == 0:
+            assert last["type"] == "response.completed"  # nothing had reached the client: resent
+        else:
+            assert last["type"] in ("response.completed", "response.failed"), last
+            if last["type"] == "response.failed":
+                assert last["response"]["error"]["code"] == "stream_incomplete"
+    assert all(r["error_code"] != "previous_response_not_found" for r in records(proxy))
+    await settled(proxy)
+
+
+async def test_sessions_are_per_conversation_and_per_key(proxy, http):
+    for conversation in ("a", "b"):
+        talk = Conversation(http, proxy, {"session_id": conversation})
+        assert completed(*await talk.say("hi"))
+    assert len(proxy.app[SESSIONS]) == 2
+
+
+async def test_least_recently_used_idle_session_is_let_go(aiohttp_server, settings, sim, http):
+    proxy = await start_proxy(aiohttp_server, settings, sim, bridge_max_sessions=2)
+    for conversation in ("a", "b", "c"):
+        talk = Conversation(http, proxy, {"session_id": conversation})
+        assert completed(*await talk.say("hi"))
+    assert len(proxy.app[SESSIONS]) == 2
+    await asyncio.wait_for(_until_sockets(proxy, 2), 5)
+
+
+async def _until_sockets(proxy: Proxy, n: int) -> None:
+    while proxy.sim.backend.open_sockets != n:
+        await asyncio.sleep(0.01)
+
+
+async def test_bridge_off_is_plain_http(aiohttp_server, settings, sim, http):
+    proxy = await start_proxy(aiohttp_server, settings, sim, http_bridge=False)
+    talk = Conversation(http, proxy)
+    assert completed(*await talk.say("one"))
+    assert completed(*await talk.say("two"))
+    assert [r["transport"] for r in records(proxy)] == ["http", "http"]
