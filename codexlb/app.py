@@ -7,6 +7,7 @@ from aiohttp import web
 from codexlb import client_auth, health, middlewares, services
 from codexlb.api import accounts as accounts_api
 from codexlb.api import admission as admission_api
+from codexlb.api import bridge as bridge_api
 from codexlb.api import keys as keys_api
 from codexlb.bridge import websocket as ws_bridge
 from codexlb.proxy import routes as proxy_routes
@@ -26,6 +27,7 @@ def create_app(settings: Settings) -> web.Application:
     accounts_api.setup(app)
     keys_api.setup(app)
     admission_api.setup(app)
+    bridge_api.setup(app)
     proxy_routes.setup(app)
     ws_bridge.setup(app)
     return app

@@ -147,6 +147,7 @@ class _Turn:
         error = error if isinstance(error, dict) else {}
         if error.get("code") == "previous_response_not_found" and self.anchored:
             _log.info("bridge anchor lost upstream; resending whole", account=self.session.account.alias)
+            self.up.recoveries["http:resend_whole"] += 1
             raise _Resend(whole=True)
         status = event.get("status")
         failure = Failure(status if isinstance(status, int) else 200, error, {}, reason=str(event.get("type")))
@@ -165,6 +166,7 @@ class _Turn:
         decision = recovery.on_socket_lost(phase, self.resends, time.monotonic() - self.sent_at)
         _log.info("bridge socket lost", account=self.session.account.alias, phase=phase.value,
                   decision=decision.reason)
+        self.up.recoveries[f"http:{decision.reason}"] += 1
         if decision.action is Action.RESEND:
             self.resends += 1
             raise _Resend(whole=False)

@@ -162,6 +162,7 @@ class Bridge:
                     time.monotonic() - inflight.sent_at if inflight else 0.0)
                 _log.info("upstream socket lost", account=self._account.alias, phase=phase.value,
                           decision=decision.reason)
+                self._up.recoveries[f"ws:{decision.reason}"] += 1
                 if decision.action is Action.RECONNECT:
                     return  # the next request reconnects
                 if decision.action is Action.FAIL:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence, TypeVar
 
@@ -74,6 +75,8 @@ class Upstream:
     refresher: Refresher
     http: aiohttp.ClientSession
     gates: Gates
+    # How often each recovery decision was taken ("ws:resend", "http:fail:stream_incomplete", ...).
+    recoveries: Counter[str] = field(default_factory=Counter)
 
     @property
     def responses_url(self) -> str:

@@ -92,6 +92,8 @@ async def test_lost_before_the_first_byte_is_one_clean_response(proxy, http, anc
     tries = records(proxy)[-2:]
     assert [t["outcome"] for t in tries] == ["close", "completed"]
     await settled(proxy)
+    async with http.get(f"{proxy.url}/api/bridge") as resp:
+        assert (await resp.json()) == {"sessions": 1, "recoveries": {"http:resend": 1}}
 
 
 async def test_lost_mid_stream_is_a_retriable_failure_and_the_retry_succeeds(proxy, http):

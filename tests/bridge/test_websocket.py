@@ -10,6 +10,7 @@ import pytest
 
 from codexlb.bridge.http import SESSIONS
 from codexlb.pool.selection import make_strategy
+from codexlb.proxy.upstream import UPSTREAM
 from codexlb.services import GATES
 from tests.proxy.conftest import Proxy, start_proxy
 from tests.simclient import body, handshake_headers, user, ws_turn
@@ -103,6 +104,8 @@ async def test_socket_lost_before_the_client_saw_a_byte_is_resent(proxy, http, a
     records = proxy.sim.backend.records_view()
     assert all(r["error_code"] != "previous_response_not_found" for r in records)
     await settled(proxy)
+    decision = "ws:resend" if after_events == 0 else "ws:fail:stream_incomplete"
+    assert proxy.app[UPSTREAM].recoveries[decision] == 1
 
 
 async def test_a_handshake_that_cannot_be_admitted_is_an_http_429(aiohttp_server, settings, sim, http):

@@ -1,0 +1,89 @@
+"""What the HTTP bridge saves: a 20-request Codex CLI session over HTTP (10 `exec` turns with a tool
+call each), upstream input bytes per request with the bridge and without, faults off and on.
+
+Run: .venv/bin/python tests/bench/bench_bridge.py [--turns 10]
+Needs the real Codex CLI: `CODEXLB_CODEX_BIN`, or the copy the e2e tests install into `.tools/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from codexlb.app import create_app  # noqa: E402
+from codexlb.config import Settings  # noqa: E402
+from codexlb.services import ROSTER  # noqa: E402
+from codexlb.sim.backend import SimConfig  # noqa: E402
+from codexlb.sim.faults import Fault  # noqa: E402
+from codexlb.sim.server import running_sim  # noqa: E402
+from tests.accounts.conftest import login_of  # noqa: E402
+from tests.e2e.test_codex_cli_recovery import FAULTS  # noqa: E402
+from tests.e2e.test_codex_cli_sim import TOOL_PROMPT, CodexHome  # noqa: E402
+
+
+async def session(codex_bin: Path, turns: int, bridge: bool, faults: bool) -> tuple[list[int], int]:
+    """Upstream input bytes of each answered model request, and how many CLI runs failed."""
+    async with running_sim(SimConfig(accounts=3)) as sim:
+        root = Path(tempfile.mkdtemp(prefix="codexlb-bench-"))
+        settings = Settings(data_dir=root / "data", port=0, upstream_base_url=sim.upstream_base_url,
+                            auth_base_url=sim.url, usage_poll_interval_s=0, http_bridge=bridge)
+        app = create_app(settings)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            for account in sim.backend.accounts:
+                await app[ROSTER].add_login(login_of(account))
+            for fault in FAULTS if faults else ():
+                sim.backend.faults.add(Fault.from_json({"transport": "ws", "times": None, **fault}))
+            port = runner.addresses[0][1]
+            (root / "work").mkdir()
+            codex = CodexHome(codex_bin, root / "work", sim, websockets=False,
+                              base_url=f"http://127.0.0.1:{port}/backend-api/codex", api_key="sk-bench")
+            failed = 0
+            for turn in range(turns):
+                args = ("exec", "--skip-git-repo-check", TOOL_PROMPT) if turn == 0 else (
+                    "exec", "--skip-git-repo-check", "resume", "--last", TOOL_PROMPT)
+                failed += (await codex.run(*args)).rc != 0
+            sizes = [r.input_bytes for r in sim.backend.records if r.outcome == "completed"]
+            return sizes, failed
+        finally:
+            await runner.cleanup()
+
+
+def codex_binary() -> Path:
+    explicit = os.environ.get("CODEXLB_CODEX_BIN")
+    binary = Path(explicit) if explicit else REPO / ".tools" / "node_modules" / ".bin" / "codex"
+    if not binary.exists():
+        sys.exit(f"no Codex CLI at {binary}: set CODEXLB_CODEX_BIN or run the e2e tests once (they install it)")
+    return binary
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--turns", type=int, default=10, help="`exec` turns (two model requests each)")
+    args = parser.parse_args()
+    binary = codex_binary()
+    print(f"Codex CLI over HTTP, {args.turns} turns with a tool call each; upstream input bytes per request")
+    for faults in (False, True):
+        results = {bridge: await session(binary, args.turns, bridge, faults) for bridge in (False, True)}
+        (plain, plain_failed), (bridged, bridged_failed) = results[False], results[True]
+        print(f"  faults {'on ' if faults else 'off'}: without bridge {sum(plain) / len(plain):8.0f} B/request "
+              f"({sum(plain):9,d} B in {len(plain)}, {plain_failed} failed turns)   "
+              f"with bridge {sum(bridged) / len(bridged):8.0f} B/request ({sum(bridged):9,d} B in {len(bridged)}, "
+              f"{bridged_failed} failed turns)   ratio {sum(bridged) / sum(plain):.3f}")
+        print(f"    with bridge, per request: {bridged}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
