@@ -216,13 +216,11 @@ async def _in_session(request: web.Request, up: Upstream, sessions: Sessions, se
         return await turn.run()
     except _Unbridged:
         outcome.tried.add(session.account.id)
-        session.failures += 1
-        if session.failures >= MAX_FAILURES or session.sock is None:
-            await sessions.retire(session)
+        await _failed(sessions, session, retire=session.sock is None)
         return None
     except APIError as exc:
         if exc.status >= 500:
-            session.failures += 1
+            await _failed(sessions, session)
         raise
     finally:
         slot.release()
@@ -230,3 +228,12 @@ async def _in_session(request: web.Request, up: Upstream, sessions: Sessions, se
         if not turn.finished:
             # Whatever upstream still sends for this request would reach the next one: start afresh.
             session.drop_socket()
+
+
+async def _failed(sessions: Sessions, session: Session, retire: bool = False) -> None:
+    """A session whose requests keep failing is retired: the next request starts a fresh one, so a
+    conversation never loops on a broken session."""
+    session.failures += 1
+    if retire or session.failures >= MAX_FAILURES:
+        _log.info("bridge session retired", account=session.account.alias, failures=session.failures)
+        await sessions.retire(session)

@@ -2,9 +2,10 @@
 
 Frames go both ways as they come, unparsed on the way out. The handshake is admitted (key and
 in-flight gates) and the upstream socket opened before the client's upgrade is answered, so a
-refusal is a real HTTP status. One account serves the socket for its life; its stream slot is held
-as long. A lost upstream socket is recovered as `codexlb.recovery` decides: invisibly between
-requests and before the client has a byte of the response, with one `response.failed` after.
+refusal is a real HTTP status. One account serves the socket and holds a stream slot for it; only a
+request without an anchor that upstream refuses (429, 5xx) before the client saw anything moves it
+to another account. A lost upstream socket is recovered as `codexlb.recovery` decides: invisibly
+between requests and before the client has a byte of the response, with one `response.failed` after.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import aiohttp
 import orjson
@@ -23,6 +24,7 @@ from codexlb.admission.gate import Slot
 from codexlb.client_auth import API_KEY
 from codexlb.errors import APIError
 from codexlb.pool.sticky import conversation_keys
+from codexlb.proxy.failover import Failure, next_step
 from codexlb.proxy.relay import account_usage, failed_event
 from codexlb.proxy.upstream import UPSTREAM, Outcome, Upstream, observe
 from codexlb.recovery import Action, Phase
@@ -40,14 +42,16 @@ class _InFlight:
     text: str
     outcome: Outcome
     sent_at: float = field(default_factory=time.monotonic)
+    anchored: bool = False  # carries previous_response_id: only its account holds the state
     seen: bool = False  # the client has received an event of this response
     resends: int = 0
+    tried: set[str] = field(default_factory=set)  # accounts that refused it (failover)
 
 
 class Bridge:
     def __init__(self, up: Upstream, request: web.Request, client: web.WebSocketResponse, sock: UpstreamSocket,
-                 slot: Slot) -> None:
-        self._up, self._request, self._client = up, request, client
+                 slot: Slot, keys: Sequence[str]) -> None:
+        self._up, self._request, self._client, self._keys = up, request, client, keys
         self._sock: UpstreamSocket | None = sock
         self._account, self._turn_state = sock.account, sock.turn_state
         self._slot = slot
@@ -82,7 +86,7 @@ class Bridge:
         if isinstance(payload, dict) and payload.get("type") == "response.create":
             outcome = Outcome(account=self._account, model=payload.get("model") if isinstance(
                 payload.get("model"), str) else None)
-            self._inflight = _InFlight(text, outcome)
+            self._inflight = _InFlight(text, outcome, anchored=bool(payload.get("previous_response_id")))
         async with self._lock:
             if self._sock is None and not await self._reconnect("between requests"):
                 if self._inflight is not None:
@@ -106,7 +110,8 @@ class Bridge:
                     self._ready.clear()
                     continue
                 await self._relay(sock)
-                await self._lost(sock)
+                if self._sock is sock or self._sock is None:
+                    await self._lost(sock)
         except (ConnectionError, aiohttp.ClientError) as exc:
             # The client is gone: the handler's read loop ends on its own.
             _log.info("client socket broke", error=type(exc).__name__)
@@ -125,28 +130,70 @@ class Bridge:
                 await ws.close()
                 return
             if message.type is WSMsgType.TEXT:
-                await self._from_upstream(message.data)
+                if not await self._from_upstream(message.data):
+                    await ws.close()
+                    await self._fail_over()
+                    return
             elif message.type is WSMsgType.BINARY:
                 await self._client.send_bytes(message.data)
             elif message.type in _CLOSED:
                 return
 
-    async def _from_upstream(self, text: str) -> None:
-        await self._client.send_str(text)
+    async def _from_upstream(self, text: str) -> bool:
+        """Relay one upstream frame; False when, instead, the request should move to another account."""
         inflight = self._inflight
         if inflight is None:
-            return
-        if not inflight.seen:
-            inflight.seen = True
-            inflight.outcome.first_event_at = time.monotonic()
+            await self._client.send_str(text)
+            return True
         try:
             data: Any = orjson.loads(text)
         except orjson.JSONDecodeError:
-            return
+            data = None
         kind = data.get("type") if isinstance(data, dict) else None
+        if not inflight.seen:
+            if kind in ("error", "response.failed") and self._movable(inflight, data):
+                return False
+            inflight.seen = True
+            inflight.outcome.first_event_at = time.monotonic()
+        await self._client.send_str(text)
         if isinstance(kind, str) and observe(self._up, self._account, inflight.outcome, kind, data):
             status = 200 if kind == "response.completed" else int(data.get("status") or 502)
             self._finish(status, inflight.outcome.error_code)
+        return True
+
+    def _movable(self, inflight: _InFlight, event: dict[str, Any]) -> bool:
+        """A refusal before the client saw anything, that another account may not give (429, 5xx), of a
+        request no account in particular must serve (no anchor), with accounts left to try."""
+        error = event.get("error") or (event.get("response") or {}).get("error") or {}
+        status = event.get("status")
+        failure = Failure(status if isinstance(status, int) else 200, error if isinstance(error, dict) else {})
+        return (not inflight.anchored and next_step(failure, refreshed=True) == "next"
+                and len(inflight.tried) + 1 < self._up.settings.failover_accounts)
+
+    async def _fail_over(self) -> None:
+        """Move the socket, and the request in flight, to another account."""
+        inflight = self._inflight
+        assert inflight is not None
+        async with self._lock:
+            inflight.tried.add(self._account.id)
+            self._sock = None
+            try:
+                sock, slot = await open_socket(self._up, self._request.headers, self._keys,
+                                               Outcome(tried=set(inflight.tried)))
+            except APIError as exc:
+                await self._fail(exc.code or "upstream_unavailable", exc.message)
+                return
+            _log.info("request moved to another account", source=self._account.alias, target=sock.account.alias)
+            self._up.recoveries["ws:failover"] += 1
+            self._slot.release()
+            self._slot, self._account, self._turn_state = slot, sock.account, sock.turn_state
+            inflight.outcome.account = sock.account
+            self._sock = sock
+            self._ready.set()
+            try:
+                await sock.ws.send_str(inflight.text)
+            except (aiohttp.ClientError, ConnectionError):
+                pass  # read next, that socket ends too and recovery takes over
 
     async def _lost(self, sock: UpstreamSocket) -> None:
         async with self._lock:
@@ -214,7 +261,8 @@ async def responses_ws(request: web.Request) -> web.StreamResponse:
                        type="invalid_request_error", headers={"Upgrade": "websocket"})
     up = request.app[UPSTREAM]
     async with up.gates.admitted(request.get(API_KEY)):
-        sock, slot = await open_socket(up, request.headers, conversation_keys(request.headers, None), Outcome())
+        keys = conversation_keys(request.headers, None)
+        sock, slot = await open_socket(up, request.headers, keys, Outcome())
         try:
             if sock.turn_state:
                 client.headers["x-codex-turn-state"] = sock.turn_state
@@ -223,7 +271,7 @@ async def responses_ws(request: web.Request) -> web.StreamResponse:
             await sock.ws.close()
             slot.release()
             raise
-        await Bridge(up, request, client, sock, slot).run()
+        await Bridge(up, request, client, sock, slot, keys).run()
     return client
 
 

@@ -175,3 +175,21 @@ async def test_bridge_off_is_plain_http(aiohttp_server, settings, sim, http):
     assert completed(*await talk.say("one"))
     assert completed(*await talk.say("two"))
     assert [r["transport"] for r in records(proxy)] == ["http", "http"]
+
+
+async def test_a_session_that_keeps_failing_is_retired_and_replaced(proxy, http):
+    talk = Conversation(http, proxy)
+    assert completed(*await talk.say("warm up"))
+    first = proxy.app[SESSIONS]._by_key.copy()
+    # Every request on the socket is lost before its first event: resends run out, the client gets a
+    # retriable 502 (never a 400), and after three such requests the session goes.
+    await add_fault(http, proxy.sim, transport="ws", action="close", after_events=0, times=None)
+    for _ in range(3):
+        resp, error = await post(http, proxy, body(*talk.history, user("again")), SESSION)
+        assert resp.status == 502 and error["error"]["code"] == "upstream_unavailable", error
+    assert len(proxy.app[SESSIONS]) == 0
+    async with http.delete(f"{proxy.sim.url}/__sim/faults") as resp:
+        assert resp.status == 200
+    assert completed(*await talk.say("again"))
+    assert len(proxy.app[SESSIONS]) == 1 and proxy.app[SESSIONS]._by_key != first
+    await settled(proxy)

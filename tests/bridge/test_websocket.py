@@ -143,3 +143,53 @@ async def test_a_refused_upstream_handshake_fails_over_to_another_account(proxy,
         assert (await resp.json())["faults"][0]["fired"] == 1
     assert {r["account_id"] for r in proxy.sim.backend.records_view()} != {failing}
     await settled(proxy)
+
+
+async def test_a_request_refused_before_any_byte_moves_to_another_account(proxy, http):
+    """An unanchored request (the prewarm) refused with a 500 frame: the client never sees the refusal;
+    the socket moves, and the conversation goes on there anchored."""
+    proxy.pool.strategy = make_strategy("round_robin")
+    failing = min(a.account_id for a in proxy.sim.backend.accounts)
+    await add_fault(http, proxy, action="status", status=500, account=failing, times=None)
+    async with await connect(http, proxy) as ws:
+        answers = await conversation(ws, turns=2)
+    assert [terminal(a)["type"] for a in answers] == ["response.completed"] * 3
+    assert all(e["type"] != "error" for a in answers for e in a)
+    seen = proxy.sim.backend.records_view()
+    assert [(r["account_id"] == failing, r["outcome"]) for r in seen] == [
+        (True, "error"), (False, "completed"), (False, "completed"), (False, "completed")]
+    assert proxy.app[UPSTREAM].recoveries["ws:failover"] == 1
+    await settled(proxy)
+
+
+async def test_an_anchored_request_refused_is_not_moved(proxy, http):
+    """Its state lives on its account: the refusal goes to the client as it came."""
+    async with await connect(http, proxy) as ws:
+        prewarm = await ws_turn(ws, PREWARM)
+        await add_fault(http, proxy, action="status", status=500, anchored=True, times=1)
+        events = await ws_turn(ws, body(user("x"), previous_response_id=terminal(prewarm)["response"]["id"]))
+    assert [e["type"] for e in events] == ["error"]
+    assert proxy.app[UPSTREAM].recoveries["ws:failover"] == 0
+    await settled(proxy)
+
+
+@pytest.mark.parametrize("k", range(0, 16, 3))
+async def test_killed_at_event_index(proxy, http, k):
+    """Upstream dies after k events of an anchored request: a terminal answer in bounded time, and no
+    slot or socket left behind."""
+    async with await connect(http, proxy) as ws:
+        prewarm = await ws_turn(ws, PREWARM)
+        await add_fault(http, proxy, action="close", after_events=k, anchored=True, times=1)
+        events = await ws_turn(ws, body(user("x"), previous_response_id=terminal(prewarm)["response"]["id"]),
+                               timeout=5)
+    assert terminal(events)["type"] == ("response.completed" if k == 0 else "response.failed")
+    await settled(proxy)
+
+
+async def test_socket_lost_before_the_first_byte_of_an_unanchored_request_is_resent(proxy, http):
+    await add_fault(http, proxy, action="close", kind="prewarm", after_events=0, times=1)
+    async with await connect(http, proxy) as ws:
+        answers = await conversation(ws, turns=1)
+    assert [terminal(a)["type"] for a in answers] == ["response.completed"] * 2
+    assert [r["outcome"] for r in proxy.sim.backend.records_view()] == ["close", "completed", "completed"]
+    await settled(proxy)
