@@ -1,5 +1,7 @@
-"""What the HTTP bridge saves: a 20-request Codex CLI session over HTTP (10 `exec` turns with a tool
-call each), upstream input bytes per request with the bridge and without, faults off and on.
+"""What the HTTP bridge saves, and what recovery keeps: a Codex CLI session of `--turns` `exec` turns
+with a tool call each (two model requests a turn), input bytes per model request with the bridge and
+without over HTTP, and over WebSocket, faults off and on (the upstream socket dropped between requests
+and before `response.created`).
 
 Run: .venv/bin/python tests/bench/bench_bridge.py [--turns 10]
 Needs the real Codex CLI: `CODEXLB_CODEX_BIN`, or the copy the e2e tests install into `.tools/`.
@@ -30,8 +32,10 @@ from tests.e2e.test_codex_cli_recovery import FAULTS  # noqa: E402
 from tests.e2e.test_codex_cli_sim import TOOL_PROMPT, CodexHome  # noqa: E402
 
 
-async def session(codex_bin: Path, turns: int, bridge: bool, faults: bool) -> tuple[list[int], int]:
-    """Upstream input bytes of each answered model request, and how many CLI runs failed."""
+async def session(codex_bin: Path, turns: int, bridge: bool, faults: bool,
+                  websockets: bool = False) -> tuple[list[int], int, int]:
+    """Upstream input bytes of each answered model request (prewarms aside), how many CLI runs failed,
+    and how many upstream sockets the faults dropped."""
     async with running_sim(SimConfig(accounts=3)) as sim:
         root = Path(tempfile.mkdtemp(prefix="codexlb-bench-"))
         settings = Settings(data_dir=root / "data", port=0, upstream_base_url=sim.upstream_base_url,
@@ -48,15 +52,16 @@ async def session(codex_bin: Path, turns: int, bridge: bool, faults: bool) -> tu
                 sim.backend.faults.add(Fault.from_json({"transport": "ws", "times": None, **fault}))
             port = runner.addresses[0][1]
             (root / "work").mkdir()
-            codex = CodexHome(codex_bin, root / "work", sim, websockets=False,
+            codex = CodexHome(codex_bin, root / "work", sim, websockets=websockets,
                               base_url=f"http://127.0.0.1:{port}/backend-api/codex", api_key="sk-bench")
             failed = 0
             for turn in range(turns):
                 args = ("exec", "--skip-git-repo-check", TOOL_PROMPT) if turn == 0 else (
                     "exec", "--skip-git-repo-check", "resume", "--last", TOOL_PROMPT)
                 failed += (await codex.run(*args)).rc != 0
-            sizes = [r.input_bytes for r in sim.backend.records if r.outcome == "completed"]
-            return sizes, failed
+            sizes = [r.input_bytes for r in sim.backend.records if r.outcome == "completed" and r.generate]
+            dropped = sum(fault.fired for fault in sim.backend.faults.list())
+            return sizes, failed, dropped
         finally:
             await runner.cleanup()
 
@@ -74,15 +79,16 @@ async def main() -> None:
     parser.add_argument("--turns", type=int, default=10, help="`exec` turns (two model requests each)")
     args = parser.parse_args()
     binary = codex_binary()
-    print(f"Codex CLI over HTTP, {args.turns} turns with a tool call each; upstream input bytes per request")
+    print(f"Codex CLI, {args.turns} turns with a tool call each; input bytes per model request upstream")
     for faults in (False, True):
-        results = {bridge: await session(binary, args.turns, bridge, faults) for bridge in (False, True)}
-        (plain, plain_failed), (bridged, bridged_failed) = results[False], results[True]
-        print(f"  faults {'on ' if faults else 'off'}: without bridge {sum(plain) / len(plain):8.0f} B/request "
-              f"({sum(plain):9,d} B in {len(plain)}, {plain_failed} failed turns)   "
-              f"with bridge {sum(bridged) / len(bridged):8.0f} B/request ({sum(bridged):9,d} B in {len(bridged)}, "
-              f"{bridged_failed} failed turns)   ratio {sum(bridged) / sum(plain):.3f}")
-        print(f"    with bridge, per request: {bridged}")
+        rows = {"HTTP, no bridge": await session(binary, args.turns, False, faults),
+                "HTTP, bridge": await session(binary, args.turns, True, faults),
+                "WebSocket": await session(binary, args.turns, True, faults, websockets=True)}
+        print(f"  faults {'on' if faults else 'off'}:")
+        for name, (sizes, failed, dropped) in rows.items():
+            print(f"    {name:16s} {sum(sizes) / len(sizes):8.0f} B/request  {sum(sizes):9,d} B in {len(sizes)} "
+                  f"requests  {failed} failed turns  {dropped:2d} sockets dropped   "
+                  f"per request: {sizes[:4]} ... {sizes[-2:]}")
 
 
 if __name__ == "__main__":
