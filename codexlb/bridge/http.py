@@ -14,6 +14,7 @@ import asyncio
 import time
 from typing import Any, Sequence
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -107,7 +108,12 @@ class _Turn:
             await self._lost()
         inbox = session.begin()
         assert session.sock is not None
-        await session.sock.ws.send_str(self.frame())
+        try:
+            await session.sock.ws.send_str(self.frame())
+        except (aiohttp.ClientError, ConnectionError):
+            # Closed under us since the look: the same as losing it now.
+            session.drop_socket()
+            return await self._recover(Phase.AFTER_BYTES if self.response is not None else Phase.BEFORE_BYTES)
         seen = False
         while True:
             wait = settings.upstream_idle_timeout_s if seen else settings.upstream_first_event_timeout_s
