@@ -180,6 +180,14 @@ class Settings:
         600.0, "How long a conversation's upstream WebSocket is kept without a request.",
         check=_check_positive, metavar="SECONDS",
     )
+    transcript_max_mb: float = setting(
+        256.0, "Memory for the transcripts that let a WebSocket conversation go on when upstream lost its "
+        "state (MiB, all conversations; the least recently used go first).", check=_check_positive, metavar="MIB",
+    )
+    transcript_conversation_max_mb: float = setting(
+        32.0, "Transcript memory for one conversation (MiB; its oldest responses go first).",
+        check=_check_positive, metavar="MIB",
+    )
     drain_timeout_s: float = setting(
         30.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.",
         check=_check_non_negative, metavar="SECONDS",

@@ -10,6 +10,15 @@ is made invisible wherever the client cannot have noticed, and retriable where i
 | a request is in flight, the client has no byte of it yet | yes | `resend`: reconnect as above, send the held request again | one normal response |
 | a request is in flight, the client has no byte of it yet | no | `fail` `upstream_unavailable` | HTTP 502 / WS `response.failed`, retriable |
 | the client already has bytes of the response | — | `fail` `stream_incomplete`; the next request reconnects | `response.failed`, retriable |
+
+A request upstream refuses before the client saw anything (`on_refusal`), on a socket still up:
+
+| Refusal | Anchored | Its history in the transcript | Action |
+|---|---|---|---|
+| `previous_response_not_found` | yes | yes, not rebuilt yet | `rebuild`: the whole input, no anchor, same socket |
+| 429, 5xx, `usage_limit_reached`, account gone | no | — | `move` to another account (while accounts are left) |
+| 429, 5xx, `usage_limit_reached`, account gone | yes | yes | `move` with the whole input, without reasoning items only this account can read |
+| anything else, or nothing known | — | — | `pass` the refusal on (the Codex CLI resends the whole history once) |
 """
 
 from __future__ import annotations
@@ -32,6 +41,9 @@ class Action(enum.Enum):
     RECONNECT = "reconnect"
     RESEND = "resend"
     FAIL = "fail"
+    REBUILD = "rebuild"
+    MOVE = "move"
+    PASS = "pass"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +66,15 @@ def on_socket_lost(phase: Phase, resends: int, elapsed_s: float, *, max_resends:
     if resends < max_resends and elapsed_s < budget_s:
         return Decision(Action.RESEND)
     return Decision(Action.FAIL, "upstream_unavailable")
+
+
+def on_refusal(*, lost_state: bool, account_failed: bool, anchored: bool, history_known: bool, rebuilt: bool,
+               accounts_left: bool) -> Decision:
+    """Upstream refused a request before the client saw a byte of its answer. `lost_state`: the refusal
+    is `previous_response_not_found`; `account_failed`: it is one another account may not give (429, 5xx,
+    quota, deactivated); `history_known`: the transcript can rebuild the anchored request's whole input."""
+    if lost_state and anchored and history_known and not rebuilt:
+        return Decision(Action.REBUILD)
+    if account_failed and accounts_left and (not anchored or history_known):
+        return Decision(Action.MOVE)
+    return Decision(Action.PASS)

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from codexlb.recovery import MAX_RESENDS, RESEND_BUDGET_S, Action, Phase, on_socket_lost
+from codexlb.recovery import MAX_RESENDS, RESEND_BUDGET_S, Action, Phase, on_refusal, on_socket_lost
 
 
 @pytest.mark.parametrize("resends, elapsed", list(itertools.product([0, 1, MAX_RESENDS, 99], [0.0, RESEND_BUDGET_S, 1e6])))
@@ -35,3 +35,30 @@ def test_lost_before_any_byte_past_a_bound_fails_as_unavailable(resends, elapsed
 def test_bounds_are_the_callers_to_tighten():
     assert on_socket_lost(Phase.BEFORE_BYTES, 1, 0.0, max_resends=1).action is Action.FAIL
     assert on_socket_lost(Phase.BEFORE_BYTES, 0, 2.0, budget_s=1.0).action is Action.FAIL
+
+
+def refusal(**given):
+    facts = {"lost_state": False, "account_failed": False, "anchored": True, "history_known": True,
+             "rebuilt": False, "accounts_left": True, **given}
+    return on_refusal(**facts).action
+
+
+def test_lost_state_with_a_known_history_is_rebuilt_once():
+    assert refusal(lost_state=True) is Action.REBUILD
+    assert refusal(lost_state=True, rebuilt=True) is Action.PASS  # never a loop
+    assert refusal(lost_state=True, history_known=False) is Action.PASS
+    assert refusal(lost_state=True, anchored=False) is Action.PASS  # not ours to explain
+
+
+@pytest.mark.parametrize("anchored, known, left, expected", [
+    (False, False, True, Action.MOVE),   # no anchor: any account serves it as it is
+    (True, True, True, Action.MOVE),     # anchored: moves with its whole history
+    (True, False, True, Action.PASS),    # anchored, history unknown: only its account could serve it
+    (False, True, False, Action.PASS),   # no account left to try
+])
+def test_a_failed_account_moves_the_request_when_it_can(anchored, known, left, expected):
+    assert refusal(account_failed=True, anchored=anchored, history_known=known, accounts_left=left) is expected
+
+
+def test_anything_else_is_passed_on():
+    assert refusal() is Action.PASS

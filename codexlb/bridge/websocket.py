@@ -29,6 +29,7 @@ from codexlb.proxy.relay import account_usage, failed_event
 from codexlb.proxy.upstream import UPSTREAM, Outcome, Upstream, observe
 from codexlb.recovery import Action, Phase
 from codexlb.services import STORE
+from codexlb.transcript import without_account_items
 from codexlb.upstream.websocket import HEARTBEAT_S, MAX_FRAME, UpstreamSocket, connect, open_socket
 
 _log = log.get("codexlb.bridge.ws")
@@ -39,19 +40,37 @@ _CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR
 class _InFlight:
     """The client's `response.create` whose response is under way: kept whole, to be sent again."""
 
-    text: str
+    text: str  # what goes upstream: the client's frame, or its rebuilt whole form
+    payload: dict[str, Any]  # the client's frame, parsed
     outcome: Outcome
     sent_at: float = field(default_factory=time.monotonic)
-    anchored: bool = False  # carries previous_response_id: only its account holds the state
     seen: bool = False  # the client has received an event of this response
     resends: int = 0
+    rebuilt: bool = False  # `text` is the whole conversation, no longer anchored
     tried: set[str] = field(default_factory=set)  # accounts that refused it (failover)
+    output: list[Any] = field(default_factory=list)  # output items, for the transcript
+
+    @property
+    def previous(self) -> str | None:
+        previous = self.payload.get("previous_response_id")
+        return previous if isinstance(previous, str) and previous else None
+
+    @property
+    def anchored(self) -> bool:
+        return self.previous is not None and not self.rebuilt
+
+    @property
+    def items(self) -> list[Any]:
+        items = self.payload.get("input")
+        return items if isinstance(items, list) else []
 
 
 class Bridge:
     def __init__(self, up: Upstream, request: web.Request, client: web.WebSocketResponse, sock: UpstreamSocket,
                  slot: Slot, keys: Sequence[str]) -> None:
         self._up, self._request, self._client, self._keys = up, request, client, keys
+        # The transcript's conversation: the client's session, else this socket alone.
+        self._conversation = keys[0] if keys else f"socket:{id(self)}"
         self._sock: UpstreamSocket | None = sock
         self._account, self._turn_state = sock.account, sock.turn_state
         self._slot = slot
@@ -86,7 +105,7 @@ class Bridge:
         if isinstance(payload, dict) and payload.get("type") == "response.create":
             outcome = Outcome(account=self._account, model=payload.get("model") if isinstance(
                 payload.get("model"), str) else None)
-            self._inflight = _InFlight(text, outcome, anchored=bool(payload.get("previous_response_id")))
+            self._inflight = _InFlight(text, payload, outcome)
         async with self._lock:
             if self._sock is None and not await self._reconnect("between requests"):
                 if self._inflight is not None:
@@ -151,24 +170,69 @@ class Bridge:
             data = None
         kind = data.get("type") if isinstance(data, dict) else None
         if not inflight.seen:
-            if kind in ("error", "response.failed") and self._movable(inflight, data):
-                return False
+            if kind in ("error", "response.failed"):
+                action = self._refused(inflight, data)
+                if action is Action.REBUILD:
+                    await self._send(self._rebuild(inflight, portable=False))
+                    return True
+                if action is Action.MOVE:
+                    return False
             inflight.seen = True
             inflight.outcome.first_event_at = time.monotonic()
         await self._client.send_str(text)
+        if kind == "response.output_item.done" and isinstance(data.get("item"), dict):
+            inflight.output.append(data["item"])
         if isinstance(kind, str) and observe(self._up, self._account, inflight.outcome, kind, data):
+            if kind == "response.completed" and inflight.outcome.response_id:
+                self._up.transcripts.record(self._conversation, inflight.outcome.response_id, inflight.previous,
+                                            inflight.items, inflight.output)
             status = 200 if kind == "response.completed" else int(data.get("status") or 502)
             self._finish(status, inflight.outcome.error_code)
         return True
 
-    def _movable(self, inflight: _InFlight, event: dict[str, Any]) -> bool:
-        """A refusal before the client saw anything, that another account may not give (429, 5xx), of a
-        request no account in particular must serve (no anchor), with accounts left to try."""
+    def _refused(self, inflight: _InFlight, event: dict[str, Any]) -> Action:
+        """What to do about a refusal the client has not seen (`recovery.on_refusal`)."""
         error = event.get("error") or (event.get("response") or {}).get("error") or {}
+        error = error if isinstance(error, dict) else {}
         status = event.get("status")
-        failure = Failure(status if isinstance(status, int) else 200, error if isinstance(error, dict) else {})
-        return (not inflight.anchored and next_step(failure, refreshed=True) == "next"
-                and len(inflight.tried) + 1 < self._up.settings.failover_accounts)
+        failure = Failure(status if isinstance(status, int) else 200, error)
+        previous = inflight.previous
+        decision = recovery.on_refusal(
+            lost_state=error.get("code") == "previous_response_not_found",
+            account_failed=next_step(failure, refreshed=True) == "next",
+            anchored=inflight.anchored,
+            history_known=previous is not None and self._up.transcripts.history(previous) is not None,
+            rebuilt=inflight.rebuilt,
+            accounts_left=len(inflight.tried) + 1 < self._up.settings.failover_accounts)
+        if decision.action is not Action.PASS:
+            self._up.recoveries[f"ws:{decision.reason}"] += 1
+        return decision.action
+
+    def _rebuild(self, inflight: _InFlight, *, portable: bool) -> str:
+        """The request with its whole history and no anchor; `portable`: for another account."""
+        previous = inflight.previous
+        assert previous is not None
+        history = self._up.transcripts.history(previous) or []
+        items = [*history, *inflight.items]
+        if portable:
+            items = without_account_items(items)
+        body = {k: v for k, v in inflight.payload.items() if k != "previous_response_id"}
+        text = orjson.dumps({**body, "input": items}).decode()
+        added = len(text) - len(inflight.text)
+        self._up.recoveries["ws:rebuild_bytes"] += added
+        _log.info("request rebuilt from the transcript", account=self._account.alias, anchor=previous,
+                  items=len(items), added_bytes=added, portable=portable)
+        inflight.text, inflight.rebuilt = text, True
+        return text
+
+    async def _send(self, text: str) -> None:
+        sock = self._sock
+        if sock is None:
+            return  # lost meanwhile: the pump's recovery resends the request as it now stands
+        try:
+            await sock.ws.send_str(text)
+        except (aiohttp.ClientError, ConnectionError):
+            pass  # read next, that socket ends too and recovery takes over
 
     async def _fail_over(self) -> None:
         """Move the socket, and the request in flight, to another account."""
@@ -184,16 +248,13 @@ class Bridge:
                 await self._fail(exc.code or "upstream_unavailable", exc.message)
                 return
             _log.info("request moved to another account", source=self._account.alias, target=sock.account.alias)
-            self._up.recoveries["ws:failover"] += 1
             self._slot.release()
             self._slot, self._account, self._turn_state = slot, sock.account, sock.turn_state
             inflight.outcome.account = sock.account
             self._sock = sock
             self._ready.set()
-            try:
-                await sock.ws.send_str(inflight.text)
-            except (aiohttp.ClientError, ConnectionError):
-                pass  # read next, that socket ends too and recovery takes over
+            # A request with an anchor moves with its whole history, less what only the old account can read.
+            await self._send(self._rebuild(inflight, portable=True) if inflight.previous else inflight.text)
 
     async def _lost(self, sock: UpstreamSocket) -> None:
         async with self._lock:

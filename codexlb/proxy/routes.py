@@ -19,6 +19,7 @@ from codexlb.proxy.request import check_responses, read_json
 from codexlb.proxy.sse import Batch
 from codexlb.proxy.upstream import UPSTREAM, Outcome, Upstream
 from codexlb.services import GATES, POOL, REFRESHER, ROSTER, HTTP, SETTINGS, STORE
+from codexlb.transcript import Transcripts
 from codexlb.translate import chat
 from codexlb.translate.responses_aggregate import aggregate_response
 from codexlb.translate.chat import TranslationError, UpstreamFailed
@@ -212,9 +213,11 @@ async def codex_usage(request: web.Request) -> web.Response:
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[UPSTREAM] = Upstream(app[SETTINGS], app[POOL], app[ROSTER], app[REFRESHER], app[HTTP], app[GATES])
-    app[MODEL_CACHE] = _ModelCache()
     settings = app[SETTINGS]
+    mib = 1024 * 1024
+    transcripts = Transcripts(int(settings.transcript_max_mb * mib), int(settings.transcript_conversation_max_mb * mib))
+    app[UPSTREAM] = Upstream(settings, app[POOL], app[ROSTER], app[REFRESHER], app[HTTP], app[GATES], transcripts)
+    app[MODEL_CACHE] = _ModelCache()
     sessions = app[bridge.SESSIONS] = bridge.Sessions(app[UPSTREAM], settings.bridge_max_sessions,
                                                       settings.bridge_idle_ttl_s)
     try:

@@ -30,6 +30,7 @@ from codexlb.pool.roster import Roster
 from codexlb.proxy.failover import Failure, client_error, exhausted, next_step
 from codexlb.proxy.headers import upstream_request_headers
 from codexlb.proxy.sse import Batch, Frame, FrameSplitter, event_names
+from codexlb.transcript import Transcripts
 from codexlb.upstream.session import account_headers
 
 _log = log.get("codexlb.proxy")
@@ -75,6 +76,7 @@ class Upstream:
     refresher: Refresher
     http: aiohttp.ClientSession
     gates: Gates
+    transcripts: Transcripts
     # How often each recovery decision was taken ("ws:resend", "http:fail:stream_incomplete", ...).
     recoveries: Counter[str] = field(default_factory=Counter)
 

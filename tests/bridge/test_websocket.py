@@ -158,18 +158,63 @@ async def test_a_request_refused_before_any_byte_moves_to_another_account(proxy,
     seen = proxy.sim.backend.records_view()
     assert [(r["account_id"] == failing, r["outcome"]) for r in seen] == [
         (True, "error"), (False, "completed"), (False, "completed"), (False, "completed")]
-    assert proxy.app[UPSTREAM].recoveries["ws:failover"] == 1
+    assert proxy.app[UPSTREAM].recoveries["ws:move"] == 1
     await settled(proxy)
 
 
-async def test_an_anchored_request_refused_is_not_moved(proxy, http):
-    """Its state lives on its account: the refusal goes to the client as it came."""
+async def test_an_anchored_request_refused_moves_with_its_history(proxy, http):
+    """The transcript knows what the anchor stood for: the request goes to another account whole, and
+    the client sees one normal answer."""
+    async with await connect(http, proxy) as ws:
+        prewarm = await ws_turn(ws, PREWARM)
+        home = proxy.sim.backend.records_view()[0]["account_id"]
+        await add_fault(http, proxy, action="status", status=500, account=home, anchored=True, times=None)
+        events = await ws_turn(ws, body(user("x"), previous_response_id=terminal(prewarm)["response"]["id"]))
+        assert terminal(events)["type"] == "response.completed"
+        # The conversation goes on from the new answer, anchored, on the new account.
+        again = await ws_turn(ws, body(user("y"), previous_response_id=terminal(events)["response"]["id"]))
+        assert terminal(again)["type"] == "response.completed"
+    refused, moved, follow_up = proxy.sim.backend.records_view()[1:]
+    assert (refused["account_id"], refused["outcome"]) == (home, "error")
+    assert moved["account_id"] != home and moved["previous_response_id"] is None and moved["n_input"] == 2
+    assert follow_up["account_id"] == moved["account_id"] and follow_up["previous_response_id"] == moved["response_id"]
+    assert proxy.app[UPSTREAM].recoveries["ws:move"] == 1
+    await settled(proxy)
+
+
+async def test_an_anchored_request_refused_with_no_history_is_passed_on(aiohttp_server, settings, sim, http):
+    """With nothing to rebuild from (here: a transcript too small to keep anything), only its account
+    could serve it: the refusal goes to the client as it came."""
+    proxy = await start_proxy(aiohttp_server, settings, sim, transcript_conversation_max_mb=1e-6)
     async with await connect(http, proxy) as ws:
         prewarm = await ws_turn(ws, PREWARM)
         await add_fault(http, proxy, action="status", status=500, anchored=True, times=1)
         events = await ws_turn(ws, body(user("x"), previous_response_id=terminal(prewarm)["response"]["id"]))
     assert [e["type"] for e in events] == ["error"]
-    assert proxy.app[UPSTREAM].recoveries["ws:failover"] == 0
+    assert proxy.app[UPSTREAM].recoveries["ws:move"] == 0
+    await settled(proxy)
+
+
+async def test_upstream_state_lost_is_rebuilt_on_the_same_socket(proxy, http):
+    async with await connect(http, proxy) as ws:
+        answers = await conversation(ws, turns=1)
+        await add_fault(http, proxy, action="drop_state", anchored=True, times=1)
+        anchor = terminal(answers[-1])["response"]["id"]
+        events = await ws_turn(ws, body(user("after the loss"), previous_response_id=anchor))
+        assert terminal(events)["type"] == "response.completed"
+        assert all(e["type"] != "error" for e in events)
+        again = await ws_turn(ws, body(user("and on"), previous_response_id=terminal(events)["response"]["id"]))
+        assert terminal(again)["type"] == "response.completed"
+    records = proxy.sim.backend.records_view()
+    lost, rebuilt, follow_up = records[-3:]
+    assert lost["error_code"] == "previous_response_not_found"
+    # prewarm input (1) + its output (0) + turn 0 (1) + its output (1) + the new message (1)
+    assert rebuilt["previous_response_id"] is None and rebuilt["n_input"] == 4
+    assert follow_up["previous_response_id"] == rebuilt["response_id"] and follow_up["n_input"] == 1
+    assert len({r["account_id"] for r in records}) == 1
+    stats = proxy.app[UPSTREAM].transcripts.stats()
+    assert stats["hits"] >= 1 and stats["misses"] == 0
+    assert proxy.app[UPSTREAM].recoveries["ws:rebuild"] == 1
     await settled(proxy)
 
 

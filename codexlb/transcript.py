@@ -1,0 +1,106 @@
+"""What each relayed response saw and said, so a conversation can go on when upstream lost its state.
+
+For every response codexlb relays on a WebSocket, it keeps the items the request carried, the
+`previous_response_id` it was anchored on, and the output items upstream produced. Following the
+anchors back gives the whole input the client would have sent without any anchor (`history`).
+
+Bounded twice, both in bytes of item JSON: per conversation (its oldest responses go first) and in
+total (the least recently used responses of any conversation go first). A chain with a link gone is a
+miss, never a guess. Kept in memory only: after a restart the upstream sockets are gone too, so every
+conversation starts over with the client's next request, and nothing stored could be anchored on.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(slots=True)
+class _Response:
+    conversation: str
+    previous: str | None
+    input: list[Any]
+    output: list[Any]
+    size: int
+
+
+class Transcripts:
+    def __init__(self, max_bytes: int, max_conversation_bytes: int) -> None:
+        self._max = max_bytes
+        self._max_conversation = max_conversation_bytes
+        self._responses: OrderedDict[str, _Response] = OrderedDict()  # least recently used first
+        self._conversations: dict[str, OrderedDict[str, None]] = {}  # per conversation, oldest first
+        self._conversation_bytes: dict[str, int] = {}
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._responses)
+
+    def record(self, conversation: str, response_id: str, previous: str | None, items: list[Any],
+               output: list[Any]) -> None:
+        size = sum(len(orjson.dumps(item)) for item in (*items, *output))
+        if size > self._max_conversation or size > self._max:
+            return  # one response larger than a whole budget: keeping it would evict everything else
+        self._forget(response_id)
+        self._responses[response_id] = _Response(conversation, previous, items, output, size)
+        self._conversations.setdefault(conversation, OrderedDict())[response_id] = None
+        self._conversation_bytes[conversation] = self._conversation_bytes.get(conversation, 0) + size
+        self.bytes += size
+        while self._conversation_bytes[conversation] > self._max_conversation:
+            self._evict(next(iter(self._conversations[conversation])))
+        while self.bytes > self._max:
+            self._evict(next(iter(self._responses)))
+
+    def history(self, response_id: str) -> list[Any] | None:
+        """The whole conversation up to and including this response's output; None if a link is missing."""
+        chain: list[_Response] = []
+        current: str | None = response_id
+        while current is not None:
+            response = self._responses.get(current)
+            if response is None:
+                self.misses += 1
+                return None
+            chain.append(response)
+            current = response.previous
+        self.hits += 1
+        for used in (response_id, *(r.previous for r in chain if r.previous)):
+            self._responses.move_to_end(used)
+        items: list[Any] = []
+        for response in reversed(chain):
+            items.extend(response.input)
+            items.extend(response.output)
+        return items
+
+    def stats(self) -> dict[str, int]:
+        return {"responses": len(self._responses), "conversations": len(self._conversations), "bytes": self.bytes,
+                "hits": self.hits, "misses": self.misses, "evictions": self.evictions}
+
+    def _evict(self, response_id: str) -> None:
+        self.evictions += 1
+        self._forget(response_id)
+
+    def _forget(self, response_id: str) -> None:
+        response = self._responses.pop(response_id, None)
+        if response is None:
+            return
+        self.bytes -= response.size
+        conversation = response.conversation
+        self._conversation_bytes[conversation] -= response.size
+        del self._conversations[conversation][response_id]
+        if not self._conversations[conversation]:
+            del self._conversations[conversation]
+            del self._conversation_bytes[conversation]
+
+
+def without_account_items(items: list[Any]) -> list[Any]:
+    """The history another account can read: reasoning items carry `encrypted_content` only the account
+    that produced them can open, so they stay behind."""
+    return [item for item in items if not (isinstance(item, dict) and item.get("type") == "reasoning"
+                                           and item.get("encrypted_content"))]
