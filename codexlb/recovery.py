@@ -19,16 +19,24 @@ A request upstream refuses before the client saw anything (`on_refusal`), on a s
 | 429, 5xx, `usage_limit_reached`, account gone | no | — | `move` to another account (while accounts are left) |
 | 429, 5xx, `usage_limit_reached`, account gone | yes | yes | `move` with the whole input, without reasoning items only this account can read |
 | anything else, or nothing known | — | — | `pass` the refusal on (the Codex CLI resends the whole history once) |
+
+An HTTP request that carries its own `previous_response_id` upstream no longer knows (`LostAnchors`):
+answered with a retriable 502 `upstream_unavailable` the first `LOST_ANCHOR_RETRIES` times (a reconnect
+may yet find the state), then once with the canonical 400 `previous_response_not_found`, so the client
+resends the whole conversation instead of retrying for ever; then the count starts over.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from dataclasses import dataclass
 
 # Bounds on transparent recovery of one request: attempts, and seconds since it was first sent.
 MAX_RESENDS = 3
 RESEND_BUDGET_S = 30.0
+# Retriable answers for one lost anchor before the 400 that makes the client resend everything.
+LOST_ANCHOR_RETRIES = 2
 
 
 class Phase(enum.Enum):
@@ -78,3 +86,22 @@ def on_refusal(*, lost_state: bool, account_failed: bool, anchored: bool, histor
     if account_failed and accounts_left and (not anchored or history_known):
         return Decision(Action.MOVE)
     return Decision(Action.PASS)
+
+
+class LostAnchors:
+    """How often each lost anchor was answered retriably (bounded: the oldest are forgotten)."""
+
+    def __init__(self, retries: int = LOST_ANCHOR_RETRIES, max_anchors: int = 10_000) -> None:
+        self._retries = retries
+        self._max = max_anchors
+        self._counts: OrderedDict[str, int] = OrderedDict()
+
+    def answer(self, anchor: str) -> Decision:
+        """`fail` `upstream_unavailable` (retriable), or `pass` (the canonical 400) once the retries are spent."""
+        count = self._counts.pop(anchor, 0) + 1
+        if count > self._retries:
+            return Decision(Action.PASS)
+        self._counts[anchor] = count
+        while len(self._counts) > self._max:
+            self._counts.popitem(last=False)
+        return Decision(Action.FAIL, "upstream_unavailable")

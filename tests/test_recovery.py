@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from codexlb.recovery import MAX_RESENDS, RESEND_BUDGET_S, Action, Phase, on_refusal, on_socket_lost
+from codexlb.recovery import MAX_RESENDS, RESEND_BUDGET_S, Action, LostAnchors, Phase, on_refusal, on_socket_lost
 
 
 @pytest.mark.parametrize("resends, elapsed", list(itertools.product([0, 1, MAX_RESENDS, 99], [0.0, RESEND_BUDGET_S, 1e6])))
@@ -62,3 +62,19 @@ def test_a_failed_account_moves_the_request_when_it_can(anchored, known, left, e
 
 def test_anything_else_is_passed_on():
     assert refusal() is Action.PASS
+
+
+def test_a_lost_anchor_gets_retriable_answers_then_the_400_exactly_once():
+    lost = LostAnchors(retries=2)
+    answers = [lost.answer("resp_1").action for _ in range(7)]
+    # 502, 502, then the 400 once; then the count starts over for a client that keeps trying.
+    assert answers == [Action.FAIL, Action.FAIL, Action.PASS, Action.FAIL, Action.FAIL, Action.PASS, Action.FAIL]
+    assert lost.answer("resp_2").code == "upstream_unavailable"
+
+
+def test_lost_anchors_are_bounded():
+    lost = LostAnchors(retries=1, max_anchors=2)
+    for anchor in ("a", "b", "c"):
+        lost.answer(anchor)
+    # "a" was forgotten: it starts over with a retriable answer instead of the 400.
+    assert lost.answer("a").action is Action.FAIL and lost.answer("c").action is Action.PASS

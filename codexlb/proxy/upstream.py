@@ -30,6 +30,7 @@ from codexlb.pool.roster import Roster
 from codexlb.proxy.failover import Failure, client_error, exhausted, next_step
 from codexlb.proxy.headers import upstream_request_headers
 from codexlb.proxy.sse import Batch, Frame, FrameSplitter, event_names
+from codexlb.recovery import Action, LostAnchors
 from codexlb.transcript import Transcripts
 from codexlb.upstream.session import account_headers
 
@@ -77,6 +78,7 @@ class Upstream:
     http: aiohttp.ClientSession
     gates: Gates
     transcripts: Transcripts
+    lost_anchors: LostAnchors = field(default_factory=LostAnchors)
     # How often each recovery decision was taken ("ws:resend", "http:fail:stream_incomplete", ...).
     recoveries: Counter[str] = field(default_factory=Counter)
 
@@ -309,6 +311,19 @@ async def open_stream(up: Upstream, payload: dict[str, Any], client_headers: Map
     """A stream from the first account that gives one (the stream owns the account's slot)."""
     body = orjson.dumps(payload)
     deadline = time.monotonic() + up.settings.failover_budget_s
-    stream, _slot = await fail_over(up, keys, outcome, lambda account, slot: _attempt(
-        up, account, slot, body, client_headers, outcome, deadline))
+    try:
+        stream, _slot = await fail_over(up, keys, outcome, lambda account, slot: _attempt(
+            up, account, slot, body, client_headers, outcome, deadline))
+    except APIError as exc:
+        anchor = payload.get("previous_response_id")
+        if exc.code != "previous_response_not_found" or not isinstance(anchor, str):
+            raise
+        decision = up.lost_anchors.answer(anchor)
+        _log.info("anchor unknown upstream", anchor=anchor, decision=decision.reason)
+        up.recoveries[f"http:lost_anchor:{decision.reason}"] += 1
+        if decision.action is Action.PASS:
+            raise
+        outcome.status, outcome.error_code = 502, decision.code
+        raise APIError(502, "Upstream could not find the conversation state this request continues; retry.",
+                       code=decision.code, type="server_error") from None
     return stream

@@ -233,3 +233,15 @@ async def test_a_client_that_hangs_up_mid_stream_frees_its_account(proxy, http):
     async with asyncio.timeout(10):
         while sum(a.inflight for a in proxy.roster.all()):
             await asyncio.sleep(0.01)
+
+
+async def test_an_unknown_anchor_is_retriable_twice_then_the_canonical_400_once(proxy, http):
+    """An SDK client's own previous_response_id that upstream does not know: never a retry loop."""
+    payload = body(user("go on"), previous_response_id="resp_unknown")
+    statuses = []
+    for _ in range(4):
+        async with http.post(f"{proxy.url}/v1/responses", json=payload) as resp:
+            error = (await resp.json())["error"]
+            statuses.append((resp.status, error["code"]))
+    assert statuses == [(502, "upstream_unavailable"), (502, "upstream_unavailable"),
+                        (400, "previous_response_not_found"), (502, "upstream_unavailable")]
