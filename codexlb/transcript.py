@@ -99,8 +99,34 @@ class Transcripts:
             del self._conversation_bytes[conversation]
 
 
+class ItemOwners:
+    """Which account produced each reasoning item with `encrypted_content` (by item id; the newest
+    `max_items`), so a conversation that moved accounts stops sending the new one what it cannot open."""
+
+    def __init__(self, max_items: int = 200_000) -> None:
+        self._max = max_items
+        self._owner: OrderedDict[str, str] = OrderedDict()
+
+    def note(self, output: Any, account_id: str) -> None:
+        for item in output if isinstance(output, list) else ():
+            if _sealed(item) and isinstance(item.get("id"), str):
+                self._owner[item["id"]] = account_id
+                self._owner.move_to_end(item["id"])
+        while len(self._owner) > self._max:
+            self._owner.popitem(last=False)
+
+    def readable_by(self, items: list[Any], account_id: str) -> list[Any] | None:
+        """`items` less those another account sealed; None when there is none (the common case)."""
+        if not any(_sealed(i) and self._owner.get(i.get("id"), account_id) != account_id for i in items):
+            return None
+        return [i for i in items if not (_sealed(i) and self._owner.get(i.get("id"), account_id) != account_id)]
+
+
+def _sealed(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("type") == "reasoning" and bool(item.get("encrypted_content"))
+
+
 def without_account_items(items: list[Any]) -> list[Any]:
     """The history another account can read: reasoning items carry `encrypted_content` only the account
     that produced them can open, so they stay behind."""
-    return [item for item in items if not (isinstance(item, dict) and item.get("type") == "reasoning"
-                                           and item.get("encrypted_content"))]
+    return [item for item in items if not _sealed(item)]

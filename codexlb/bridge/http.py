@@ -83,6 +83,10 @@ class _Turn:
         if covered is not None and anchor is not None:
             body["previous_response_id"] = anchor.response_id
             body["input"] = self.items[covered:]
+        else:
+            readable = self.up.owners.readable_by(self.items, self.session.account.id)
+            if readable is not None:
+                body["input"] = readable
         return orjson.dumps({"type": "response.create", **body}).decode()
 
     async def commit(self) -> web.StreamResponse:
@@ -149,6 +153,7 @@ class _Turn:
 
     def _refused(self, event: dict[str, Any]) -> None:
         """Upstream refused the request before anything reached the client."""
+        observe(self.up, self.session.account, self.outcome, str(event.get("type")), event)  # e.g. quota
         error = event.get("error") or (event.get("response") or {}).get("error") or {}
         error = error if isinstance(error, dict) else {}
         if error.get("code") == "previous_response_not_found" and self.anchored:
@@ -222,7 +227,7 @@ async def _in_session(request: web.Request, up: Upstream, sessions: Sessions, se
         return await turn.run()
     except _Unbridged:
         outcome.tried.add(session.account.id)
-        await _failed(sessions, session, retire=session.sock is None)
+        await _failed(sessions, session, retire=session.sock is None or not session.account.usable(time.time()))
         return None
     except APIError as exc:
         if exc.status >= 500:

@@ -105,6 +105,12 @@ class Bridge:
         if isinstance(payload, dict) and payload.get("type") == "response.create":
             outcome = Outcome(account=self._account, model=payload.get("model") if isinstance(
                 payload.get("model"), str) else None)
+            items = payload.get("input")
+            readable = self._up.owners.readable_by(items, self._account.id) if isinstance(items, list) else None
+            if readable is not None:
+                # A conversation that moved here still echoes reasoning its old account sealed.
+                payload = {**payload, "input": readable}
+                text = orjson.dumps(payload).decode()
             self._inflight = _InFlight(text, payload, outcome)
         async with self._lock:
             if self._sock is None and not await self._reconnect("between requests"):
@@ -192,6 +198,7 @@ class Bridge:
 
     def _refused(self, inflight: _InFlight, event: dict[str, Any]) -> Action:
         """What to do about a refusal the client has not seen (`recovery.on_refusal`)."""
+        observe(self._up, self._account, inflight.outcome, str(event.get("type")), event)  # e.g. quota
         error = event.get("error") or (event.get("response") or {}).get("error") or {}
         error = error if isinstance(error, dict) else {}
         status = event.get("status")
@@ -216,6 +223,8 @@ class Bridge:
         items = [*history, *inflight.items]
         if portable:
             items = without_account_items(items)
+        elif (readable := self._up.owners.readable_by(items, self._account.id)) is not None:
+            items = readable
         body = {k: v for k, v in inflight.payload.items() if k != "previous_response_id"}
         text = orjson.dumps({**body, "input": items}).decode()
         added = len(text) - len(inflight.text)

@@ -31,7 +31,7 @@ from codexlb.proxy.failover import Failure, client_error, exhausted, next_step
 from codexlb.proxy.headers import upstream_request_headers
 from codexlb.proxy.sse import Batch, Frame, FrameSplitter, event_names
 from codexlb.recovery import Action, LostAnchors
-from codexlb.transcript import Transcripts
+from codexlb.transcript import ItemOwners, Transcripts
 from codexlb.upstream.session import account_headers
 
 _log = log.get("codexlb.proxy")
@@ -79,6 +79,7 @@ class Upstream:
     gates: Gates
     transcripts: Transcripts
     lost_anchors: LostAnchors = field(default_factory=LostAnchors)
+    owners: ItemOwners = field(default_factory=ItemOwners)
     # How often each recovery decision was taken ("ws:resend", "http:fail:stream_incomplete", ...).
     recoveries: Counter[str] = field(default_factory=Counter)
 
@@ -171,6 +172,8 @@ def observe(up: Upstream, account: Account, outcome: Outcome, kind: str, data: A
     elif kind in TERMINAL:
         if isinstance(response.get("usage"), dict):
             outcome.usage = response["usage"]
+        if kind == "response.completed":
+            up.owners.note(response.get("output"), account.id)
         if kind != "response.completed":
             error = response.get("error") or data.get("error") or {}
             outcome.error_code = str(error.get("code") or kind) if isinstance(error, dict) else kind
@@ -311,9 +314,15 @@ async def open_stream(up: Upstream, payload: dict[str, Any], client_headers: Map
     """A stream from the first account that gives one (the stream owns the account's slot)."""
     body = orjson.dumps(payload)
     deadline = time.monotonic() + up.settings.failover_budget_s
+
+    def body_for(account: Account) -> bytes:
+        # A conversation that moved accounts still echoes reasoning the old one sealed: the new one refuses it.
+        readable = up.owners.readable_by(payload["input"], account.id)
+        return body if readable is None else orjson.dumps({**payload, "input": readable})
+
     try:
         stream, _slot = await fail_over(up, keys, outcome, lambda account, slot: _attempt(
-            up, account, slot, body, client_headers, outcome, deadline))
+            up, account, slot, body_for(account), client_headers, outcome, deadline))
     except APIError as exc:
         anchor = payload.get("previous_response_id")
         if exc.code != "previous_response_not_found" or not isinstance(anchor, str):
