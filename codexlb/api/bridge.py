@@ -1,4 +1,5 @@
-"""`/api/bridge`: the HTTP bridge's sessions, and how often each recovery decision was taken."""
+"""`/api/bridge`: the HTTP bridge's sessions, how often each recovery decision was taken, and the
+transcripts' use (responses kept, bytes, hits, misses, evictions)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from codexlb.proxy.upstream import UPSTREAM
 
 async def bridge(request: web.Request) -> web.Response:
     require_admin(request)
-    return json_response({"sessions": len(request.app[SESSIONS]),
-                          "recoveries": dict(request.app[UPSTREAM].recoveries)})
+    up = request.app[UPSTREAM]
+    return json_response({"sessions": len(request.app[SESSIONS]), "recoveries": dict(up.recoveries),
+                          "transcripts": up.transcripts.stats()})
 
 
 def setup(app: web.Application) -> None:

@@ -67,6 +67,9 @@ class Record:
     error_code: str | None = None
     faults: list[str] = field(default_factory=list)
     usage: dict[str, Any] | None = None
+    # The request's whole input (stored context + its items) against its conversation's last answered
+    # one (by prompt_cache_key): "new", "extends" (it went on from there) or "diverged" (items lost or changed).
+    continuity: str = "new"
     # What arrived, so tests can see which headers crossed a proxy.
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -148,6 +151,8 @@ class Backend:
         self._seq = 0
         # Per (account, prompt_cache_key): the last full input, to count cached prefix tokens.
         self._prefix: dict[tuple[str, str], tuple[list[Any], list[int]]] = {}
+        # Per prompt_cache_key, any account: the last answered whole input + output, to check continuity.
+        self._histories: dict[str, list[Any]] = {}
 
     @property
     def open_sockets(self) -> int:
@@ -271,6 +276,7 @@ class Backend:
         answer = responses.build(payload, items, account_id=account.account_id, context_tokens=context_tokens,
                                  cached_tokens=cached, reply_words=self.config.reply_words)
         record.response_id = answer.response_id
+        record.continuity = _continuity(self._histories.get(cache_key) if cache_key else None, context)
 
         def commit() -> None:
             record.outcome, record.usage = "completed", answer.usage
@@ -280,6 +286,8 @@ class Backend:
                                  time.time())
             if previous is None and cache_key:
                 self._prefix[(account.account_id, cache_key)] = (items, sizes)
+            if cache_key and record.generate:
+                self._histories[cache_key] = context + answer.output
 
         return Turn(answer, plan, record, commit)
 
@@ -346,3 +354,24 @@ def turn_metadata(headers: Mapping[str, str], payload: Mapping[str, Any]) -> dic
         return {}
     return value if isinstance(value, dict) else {}
 
+
+def _plain(item: Any) -> Any:
+    """An item as its content: null fields are the same as absent ones (clients echo items with them)."""
+    if isinstance(item, dict):
+        return {k: _plain(v) for k, v in item.items() if v is not None}
+    if isinstance(item, list):
+        return [_plain(v) for v in item]
+    return item
+
+
+def _kept(items: list[Any]) -> list[Any]:
+    """Reasoning sealed by an account is left out: a conversation that moves accounts must leave it behind."""
+    return [_plain(i) for i in items
+            if not (isinstance(i, dict) and i.get("type") == "reasoning" and i.get("encrypted_content"))]
+
+
+def _continuity(last: list[Any] | None, context: list[Any]) -> str:
+    if last is None:
+        return "new"
+    before, now = _kept(last), _kept(context)
+    return "extends" if now[:len(before)] == before and len(now) > len(before) else "diverged"

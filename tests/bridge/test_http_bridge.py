@@ -93,7 +93,9 @@ async def test_lost_before_the_first_byte_is_one_clean_response(proxy, http, anc
     assert [t["outcome"] for t in tries] == ["close", "completed"]
     await settled(proxy)
     async with http.get(f"{proxy.url}/api/bridge") as resp:
-        assert (await resp.json()) == {"sessions": 1, "recoveries": {"http:resend": 1}}
+        view = await resp.json()
+    assert view["sessions"] == 1 and view["recoveries"] == {"http:resend": 1}
+    assert set(view["transcripts"]) == {"responses", "conversations", "bytes", "hits", "misses", "evictions"}
 
 
 async def test_lost_mid_stream_is_a_retriable_failure_and_the_retry_succeeds(proxy, http):

@@ -43,6 +43,8 @@ async def test_session_survives_lost_state_and_an_exhausted_account(codex_bin, t
     assert any(r["error_code"] == "previous_response_not_found" for r in records), "no state was lost"
     assert any(r["error_code"] == "usage_limit_reached" for r in records), "the account never ran out"
     assert len({r["account_id"] for r in answered}) >= 2, shown
+    # What upstream answered from, each time, was the true conversation so far and more.
+    assert [r["continuity"] for r in answered] == ["new"] + ["extends"] * (2 * TURNS - 1), shown
     # Every lost state and the exhausted account were bridged by codexlb, from what it kept.
     recoveries = proxy.app[UPSTREAM].recoveries
     if transport == "ws":

@@ -160,7 +160,7 @@ def _check_completed(records: list[dict], account_id: str) -> None:
 
 def _show(records: list[dict]) -> str:
     keys = ("seq", "transport", "kind", "generate", "n_input", "input_bytes", "previous_response_id",
-            "response_id", "outcome")
+            "response_id", "outcome", "continuity")
     return "\n".join(str({k: r[k] for k in keys}) for r in records)
 
 

@@ -250,3 +250,14 @@ async def test_unknown_sim_route_is_openai_shaped_404(sim, http):
     async with http.get(f"{sim.url}/backend-api/nothing") as resp:
         assert resp.status == 404
         assert (await resp.json())["error"]["code"] == "not_found"
+
+
+async def test_continuity_of_a_conversation_is_checked(sim, http):
+    """The sim says whether each request went on from its conversation's last answer, so end-to-end
+    tests can prove nothing was lost on the way (reasoning one account sealed may be left behind)."""
+    key = {"prompt_cache_key": "conv"}
+    _, first = await post_responses(http, sim, body(user("a"), **key))
+    output = first[-1]["response"]["output"]
+    await post_responses(http, sim, body(user("a"), *output, user("b"), **key))
+    await post_responses(http, sim, body(user("a, edited"), *output, user("b"), user("c"), **key))
+    assert [r["continuity"] for r in sim.backend.records_view()] == ["new", "extends", "diverged"]
