@@ -69,6 +69,7 @@ class _Turn:
         self.base = {k: v for k, v in payload.items() if k not in _HTTP_ONLY}
         self.whole = False  # send without the proxy's anchor
         self.anchored = False
+        self.anchored_size = 0  # bytes of the anchored form, while it is the one sent
         self.response: web.StreamResponse | None = None
         self.output: list[Any] = []
         self.sent_at = time.monotonic()
@@ -87,7 +88,13 @@ class _Turn:
             readable = self.up.owners.readable_by(self.items, self.session.account.id)
             if readable is not None:
                 body["input"] = readable
-        return orjson.dumps({"type": "response.create", **body}).decode()
+        text = orjson.dumps({"type": "response.create", **body}).decode()
+        if self.anchored:
+            self.anchored_size = len(text)
+        elif self.anchored_size:  # the anchor was lost upstream: what sending it whole costs
+            self.up.recoveries["http:resend_whole_bytes"] += len(text) - self.anchored_size
+            self.anchored_size = 0
+        return text
 
     async def commit(self) -> web.StreamResponse:
         if self.response is None:

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from codexlb.bridge.http import SESSIONS
+from codexlb.proxy.upstream import UPSTREAM
 from tests.bridge.test_websocket import settled
 from tests.proxy.conftest import Proxy, start_proxy
 from tests.proxy.test_codex_route import add_fault, post
@@ -125,6 +126,8 @@ async def test_state_lost_upstream_never_reaches_the_client_as_400(proxy, http):
     assert whole["previous_response_id"] is None and whole["n_input"] == 3
     assert completed(*await talk.say("and on"))
     assert records(proxy)[-1]["previous_response_id"] == whole["response_id"]
+    recoveries = proxy.app[UPSTREAM].recoveries
+    assert recoveries["http:resend_whole"] == 1 and recoveries["http:resend_whole_bytes"] > 100
 
 
 async def test_killed_at_every_event_index(proxy, http):

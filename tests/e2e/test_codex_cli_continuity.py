@@ -1,7 +1,7 @@
 """The real Codex CLI → codexlb → sim for a long session (15 `exec` turns with a tool call each: 30 model
-requests), over WebSocket and over HTTP, while the sim drops the backend's conversation state every few
-requests and, halfway, the conversation's account runs out of quota. codexlb keeps the conversation
-going from its transcript: no turn fails and the CLI never has to resend the whole history."""
+requests), over WebSocket and over HTTP, while the sim drops the backend's conversation state on half
+of the anchored requests and, halfway, the conversation's account runs out of quota. codexlb keeps the
+conversation going from its transcript: no turn fails and the CLI never has to resend the history."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ async def test_session_survives_lost_state_and_an_exhausted_account(codex_bin, t
                                                                     sim, http, transport):
     proxy = await start_proxy(aiohttp_server, settings, sim)
     async with http.post(f"{sim.url}/__sim/faults", json={"transport": "ws", "action": "drop_state",
-                                                          "anchored": True, "share": 0.25, "times": None}) as resp:
+                                                          "anchored": True, "share": 0.5, "times": None}) as resp:
         assert resp.status == 201
     codex = CodexHome(codex_bin, tmp_path, sim, websockets=transport == "ws", base_url=proxy.codex_base_url,
                       api_key="sk-x")
