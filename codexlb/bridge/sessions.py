@@ -161,6 +161,12 @@ class Sessions:
         for session in doomed:
             await self.retire(session)
 
+    async def sweep(self) -> None:
+        """Let idle sessions go on time even when no new conversation comes to trigger it."""
+        while True:
+            await asyncio.sleep(min(60.0, self._ttl))
+            await self._let_go()
+
     async def close(self) -> None:
         for session in list(self._by_key.values()):
             await self.retire(session)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -220,9 +221,12 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     app[MODEL_CACHE] = _ModelCache()
     sessions = app[bridge.SESSIONS] = bridge.Sessions(app[UPSTREAM], settings.bridge_max_sessions,
                                                       settings.bridge_idle_ttl_s)
+    sweeper = asyncio.create_task(sessions.sweep(), name="codexlb-bridge-sweep")
     try:
         yield
     finally:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
         await sessions.close()
 
 

@@ -198,3 +198,12 @@ async def test_a_session_that_keeps_failing_is_retired_and_replaced(proxy, http)
     assert completed(*await talk.say("again"))
     assert len(proxy.app[SESSIONS]) == 1 and proxy.app[SESSIONS]._by_key != first
     await settled(proxy)
+
+
+async def test_idle_sessions_are_let_go_without_new_traffic(aiohttp_server, settings, sim, http):
+    proxy = await start_proxy(aiohttp_server, settings, sim, bridge_idle_ttl_s=0.05)
+    talk = Conversation(http, proxy)
+    assert completed(*await talk.say("hi"))
+    assert len(proxy.app[SESSIONS]) == 1
+    await asyncio.wait_for(_until_sockets(proxy, 0), 5)
+    assert len(proxy.app[SESSIONS]) == 0
