@@ -92,7 +92,10 @@ class _Turn:
         if self.anchored:
             self.anchored_size = len(text)
         elif self.anchored_size:  # the anchor was lost upstream: what sending it whole costs
-            self.up.recoveries["http:resend_whole_bytes"] += len(text) - self.anchored_size
+            added = len(text) - self.anchored_size
+            _log.info("bridge anchor lost upstream; sent whole", account=self.session.account.alias,
+                      items=len(body["input"]), added_bytes=added)
+            self.up.recoveries["http:resend_whole_bytes"] += added
             self.anchored_size = 0
         return text
 
@@ -164,7 +167,6 @@ class _Turn:
         error = event.get("error") or (event.get("response") or {}).get("error") or {}
         error = error if isinstance(error, dict) else {}
         if error.get("code") == "previous_response_not_found" and self.anchored:
-            _log.info("bridge anchor lost upstream; resending whole", account=self.session.account.alias)
             self.up.recoveries["http:resend_whole"] += 1
             raise _Resend(whole=True)
         status = event.get("status")
