@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from codexlb import client_auth, health, middlewares, services
+from codexlb import client_auth, health, metrics, middlewares, services
 from codexlb.api import accounts as accounts_api
 from codexlb.api import admission as admission_api
 from codexlb.api import bridge as bridge_api
@@ -24,6 +24,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(middlewares.on_response_prepare)
     app.cleanup_ctx.append(services.services)
     health.setup(app)
+    metrics.setup(app)
     accounts_api.setup(app)
     keys_api.setup(app)
     admission_api.setup(app)

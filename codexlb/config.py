@@ -188,6 +188,14 @@ class Settings:
         32.0, "Transcript memory for one conversation (MiB; its oldest responses go first).",
         check=_check_positive, metavar="MIB",
     )
+    request_log_days: float = setting(
+        30.0, "Days the request log (one row per proxied request) is kept (0: no age limit).",
+        check=_check_non_negative, metavar="DAYS",
+    )
+    request_log_max_rows: int = setting(
+        1_000_000, "Most rows the request log keeps; the oldest go first (0: no limit).",
+        check=_check_non_negative, metavar="N",
+    )
     drain_timeout_s: float = setting(
         30.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.",
         check=_check_non_negative, metavar="SECONDS",

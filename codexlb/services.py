@@ -4,6 +4,8 @@ session, and the background refresh and usage loops (one aiohttp cleanup context
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from typing import AsyncIterator
 
 import aiohttp
@@ -17,9 +19,11 @@ from codexlb.loopback import is_loopback_host
 from codexlb.pool.pool import Pool
 from codexlb.pool.roster import Roster
 from codexlb.pool.usage_poller import UsagePoller
-from codexlb.store import Store
+from codexlb import log
+from codexlb.store import DatabaseError, Store
 from codexlb.upstream.session import make_session
 
+_log = log.get("codexlb.services")
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 ROSTER = web.AppKey("roster", Roster)
@@ -51,6 +55,28 @@ def ensure_data_dir(settings: Settings) -> None:
         settings.data_dir.chmod(0o700)
 
 
+RETENTION_INTERVAL_S = 3600.0
+
+
+def retention_limits(settings: Settings, now: float) -> tuple[float | None, int | None]:
+    """(drop rows older than, keep at most rows); a setting of 0 means no such limit."""
+    days, rows = settings.request_log_days, settings.request_log_max_rows
+    return (now - days * 86400 if days else None), (rows or None)
+
+
+async def keep_request_log(store: Store, settings: Settings, interval_s: float = RETENTION_INTERVAL_S) -> None:
+    """Hold the request log to `request_log_days` and `request_log_max_rows`, now and every interval."""
+    while True:
+        try:
+            deleted = await store.prune_usage(*retention_limits(settings, time.time()))
+        except (sqlite3.Error, DatabaseError) as exc:
+            _log.error("request log retention failed", error=str(exc))
+        else:
+            if deleted:
+                _log.info("request log pruned", rows=deleted)
+        await asyncio.sleep(interval_s)
+
+
 async def services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     ensure_data_dir(settings)
@@ -68,7 +94,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         app[STORE], app[ROSTER], app[HTTP], app[REFRESHER], app[USAGE] = store, roster, http, refresher, poller
         app[POOL] = Pool(roster, strategy=settings.strategy, sticky_ttl_s=settings.sticky_ttl_s, gates=gates)
         loops = [asyncio.create_task(refresher.run(), name="codexlb-refresh"),
-                 asyncio.create_task(roster.run_flusher(), name="codexlb-account-flush")]
+                 asyncio.create_task(roster.run_flusher(), name="codexlb-account-flush"),
+                 asyncio.create_task(keep_request_log(store, settings), name="codexlb-retention")]
         if settings.usage_poll_interval_s > 0:
             loops.append(asyncio.create_task(poller.run(settings.usage_poll_interval_s), name="codexlb-usage"))
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
+from collections import Counter
 from typing import Any
 
 import aiohttp
@@ -58,6 +59,7 @@ class Refresher:
         self._jitter_s = jitter_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._flights: SingleFlight[Tokens] = SingleFlight()
+        self.results: Counter[str] = Counter()  # "ok", "failed", "refused" (for good): for /metrics
         # Bounds refreshes at once across accounts (a pool coming back from sleep refreshes all together).
         self._gate = gate or Gates(Settings()).refreshes
 
@@ -107,14 +109,17 @@ class Refresher:
                 except ValueError:
                     data = None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self.results["failed"] += 1
             raise RefreshError(f"token endpoint unreachable: {type(exc).__name__}", permanent=False) from None
         except GateFull as exc:
+            self.results["failed"] += 1
             raise RefreshError(exc.message, permanent=False) from None
         if status != 200 or not isinstance(data, dict):
             code = _error_code(data)
             permanent = status in (400, 401, 403) and code in PERMANENT
             if permanent:
                 self._roster.mark_reauth_required(account, f"refresh refused: {code}")
+            self.results["refused" if permanent else "failed"] += 1
             raise RefreshError(f"token refresh answered {status} {code}".strip(), permanent=permanent)
         try:
             access = data["access_token"]
@@ -129,6 +134,7 @@ class Refresher:
         except (KeyError, TypeError, jwt.JWTError) as exc:
             raise RefreshError(f"token endpoint answered an unusable body ({exc})", permanent=False) from None
         await self._roster.set_tokens(account, tokens)
+        self.results["ok"] += 1
         _log.info("token refreshed", account=account.alias, reason=reason,
                   expires_in_s=int(tokens.access_expires_at - time.time()))
         return tokens

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from codexlb.client_auth import API_KEY
 from codexlb.errors import APIError
+from codexlb.metrics import METRICS
 from codexlb.proxy.headers import client_response_headers
 from codexlb.proxy.sse import Batch, encode
 from codexlb.proxy.upstream import Outcome, StreamBroken, Upstream, open_stream
@@ -33,6 +34,10 @@ def account_usage(store: Store, request: web.Request, outcome: Outcome, started:
     details = usage.get("input_tokens_details") or {}
     output_details = usage.get("output_tokens_details") or {}
     key = request.get(API_KEY)
+    duration_s = time.monotonic() - started
+    ttfb_s = None if outcome.first_event_at is None else outcome.first_event_at - started
+    request.app[METRICS].observe_request(request.path, outcome.status,
+                                         outcome.account.alias if outcome.account else None, ttfb_s, duration_s)
     store.record_usage(UsageRecord(
         ts=time.time(), account_id=outcome.account.id if outcome.account else None,
         api_key_id=key.id if key is not None else None, route=request.path, model=outcome.model,
@@ -40,8 +45,8 @@ def account_usage(store: Store, request: web.Request, outcome: Outcome, started:
         input_tokens=int(usage.get("input_tokens") or 0), cached_tokens=int(details.get("cached_tokens") or 0),
         output_tokens=int(usage.get("output_tokens") or 0),
         reasoning_tokens=int(output_details.get("reasoning_tokens") or 0),
-        duration_ms=round((time.monotonic() - started) * 1000, 2),
-        ttfb_ms=None if outcome.first_event_at is None else round((outcome.first_event_at - started) * 1000, 2),
+        duration_ms=round(duration_s * 1000, 2),
+        ttfb_ms=None if ttfb_s is None else round(ttfb_s * 1000, 2),
     ))
 
 

@@ -50,6 +50,18 @@ _INSERT_USAGE = (
 )
 
 
+def _prune_batch(conn: sqlite3.Connection, before_ts: float | None, max_rows: int | None, batch: int) -> int:
+    """One batch of the oldest records that are too old or beyond the newest `max_rows`."""
+    floor = 0
+    if max_rows is not None:
+        row = conn.execute("SELECT id FROM usage ORDER BY id DESC LIMIT 1 OFFSET ?", (max_rows,)).fetchone()
+        floor = row[0] if row else 0
+    cursor = conn.execute(
+        "DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE id <= ? OR ts < ? ORDER BY id LIMIT ?)",
+        (floor, before_ts if before_ts is not None else float("-inf"), batch))
+    return cursor.rowcount
+
+
 def _check_key(conn: sqlite3.Connection, box: SecretBox, path: Path) -> None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (_KEY_CHECK,)).fetchone()
     if row is None:
@@ -139,6 +151,16 @@ class Store:
     async def usage_rows(self, account_id: str | None = None) -> list[tuple]:
         query = "SELECT * FROM usage" + (" WHERE account_id = ?" if account_id else "") + " ORDER BY id"
         return await self._db.call(lambda conn: conn.execute(query, (account_id,) if account_id else ()).fetchall())
+
+    async def prune_usage(self, before_ts: float | None, max_rows: int | None, batch: int = 10_000) -> int:
+        """Drop usage records older than `before_ts` and past the newest `max_rows`; returns how many.
+        In batches, each its own call on the database thread, so other writes go between them."""
+        deleted = 0
+        while True:
+            n = await self._db.call(lambda conn: _prune_batch(conn, before_ts, max_rows, batch))
+            deleted += n
+            if n < batch:
+                return deleted
 
     async def _flush_forever(self) -> None:
         while True:

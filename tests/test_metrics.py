@@ -1,0 +1,51 @@
+"""`/metrics`: parses as Prometheus text, and its figures move with real traffic."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.keys.conftest import keyed_app
+from tests.proxy.conftest import start_proxy
+from tests.proxy.test_codex_route import add_fault, post
+from tests.simclient import body, user
+
+
+async def scrape(http, proxy) -> dict[tuple[str, tuple], float]:
+    async with http.get(f"{proxy.url}/metrics") as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
+
+
+async def test_metrics_move_with_traffic(aiohttp_server, settings, sim, http):
+    proxy = await start_proxy(aiohttp_server, settings, sim)
+    before = await scrape(http, proxy)
+    assert total(before, "codexlb_requests_total") == 0
+    assert total(before, "codexlb_accounts", status="active") == 3
+    for _ in range(3):
+        resp, _ = await post(http, proxy, body(user("hi")))
+        assert resp.status == 200
+    await add_fault(http, sim, action="status", status=400, code="invalid_value", times=1)
+    resp, _ = await post(http, proxy, body(user("refused")))
+    assert resp.status == 400
+    after = await scrape(http, proxy)
+    route = "/backend-api/codex/responses"
+    assert total(after, "codexlb_requests_total", route=route, status="200") == 3
+    assert total(after, "codexlb_requests_total", route=route, status="400") == 1
+    assert total(after, "codexlb_request_ttfb_seconds_count", route=route) == 3
+    assert total(after, "codexlb_request_duration_seconds_count", route=route) == 4
+    assert total(after, "codexlb_admission_admitted_total", gate="inflight") == 4
+    assert total(after, "codexlb_admission_in_use", gate="inflight") == 0
+    assert ("codexlb_bridge_sessions", ()) in after
+
+
+async def test_metrics_are_for_this_machine_only(aiohttp_client, settings):
+    client = await aiohttp_client(keyed_app(settings))
+    assert (await client.get("/metrics")).status == 200
+    resp = await client.get("/metrics", headers={"x-test-remote": "203.0.113.9"})
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "admin_forbidden"
