@@ -9,6 +9,7 @@ from codexlb.api import accounts as accounts_api
 from codexlb.api import admission as admission_api
 from codexlb.api import bridge as bridge_api
 from codexlb.api import keys as keys_api
+from codexlb.api import session as session_api
 from codexlb.bridge import websocket as ws_bridge
 from codexlb.proxy import routes as proxy_routes
 from codexlb.config import Settings
@@ -27,6 +28,7 @@ def create_app(settings: Settings) -> web.Application:
     metrics.setup(app)
     accounts_api.setup(app)
     keys_api.setup(app)
+    session_api.setup(app)
     admission_api.setup(app)
     bridge_api.setup(app)
     proxy_routes.setup(app)

@@ -11,6 +11,7 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from codexlb.admin_auth import AdminAuth
 from codexlb.admission.gates import Gates
 from codexlb.auth.refresh import Refresher
 from codexlb.config import Settings
@@ -33,6 +34,7 @@ REFRESHER = web.AppKey("refresher", Refresher)
 USAGE = web.AppKey("usage_poller", UsagePoller)
 KEYS = web.AppKey("keys", KeyRing)
 GATES = web.AppKey("gates", Gates)
+ADMIN = web.AppKey("admin_auth", AdminAuth)
 
 
 class StartupError(Exception):
@@ -86,6 +88,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         keys = await KeyRing.load(store)
         check_exposure(settings, keys)
         app[KEYS] = keys
+        app[ADMIN] = AdminAuth.local(settings.data_dir, await store.admin_password())
         roster = await Roster.load(store)
         gates = app[GATES] = Gates(settings)
         refresher = Refresher(roster, http, settings.auth_base_url, margin_s=settings.refresh_margin_s,

@@ -7,8 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from codexlb.errors import APIError
-from codexlb.loopback import is_loopback_remote
+from codexlb.services import ADMIN
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -16,6 +15,5 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def require_admin(request: web.Request) -> None:
-    """Loopback only until admin passwords exist (the dashboard issue)."""
-    if not is_loopback_remote(request.remote):
-        raise APIError(403, "The admin API answers loopback clients only.", code="admin_forbidden")
+    """The operator only: see `codexlb.admin_auth` for who that is."""
+    request.app[ADMIN].check(request)

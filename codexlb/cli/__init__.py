@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from codexlb import __version__
-from codexlb.cli import accounts, config_cmd, demo, keys, serve, sim, version
+from codexlb.cli import accounts, admin, config_cmd, demo, keys, serve, sim, version
 from codexlb.cli.common import CliError, HelpFormatter
 
 _EPILOG = """\
@@ -18,6 +18,7 @@ examples:
   codexlb accounts import ~/.codex/auth.json
   codexlb accounts list
   codexlb keys create --name laptop     an API key for clients (printed once)
+  codexlb admin set-password            the password for the dashboard and remote admin calls
   codexlb sim --port 2456               run the simulated ChatGPT backend
   codexlb config show                   print the effective settings and where each came from
   codexlb version
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"codexlb {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
-    for module in (demo, serve, accounts, keys, sim, config_cmd, version):
+    for module in (demo, serve, accounts, keys, admin, sim, config_cmd, version):
         module.register(commands)
     return parser
 

@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 
 from codexlb import log
+from codexlb.admin_auth import TOKEN_FILE
 from codexlb.cli.common import CliError, load_settings
 from codexlb.config import Settings
 from codexlb.services import ensure_data_dir
@@ -31,13 +32,14 @@ T = TypeVar("T", bound=Closable)
 class AdminClient:
     """The running server's admin API; its error messages become the command's."""
 
-    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
+    def __init__(self, http: aiohttp.ClientSession, base: str, token: str | None = None) -> None:
         self.http, self.base = http, base
+        # The server's local admin token (`codexlb.admin_auth`): this machine's operator, password or not.
+        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
 
     async def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         data = None if body is None else orjson.dumps(body)
-        async with self.http.request(method, self.base + path, data=data,
-                                     headers={"Content-Type": "application/json"}) as resp:
+        async with self.http.request(method, self.base + path, data=data, headers=self.headers) as resp:
             payload = await resp.json(content_type=None)
         if resp.status >= 400:
             raise CliError(payload.get("error", {}).get("message", f"server answered {resp.status}"), exit_code=1)
@@ -59,7 +61,11 @@ async def running_server(settings: Settings) -> AdminClient | None:
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
         live = False
     if live:
-        return AdminClient(http, base)
+        try:
+            token: str | None = (settings.data_dir / TOKEN_FILE).read_text().strip()
+        except OSError:
+            token = None  # another user's server, or an older one: loopback rules apply
+        return AdminClient(http, base, token)
     await http.close()
     return None
 

@@ -25,6 +25,7 @@ __all__ = ["Store", "UsageRecord", "DatabaseError", "SecretKeyError"]
 
 _log = log.get("codexlb.store")
 _KEY_CHECK = "key_check"
+_ADMIN_PASSWORD = "admin_password"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,17 @@ class Store:
     async def usage_rows(self, account_id: str | None = None) -> list[tuple]:
         query = "SELECT * FROM usage" + (" WHERE account_id = ?" if account_id else "") + " ORDER BY id"
         return await self._db.call(lambda conn: conn.execute(query, (account_id,) if account_id else ()).fetchall())
+
+    async def admin_password(self) -> str | None:
+        """The admin password's hash (`codexlb.admin_auth`), if one is set."""
+        row = await self._db.call(lambda conn: conn.execute(
+            "SELECT value FROM meta WHERE key = ?", (_ADMIN_PASSWORD,)).fetchone())
+        return None if row is None else bytes(row[0]).decode()
+
+    async def set_admin_password(self, password_hash: str) -> None:
+        await self._db.call(lambda conn: conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (_ADMIN_PASSWORD, password_hash.encode())))
 
     async def prune_usage(self, before_ts: float | None, max_rows: int | None, batch: int = 10_000) -> int:
         """Drop usage records older than `before_ts` and past the newest `max_rows`; returns how many.

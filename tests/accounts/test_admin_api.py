@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from aiohttp.test_utils import make_mocked_request
 
-from codexlb.api.accounts import require_admin
-from codexlb.errors import APIError
 
 
 async def test_import_list_pause_resume_remove(client, sim):
@@ -47,23 +44,3 @@ async def test_bad_imports_are_refused(client, payload, status, code):
     assert resp.status == status
     assert (await resp.json())["error"]["code"] == code
     assert (await (await client.get("/api/accounts")).json())["accounts"] == []
-
-
-class Peer:
-    def __init__(self, address: str) -> None:
-        self.address = address
-
-    def get_extra_info(self, name, default=None):
-        return (self.address, 40000) if name == "peername" else default
-
-
-@pytest.mark.parametrize("address", ["203.0.113.7", "10.0.0.2", "::ffff:8.8.8.8"])
-def test_admin_api_refuses_remote_clients(address):
-    with pytest.raises(APIError) as refused:
-        require_admin(make_mocked_request("GET", "/api/accounts", transport=Peer(address)))
-    assert refused.value.status == 403 and refused.value.code == "admin_forbidden"
-
-
-@pytest.mark.parametrize("address", ["127.0.0.1", "127.8.0.1", "::1"])
-def test_admin_api_serves_loopback(address):
-    require_admin(make_mocked_request("GET", "/api/accounts", transport=Peer(address)))

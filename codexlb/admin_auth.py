@@ -1,0 +1,156 @@
+"""Who may use the admin API (and later the dashboard): the operator, proved one of three ways.
+
+| Caller | No admin password set | Admin password set |
+|---|---|---|
+| this machine, with the local admin token (`<data-dir>/admin.token`, the CLI) | yes | yes |
+| this machine, nothing else | yes | no: 401 `admin_login_required` |
+| another machine | no: 403 `admin_forbidden` | with a session from `POST /api/login` |
+
+A session is a random cookie (HttpOnly, SameSite=Strict, Secure over TLS), kept in memory for
+`SESSION_TTL_S`. Against cross-site request forgery: a state-changing call (POST, PUT, PATCH, DELETE)
+that a browser marks as coming from another site (`Origin`, `Sec-Fetch-Site`) is refused, and one
+made with a session cookie must also carry the session's `X-CSRF-Token`, which another site can
+neither read nor send. Logins are rate-limited per address. The password is kept as a scrypt hash in
+the database (`codexlb admin set-password`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from codexlb.errors import APIError
+from codexlb.loopback import is_loopback_remote
+
+SESSION_COOKIE = "codexlb_session"
+CSRF_HEADER = "X-CSRF-Token"
+TOKEN_FILE = "admin.token"
+SESSION_TTL_S = 12 * 3600.0
+# Failed logins allowed per address in LOGIN_WINDOW_S before the next must wait.
+LOGIN_FAILURES = 5
+LOGIN_WINDOW_S = 60.0
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# scrypt cost: about 50 ms and 16 MiB per check on a small machine, off the event loop.
+_N, _R, _P = 2**14, 8, 1
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
+    return f"scrypt${_N}${_R}${_P}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                             dklen=len(expected))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+@dataclass(slots=True)
+class _Session:
+    csrf: str
+    expires_at: float
+
+
+class AdminAuth:
+    def __init__(self, password_hash: str | None, local_token: str) -> None:
+        self.password_hash = password_hash
+        self.local_token = local_token
+        self._sessions: dict[str, _Session] = {}
+        self._failures: dict[str, deque[float]] = {}
+
+    @classmethod
+    def local(cls, data_dir: Path, password_hash: str | None) -> "AdminAuth":
+        """With a fresh local token, written for this machine's CLI (owner-only file)."""
+        token = secrets.token_urlsafe(32)
+        path = data_dir / TOKEN_FILE
+        path.unlink(missing_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(token)
+        return cls(password_hash, token)
+
+    def check(self, request: web.Request) -> None:
+        """Raise the APIError a caller who is not the operator gets (see the module table)."""
+        local = is_loopback_remote(request.remote)
+        if local and hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {self.local_token}"):
+            return  # the CLI: a browser cannot send a token it cannot read, so no CSRF check
+        changing = request.method in _STATE_CHANGING
+        if changing and _cross_site(request):
+            raise APIError(403, "Cross-site admin calls are refused.", code="csrf_failed")
+        session = self._session(request)
+        if session is not None:
+            if changing and not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), session.csrf):
+                raise APIError(403, "Missing or wrong X-CSRF-Token for this session.", code="csrf_failed")
+            return
+        if self.password_hash is not None:
+            raise APIError(401, "Log in first: POST /api/login with the admin password.", code="admin_login_required")
+        if not local:
+            raise APIError(403, "The admin API answers this machine only until an admin password is set "
+                           "(`codexlb admin set-password`).", code="admin_forbidden")
+
+    async def login(self, request: web.Request, password: str) -> tuple[str, str]:
+        """A new session's cookie and CSRF token; raises 401, or 429 when the address failed too often."""
+        remote = request.remote or "?"
+        now = time.monotonic()
+        failures = self._failures.setdefault(remote, deque())
+        while failures and now - failures[0] > LOGIN_WINDOW_S:
+            failures.popleft()
+        if len(failures) >= LOGIN_FAILURES:
+            wait = max(1, int(LOGIN_WINDOW_S - (now - failures[0])) + 1)
+            raise APIError(429, f"Too many failed logins; retry in {wait} s.", code="login_rate_limited",
+                           type="rate_limit_error", headers={"Retry-After": str(wait)})
+        stored = self.password_hash
+        ok = stored is not None and await asyncio.to_thread(verify_password, password, stored)
+        if not ok:
+            failures.append(now)
+            raise APIError(401, "Wrong admin password." if stored else "No admin password is set; run "
+                           "`codexlb admin set-password` on the server.", code="invalid_password")
+        self._failures.pop(remote, None)
+        cookie, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        self._drop_expired()
+        self._sessions[cookie] = _Session(csrf, time.time() + SESSION_TTL_S)
+        return cookie, csrf
+
+    def logout(self, request: web.Request) -> None:
+        self._sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+
+    def set_password(self, password_hash: str) -> None:
+        """A new password ends every session made with the old one."""
+        self.password_hash = password_hash
+        self._sessions.clear()
+
+    def _session(self, request: web.Request) -> _Session | None:
+        session = self._sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        if session is None or session.expires_at < time.time():
+            return None
+        return session
+
+    def _drop_expired(self) -> None:
+        now = time.time()
+        for cookie in [c for c, s in self._sessions.items() if s.expires_at < now]:
+            del self._sessions[cookie]
+
+
+def _cross_site(request: web.Request) -> bool:
+    """What a browser says of where the call comes from; other clients say nothing and are not browsers."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("Origin")
+    return origin is not None and urlsplit(origin).netloc != request.host

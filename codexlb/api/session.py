@@ -1,0 +1,57 @@
+"""`/api/login`, `/api/logout` and `/api/admin/password`: the operator's session and password."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from codexlb.admin_auth import SESSION_COOKIE, SESSION_TTL_S, hash_password
+from codexlb.api.admin import json_response, require_admin
+from codexlb.errors import APIError
+from codexlb.proxy.request import read_json
+from codexlb.services import ADMIN, STORE
+
+MIN_PASSWORD = 12
+_MAX_BODY = 64 * 1024
+
+
+async def _password(request: web.Request) -> str:
+    body = await read_json(request, _MAX_BODY, too_large_status=413)
+    password = body.get("password")
+    if not isinstance(password, str) or not password:
+        raise APIError(400, "Send {\"password\": \"...\"}.", code="missing_required_parameter", param="password")
+    return password
+
+
+async def login(request: web.Request) -> web.Response:
+    """Body {"password"}: a session cookie, and the CSRF token its state-changing calls must carry."""
+    cookie, csrf = await request.app[ADMIN].login(request, await _password(request))
+    response = json_response({"csrf_token": csrf, "expires_in": int(SESSION_TTL_S)})
+    response.set_cookie(SESSION_COOKIE, cookie, max_age=int(SESSION_TTL_S), httponly=True, samesite="Strict",
+                        secure=request.secure, path="/")
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    request.app[ADMIN].logout(request)
+    response = json_response({"logged_out": True})
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+async def set_password(request: web.Request) -> web.Response:
+    """Body {"password"}: the new admin password (the operator only; every session ends)."""
+    require_admin(request)
+    password = await _password(request)
+    if len(password) < MIN_PASSWORD:
+        raise APIError(400, f"An admin password needs at least {MIN_PASSWORD} characters.", code="invalid_value",
+                       param="password")
+    hashed = hash_password(password)
+    await request.app[STORE].set_admin_password(hashed)
+    request.app[ADMIN].set_password(hashed)
+    return json_response({"password_set": True})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/login", login)
+    app.router.add_post("/api/logout", logout)
+    app.router.add_post("/api/admin/password", set_password)

@@ -1,0 +1,150 @@
+"""Who gets into the admin API: this machine until a password exists, then sessions (with CSRF
+tokens) or the CLI's local token; cross-site calls never; password guessing slowly."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sys
+
+import pytest
+
+from codexlb.admin_auth import LOGIN_FAILURES, TOKEN_FILE, hash_password, verify_password
+from codexlb.app import create_app
+from codexlb.services import ADMIN
+from codexlb.store import Store
+from tests.keys.conftest import keyed_app
+from tests.serving import serving
+
+REMOTE = {"x-test-remote": "203.0.113.7"}
+PASSWORD = "correct horse battery"
+
+
+def test_password_hashes_verify_and_differ():
+    stored = hash_password(PASSWORD)
+    assert stored.startswith("scrypt$") and PASSWORD not in stored
+    assert verify_password(PASSWORD, stored) and not verify_password("wrong", stored)
+    assert hash_password(PASSWORD) != stored  # salted
+    assert not verify_password(PASSWORD, "garbage") and not verify_password(PASSWORD, "md5$x$y$z$a$b")
+
+
+@pytest.fixture
+async def client(aiohttp_client, settings):
+    return await aiohttp_client(keyed_app(settings))
+
+
+async def set_password(client) -> None:
+    resp = await client.post("/api/admin/password", json={"password": PASSWORD})
+    assert resp.status == 200, await resp.text()
+
+
+async def login(client, headers=None) -> str:
+    resp = await client.post("/api/login", json={"password": PASSWORD}, headers=headers)
+    assert resp.status == 200, await resp.text()
+    return (await resp.json())["csrf_token"]
+
+
+async def code(resp) -> tuple[int, str | None]:
+    return resp.status, (await resp.json()).get("error", {}).get("code")
+
+
+async def test_without_a_password_this_machine_only(client):
+    assert (await client.get("/api/accounts")).status == 200
+    assert await code(await client.get("/api/accounts", headers=REMOTE)) == (403, "admin_forbidden")
+    assert await code(await client.post("/api/login", json={"password": "x"}, headers=REMOTE)) == (
+        401, "invalid_password")
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}])
+async def test_cross_site_state_changes_are_refused(client, headers):
+    resp = await client.post("/api/keys", json={"name": "x"}, headers=headers)
+    assert await code(resp) == (403, "csrf_failed")
+    assert (await (await client.get("/api/keys")).json())["keys"] == []
+
+
+async def test_with_a_password_sessions_and_csrf_tokens(client):
+    await set_password(client)
+    # Even this machine must log in now (or bring the local token, below).
+    assert await code(await client.get("/api/accounts")) == (401, "admin_login_required")
+    assert await code(await client.post("/api/login", json={"password": "wrong"}, headers=REMOTE)) == (
+        401, "invalid_password")
+    csrf = await login(client, REMOTE)
+    assert (await client.get("/api/keys", headers=REMOTE)).status == 200
+    # A state change with the session cookie alone is what a forged request looks like.
+    assert await code(await client.post("/api/keys", json={"name": "ci"}, headers=REMOTE)) == (403, "csrf_failed")
+    assert await code(await client.post("/api/keys", json={"name": "ci"},
+                                        headers={**REMOTE, "X-CSRF-Token": "guess"})) == (403, "csrf_failed")
+    resp = await client.post("/api/keys", json={"name": "ci"}, headers={**REMOTE, "X-CSRF-Token": csrf})
+    assert resp.status == 201
+    assert (await client.post("/api/logout", headers=REMOTE)).status == 200
+    assert await code(await client.get("/api/keys", headers=REMOTE)) == (401, "admin_login_required")
+
+
+async def test_the_session_cookie_is_locked_down(client):
+    await set_password(client)
+    resp = await client.post("/api/login", json={"password": PASSWORD})
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie  # plain HTTP here; over TLS it is set
+
+
+async def test_the_cli_token_works_from_this_machine_only(client, settings):
+    await set_password(client)
+    token = (settings.data_dir / TOKEN_FILE).read_text()
+    assert (settings.data_dir / TOKEN_FILE).stat().st_mode & 0o077 == 0
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert (await client.get("/api/accounts", headers=bearer)).status == 200
+    assert (await client.post("/api/keys", json={"name": "cli"}, headers=bearer)).status == 201
+    assert await code(await client.get("/api/accounts", headers={**bearer, **REMOTE})) == (
+        401, "admin_login_required")
+
+
+async def test_password_guessing_is_slowed(client):
+    await set_password(client)
+    for _ in range(LOGIN_FAILURES):
+        assert (await client.post("/api/login", json={"password": "nope"}, headers=REMOTE)).status == 401
+    resp = await client.post("/api/login", json={"password": PASSWORD}, headers=REMOTE)
+    assert await code(resp) == (429, "login_rate_limited") and int(resp.headers["Retry-After"]) >= 1
+    # Another address is not held back by this one's failures.
+    assert (await client.post("/api/login", json={"password": PASSWORD},
+                              headers={"x-test-remote": "198.51.100.1"})).status == 200
+
+
+async def test_a_new_password_ends_every_session(client):
+    await set_password(client)
+    csrf = await login(client, REMOTE)
+    resp = await client.post("/api/admin/password", json={"password": PASSWORD + "!"},
+                             headers={**REMOTE, "X-CSRF-Token": csrf})
+    assert resp.status == 200
+    assert await code(await client.get("/api/keys", headers=REMOTE)) == (401, "admin_login_required")
+
+
+async def test_short_passwords_are_refused(client):
+    assert await code(await client.post("/api/admin/password", json={"password": "short"})) == (400, "invalid_value")
+
+
+async def set_with_cli(settings) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "codexlb", "admin", "set-password", "--password-stdin", "--port", str(settings.port),
+        "--data-dir", str(settings.data_dir), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")})
+    out, err = await asyncio.wait_for(proc.communicate(PASSWORD.encode() + b"\n"), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_cli_sets_the_password_in_the_data_dir(settings):
+    assert "data dir" in await set_with_cli(dataclasses.replace(settings, port=9))
+    store = await Store.open(settings.data_dir)
+    try:
+        assert verify_password(PASSWORD, await store.admin_password())
+    finally:
+        await store.close()
+
+
+async def test_cli_sets_the_password_on_the_running_server(settings):
+    app = create_app(dataclasses.replace(settings, port=0))
+    async with serving(settings, app) as port:
+        assert "running server" in await set_with_cli(dataclasses.replace(settings, port=int(port)))
+        assert app[ADMIN].password_hash is not None and verify_password(PASSWORD, app[ADMIN].password_hash)
