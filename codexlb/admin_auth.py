@@ -128,6 +128,11 @@ class AdminAuth:
         self._sessions[cookie] = _Session(csrf, time.time() + SESSION_TTL_S)
         return cookie, csrf
 
+    def csrf_for(self, request: web.Request) -> str | None:
+        """The CSRF token of the caller's session (a page that reloaded asks for it again)."""
+        session = self._session(request)
+        return session.csrf if session is not None else None
+
     def logout(self, request: web.Request) -> None:
         self._sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
 

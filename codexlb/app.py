@@ -8,8 +8,11 @@ from codexlb import client_auth, health, metrics, middlewares, services
 from codexlb.api import accounts as accounts_api
 from codexlb.api import admission as admission_api
 from codexlb.api import bridge as bridge_api
+from codexlb.api import device_login as device_login_api
 from codexlb.api import keys as keys_api
+from codexlb.api import requests as requests_api
 from codexlb.api import session as session_api
+from codexlb import dashboard
 from codexlb.bridge import websocket as ws_bridge
 from codexlb.proxy import routes as proxy_routes
 from codexlb.config import Settings
@@ -28,9 +31,12 @@ def create_app(settings: Settings) -> web.Application:
     metrics.setup(app)
     accounts_api.setup(app)
     keys_api.setup(app)
+    requests_api.setup(app)
     session_api.setup(app)
     admission_api.setup(app)
     bridge_api.setup(app)
+    device_login_api.setup(app)
     proxy_routes.setup(app)
     ws_bridge.setup(app)
+    dashboard.setup(app)
     return app

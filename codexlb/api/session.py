@@ -51,7 +51,20 @@ async def set_password(request: web.Request) -> web.Response:
     return json_response({"password_set": True})
 
 
+async def session(request: web.Request) -> web.Response:
+    """Whether the caller may use the admin API, and its session's CSRF token if it has one."""
+    auth = request.app[ADMIN]
+    try:
+        auth.check(request)
+        authenticated = True
+    except APIError:
+        authenticated = False
+    return json_response({"authenticated": authenticated, "csrf_token": auth.csrf_for(request),
+                          "password_set": auth.password_hash is not None})
+
+
 def setup(app: web.Application) -> None:
+    app.router.add_get("/api/session", session)
     app.router.add_post("/api/login", login)
     app.router.add_post("/api/logout", logout)
     app.router.add_post("/api/admin/password", set_password)

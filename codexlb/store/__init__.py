@@ -12,6 +12,7 @@ import asyncio
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from codexlb import log
 from codexlb.keys import KeyRecord
@@ -25,6 +26,9 @@ __all__ = ["Store", "UsageRecord", "DatabaseError", "SecretKeyError"]
 
 _log = log.get("codexlb.store")
 _KEY_CHECK = "key_check"
+_REQUEST_COLUMNS = ("id", "ts", "account_id", "api_key_id", "route", "model", "status", "error_code", "input_tokens",
+                    "cached_tokens", "output_tokens", "reasoning_tokens", "duration_ms", "ttfb_ms")
+_FILTERABLE = frozenset({"account_id", "api_key_id", "model", "status", "error_code"})
 _ADMIN_PASSWORD = "admin_password"
 
 
@@ -152,6 +156,28 @@ class Store:
     async def usage_rows(self, account_id: str | None = None) -> list[tuple]:
         query = "SELECT * FROM usage" + (" WHERE account_id = ?" if account_id else "") + " ORDER BY id"
         return await self._db.call(lambda conn: conn.execute(query, (account_id,) if account_id else ()).fetchall())
+
+    async def requests(self, filters: dict[str, Any], limit: int, before_id: int | None) -> list[dict[str, Any]]:
+        """The request log, newest first: rows matching every filter (column -> value), older than `before_id`."""
+        where = [f"{column} = ?" for column in filters if column in _FILTERABLE]
+        params: list[Any] = [filters[column] for column in filters if column in _FILTERABLE]
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
+        query = (f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM usage" + (" WHERE " + " AND ".join(where) if where else "")
+                 + " ORDER BY id DESC LIMIT ?")
+        rows = await self._db.call(lambda conn: conn.execute(query, (*params, limit)).fetchall())
+        return [dict(zip(_REQUEST_COLUMNS, row)) for row in rows]
+
+    async def token_series(self, by: str, since: float, bucket_s: int) -> list[dict[str, Any]]:
+        """Tokens per `bucket_s` seconds since `since`, per account (`by="account_id"`) or API key."""
+        if by not in ("account_id", "api_key_id"):
+            raise ValueError(by)
+        query = (f"SELECT CAST(ts / ? AS INTEGER) * ? AS t, {by}, SUM(input_tokens), SUM(cached_tokens), "
+                 f"SUM(output_tokens), COUNT(*) FROM usage WHERE ts >= ? GROUP BY t, {by} ORDER BY t")
+        rows = await self._db.call(lambda conn: conn.execute(query, (bucket_s, bucket_s, since)).fetchall())
+        return [{"t": t, "who": who, "input_tokens": i, "cached_tokens": c, "output_tokens": o, "requests": n}
+                for t, who, i, c, o, n in rows]
 
     async def admin_password(self) -> str | None:
         """The admin password's hash (`codexlb.admin_auth`), if one is set."""
