@@ -90,6 +90,12 @@ fi
 pass "GET /health/ready -> 200 on port $port"
 grep -q '"event":"listening"' "$log" || { cat "$log" >&2; fail "no JSON 'listening' log line"; }
 pass "JSON 'listening' log line present"
+# The dashboard's files travel inside the binary.
+for asset in / /dashboard/app.js /dashboard/style.css; do
+    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$port$asset" || true)"
+    [[ "$code" == 200 ]] || fail "GET $asset -> $code (dashboard files missing from the binary?)"
+done
+pass "dashboard served from the binary"
 
 # 3. SIGTERM -> clean exit 0 within the bound
 kill -TERM "$server_pid"
