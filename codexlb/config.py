@@ -196,6 +196,10 @@ class Settings:
         1_000_000, "Most rows the request log keeps; the oldest go first (0: no limit).",
         check=_check_non_negative, metavar="N",
     )
+    metrics_token: str | None = setting(
+        None, "A bearer token that lets a Prometheus on another machine scrape /metrics (and nothing else); "
+        "unset, /metrics follows the admin API's rule.", secret=True, metavar="TOKEN",
+    )
     drain_timeout_s: float = setting(
         30.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.",
         check=_check_non_negative, metavar="SECONDS",
@@ -376,7 +380,7 @@ def public_view(settings: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in FIELDS:
         value = getattr(settings, f.name)
-        if f.metadata["secret"]:
+        if f.metadata["secret"] and value is not None:
             value = REDACTED
         elif isinstance(value, Path):
             value = str(value)

@@ -7,6 +7,7 @@ and nothing costs the request path. One registry per app, so several apps (tests
 
 from __future__ import annotations
 
+import hmac
 from typing import Iterator
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from codexlb.api.admin import require_admin
 from codexlb.pool.account import Status
+from codexlb.services import SETTINGS
 
 # Seconds: from a quick first event to a long agent turn.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
@@ -92,7 +94,10 @@ METRICS = web.AppKey("metrics", Metrics)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    require_admin(request)
+    token = request.app[SETTINGS].metrics_token
+    presented = request.headers.get("Authorization", "")
+    if not (token and hmac.compare_digest(presented, f"Bearer {token}")):
+        require_admin(request)
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -102,6 +102,15 @@ def test_credentials_in_urls_are_redacted(capsys, monkeypatch):
     assert '"https://<redacted>@upstream.example/backend-api"' in text
 
 
+def test_secret_settings_are_masked_when_set_and_said_unset_when_not(capsys, monkeypatch):
+    assert main(["config", "show"]) == 0
+    assert "# metrics_token is unset" in capsys.readouterr().out
+    monkeypatch.setenv("CODEXLB_METRICS_TOKEN", "scrape-token-123")
+    assert main(["config", "show"]) == 0
+    text = capsys.readouterr().out
+    assert "scrape-token-123" not in text and 'metrics_token = "<redacted>"' in text
+
+
 @pytest.mark.parametrize(
     ("env", "flags", "expected"),
     [

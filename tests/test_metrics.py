@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.keys.conftest import keyed_app
@@ -49,3 +51,11 @@ async def test_metrics_are_for_this_machine_only(aiohttp_client, settings):
     assert (await client.get("/metrics")).status == 200
     resp = await client.get("/metrics", headers={"x-test-remote": "203.0.113.9"})
     assert resp.status == 403 and (await resp.json())["error"]["code"] == "admin_forbidden"
+
+
+async def test_a_metrics_token_lets_a_remote_prometheus_scrape_and_nothing_else(aiohttp_client, settings):
+    client = await aiohttp_client(keyed_app(dataclasses.replace(settings, metrics_token="scrape-me")))
+    remote = {"x-test-remote": "203.0.113.9"}
+    assert (await client.get("/metrics", headers={**remote, "Authorization": "Bearer scrape-me"})).status == 200
+    assert (await client.get("/metrics", headers={**remote, "Authorization": "Bearer wrong"})).status == 403
+    assert (await client.get("/api/accounts", headers={**remote, "Authorization": "Bearer scrape-me"})).status == 403
