@@ -29,6 +29,9 @@ def test_demo_serves_and_stops_cleanly(tmp_path):
         with urllib.request.urlopen(request, timeout=30) as resp:
             answer = json.load(resp)
         assert "You said: hello demo" in answer["output"][0]["content"][0]["text"]
+        # The dashboard it points to answers, with the demo's accounts (this machine, no password).
+        with urllib.request.urlopen(f"{url}/api/accounts", timeout=30) as resp:
+            assert len(json.load(resp)["accounts"]) >= 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert not list(tmp_path.glob(".codexlb")), "the demo must not touch the user's data dir"

@@ -34,6 +34,8 @@ def instructions(url: str, sim_url: str) -> str:
     return f"""
 codexlb demo is running: proxy {url}, simulated ChatGPT backend {sim_url}
 
+Dashboard (accounts, requests, usage, API keys): {url}/
+
 Codex CLI — put this in $CODEX_HOME/config.toml and `export CODEXLB_KEY=anything`:
 
   model = "gpt-5.5"
