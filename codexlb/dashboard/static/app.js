@@ -99,32 +99,55 @@ async function loadRequests(more) {
 
 const COLORS = ["#0969da", "#1f883d", "#bf8700", "#8250df", "#cf222e", "#1b7c83", "#9a6700"];
 
+async function names(by) {
+  // The series names accounts and keys by id; people know them by alias and name.
+  if (by === "account") {
+    const { accounts } = await api("GET", "/api/accounts");
+    return Object.fromEntries(accounts.map((a) => [a.id, a.alias]));
+  }
+  const { keys } = await api("GET", "/api/keys");
+  return Object.fromEntries(keys.map((k) => [k.id, k.name]));
+}
+
+function svgEl(tag, attrs, text) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  Object.entries(attrs).forEach(([k, v]) => el.setAttribute(k, v));
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
 async function loadUsage() {
   const by = $("usage-by").value;
-  const { points, bucket_s } = await api("GET", `/api/usage/series?by=${by}&hours=24&bucket=3600`);
+  const [{ points, bucket_s }, label] = await Promise.all([
+    api("GET", `/api/usage/series?by=${by}&hours=24&bucket=3600`), names(by)]);
   const svg = $("usage-chart"), legend = $("usage-legend");
   svg.replaceChildren(); legend.replaceChildren();
-  const now = Date.now() / 1000, start = now - 24 * 3600;
+  const buckets = 24, slot = 720 / buckets;
+  // The last slot is the current bucket, so every bucket of the last day fits whole.
+  const start = (Math.floor(Date.now() / 1000 / bucket_s) - (buckets - 1)) * bucket_s;
   const who = [...new Set(points.map((p) => p.who || "—"))];
   const max = Math.max(1, ...points.map((p) => p.input_tokens + p.output_tokens));
-  const width = 720 / (24 * 3600 / bucket_s) / Math.max(1, who.length);
+  const width = slot / Math.max(1, who.length);
+  for (let h = 0; h < buckets; h += 6) {
+    const when = new Date((start + h * bucket_s) * 1000);
+    svg.appendChild(svgEl("text", { x: h * slot + 2, y: 238, "font-size": 10, fill: "#5b6570" },
+                          when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
+  }
   points.forEach((p) => {
     const i = who.indexOf(p.who || "—");
-    const h = 220 * (p.input_tokens + p.output_tokens) / max;
-    const x = 720 * (p.t - start) / (24 * 3600) + i * width;
-    const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
-    Object.entries({ x, y: 230 - h, width: Math.max(1, width - 1), height: h, fill: COLORS[i % COLORS.length] })
-      .forEach(([k, v]) => rect.setAttribute(k, v));
-    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
-    title.textContent = `${p.who || "—"}: ${p.input_tokens} in, ${p.output_tokens} out, ${p.requests} requests`;
-    rect.appendChild(title);
+    const h = 210 * (p.input_tokens + p.output_tokens) / max;
+    const name = label[p.who] || p.who || "—";
+    const rect = svgEl("rect", { x: ((p.t - start) / bucket_s) * slot + i * width, y: 225 - h,
+                                 width: Math.max(1, width - 1), height: h, fill: COLORS[i % COLORS.length] });
+    rect.appendChild(svgEl("title", {}, `${name}: ${p.input_tokens} in (${p.cached_tokens} cached), ` +
+                                        `${p.output_tokens} out, ${p.requests} requests`));
     svg.appendChild(rect);
   });
   who.forEach((w, i) => {
     const li = document.createElement("li");
     const swatch = document.createElement("i");
     swatch.style.background = COLORS[i % COLORS.length];
-    li.append(swatch, w);
+    li.append(swatch, label[w] || w);
     legend.appendChild(li);
   });
 }
