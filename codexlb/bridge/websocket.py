@@ -330,19 +330,32 @@ async def responses_ws(request: web.Request) -> web.StreamResponse:
         raise APIError(426, "This route speaks WebSocket (Upgrade: websocket) or POST.", code="upgrade_required",
                        type="invalid_request_error", headers={"Upgrade": "websocket"})
     up = request.app[UPSTREAM]
-    async with up.gates.admitted(request.get(API_KEY)):
-        keys = conversation_keys(request.headers, None)
-        sock, slot = await open_socket(up, request.headers, keys, Outcome())
-        try:
-            if sock.turn_state:
-                client.headers["x-codex-turn-state"] = sock.turn_state
-            await client.prepare(request)
-        except BaseException:
-            await sock.ws.close()
-            slot.release()
-            raise
-        await Bridge(up, request, client, sock, slot, keys).run()
+    handshake, started = Outcome(), time.monotonic()
+    try:
+        async with up.gates.admitted(request.get(API_KEY)):
+            keys = conversation_keys(request.headers, None)
+            sock, slot = await open_socket(up, request.headers, keys, handshake)
+            await _serve(up, request, client, sock, slot, keys)
+    except APIError as exc:
+        # A refused upgrade is a request like any other in the log (answered ones are logged per response).
+        handshake.status, handshake.error_code = exc.status, exc.code
+        account_usage(request.app[STORE], request, handshake, started)
+        raise
     return client
+
+
+async def _serve(up: Upstream, request: web.Request, client: web.WebSocketResponse, sock: UpstreamSocket,
+                 slot: Slot, keys: Sequence[str]) -> None:
+    """Answer the upgrade (the upstream socket is open) and relay until the client leaves."""
+    try:
+        if sock.turn_state:
+            client.headers["x-codex-turn-state"] = sock.turn_state
+        await client.prepare(request)
+    except BaseException:
+        await sock.ws.close()
+        slot.release()
+        raise
+    await Bridge(up, request, client, sock, slot, keys).run()
 
 
 def setup(app: web.Application) -> None:

@@ -11,7 +11,7 @@ import pytest
 from codexlb.bridge.http import SESSIONS
 from codexlb.pool.selection import make_strategy
 from codexlb.proxy.upstream import UPSTREAM
-from codexlb.services import GATES
+from codexlb.services import GATES, STORE
 from tests.proxy.conftest import Proxy, start_proxy
 from tests.simclient import body, handshake_headers, user, ws_turn
 
@@ -117,6 +117,11 @@ async def test_a_handshake_that_cannot_be_admitted_is_an_http_429(aiohttp_server
     assert 1 <= int(refused.value.headers["Retry-After"]) <= 60
     gates = await settled(proxy)
     assert gates["inflight"]["rejected"] == 1
+    # In the request log like a refused HTTP request.
+    store = proxy.app[STORE]
+    await store.flush_usage()
+    [logged] = await store.requests({"status": 429}, 10, None)
+    assert (logged["route"], logged["error_code"]) == ("/backend-api/codex/responses", "proxy_overloaded")
 
 
 async def test_no_account_is_an_http_503_at_the_handshake(aiohttp_server, settings, sim, http):
