@@ -23,7 +23,7 @@ from codexlb.bridge.anchor import Anchor, digest
 from codexlb.bridge.sessions import LOST, MAX_FAILURES, MAX_QUEUED, Session, Sessions
 from codexlb.client_auth import API_KEY
 from codexlb.errors import APIError
-from codexlb.proxy.failover import Failure, client_error, next_step
+from codexlb.proxy.failover import client_error, next_step, refusal
 from codexlb.proxy.relay import CODEX_KEEPALIVE, SSE_HEADERS, KeepAlive, failed_event
 from codexlb.proxy.sse import encode
 from codexlb.proxy.upstream import Outcome, Upstream, observe
@@ -164,13 +164,10 @@ class _Turn:
     def _refused(self, event: dict[str, Any]) -> None:
         """Upstream refused the request before anything reached the client."""
         observe(self.up, self.session.account, self.outcome, str(event.get("type")), event)  # e.g. quota
-        error = event.get("error") or (event.get("response") or {}).get("error") or {}
-        error = error if isinstance(error, dict) else {}
-        if error.get("code") == "previous_response_not_found" and self.anchored:
+        failure = refusal(event)
+        if failure.error.get("code") == "previous_response_not_found" and self.anchored:
             self.up.recoveries["http:resend_whole"] += 1
             raise _Resend(whole=True)
-        status = event.get("status")
-        failure = Failure(status if isinstance(status, int) else 200, error, {}, reason=str(event.get("type")))
         if next_step(failure, refreshed=True) == "answer":
             raise client_error(failure)
         raise _Unbridged

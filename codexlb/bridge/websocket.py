@@ -24,7 +24,7 @@ from codexlb.admission.gate import Slot
 from codexlb.client_auth import API_KEY
 from codexlb.errors import APIError
 from codexlb.pool.sticky import conversation_keys
-from codexlb.proxy.failover import Failure, next_step
+from codexlb.proxy.failover import next_step, refusal
 from codexlb.proxy.relay import account_usage, failed_event
 from codexlb.proxy.upstream import UPSTREAM, Outcome, Upstream, observe
 from codexlb.recovery import Action, Phase
@@ -49,6 +49,7 @@ class _InFlight:
     rebuilt: bool = False  # `text` is the whole conversation, no longer anchored
     tried: set[str] = field(default_factory=set)  # accounts that refused it (failover)
     output: list[Any] = field(default_factory=list)  # output items, for the transcript
+    history: list[Any] | None = None  # the anchor's whole history, once a refusal asked the transcript
 
     @property
     def previous(self) -> str | None:
@@ -199,16 +200,15 @@ class Bridge:
     def _refused(self, inflight: _InFlight, event: dict[str, Any]) -> Action:
         """What to do about a refusal the client has not seen (`recovery.on_refusal`)."""
         observe(self._up, self._account, inflight.outcome, str(event.get("type")), event)  # e.g. quota
-        error = event.get("error") or (event.get("response") or {}).get("error") or {}
-        error = error if isinstance(error, dict) else {}
-        status = event.get("status")
-        failure = Failure(status if isinstance(status, int) else 200, error)
+        failure = refusal(event)
         previous = inflight.previous
+        # Looked up once: the rebuild, if it comes to that, uses this very history.
+        inflight.history = self._up.transcripts.history(previous) if previous is not None else None
         decision = recovery.on_refusal(
-            lost_state=error.get("code") == "previous_response_not_found",
+            lost_state=failure.error.get("code") == "previous_response_not_found",
             account_failed=next_step(failure, refreshed=True) == "next",
             anchored=inflight.anchored,
-            history_known=previous is not None and self._up.transcripts.history(previous) is not None,
+            history_known=inflight.history is not None,
             rebuilt=inflight.rebuilt,
             accounts_left=len(inflight.tried) + 1 < self._up.settings.failover_accounts)
         if decision.action is not Action.PASS:
@@ -219,8 +219,7 @@ class Bridge:
         """The request with its whole history and no anchor; `portable`: for another account."""
         previous = inflight.previous
         assert previous is not None
-        history = self._up.transcripts.history(previous) or []
-        items = [*history, *inflight.items]
+        items = [*(inflight.history or []), *inflight.items]
         if portable:
             items = without_account_items(items)
         elif (readable := self._up.owners.readable_by(items, self._account.id)) is not None:

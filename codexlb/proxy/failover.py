@@ -36,6 +36,21 @@ class Failure:
         return str(self.error.get("code") or self.error.get("type") or self.reason)
 
 
+def event_error(event: Any) -> dict[str, Any]:
+    """The error object an `error` or `response.failed` event carries ({} when none)."""
+    if not isinstance(event, dict):
+        return {}
+    response = event.get("response")
+    error = event.get("error") or (response.get("error") if isinstance(response, dict) else None) or {}
+    return error if isinstance(error, dict) else {}
+
+
+def refusal(event: dict[str, Any]) -> Failure:
+    """A refusal frame on a WebSocket as a Failure, with the HTTP status it carries (else 200)."""
+    status = event.get("status")
+    return Failure(status if isinstance(status, int) else 200, event_error(event), {}, reason=str(event.get("type")))
+
+
 def next_step(failure: Failure, refreshed: bool) -> str:
     """"refresh", "next" (another account) or "answer" (give the client this error)."""
     if failure.status == 401:

@@ -27,7 +27,7 @@ from codexlb.pool.account import Account
 from codexlb.pool.pool import Pool
 from codexlb.pool.quota import verdict_for_error, windows_from_event, windows_from_headers
 from codexlb.pool.roster import Roster
-from codexlb.proxy.failover import Failure, client_error, exhausted, next_step
+from codexlb.proxy.failover import Failure, client_error, event_error, exhausted, next_step
 from codexlb.proxy.headers import upstream_request_headers
 from codexlb.proxy.sse import Batch, Frame, FrameSplitter, event_names
 from codexlb.recovery import Action, LostAnchors
@@ -234,10 +234,7 @@ async def _attempt(up: Upstream, account: Account, slot: Slot, body: bytes, clie
                 batch = Batch(batch.raw + splitter.feed(chunk).raw)
                 first = batch.first()
         if first.event in ("error", "response.failed"):
-            data = first.data()
-            error = (data.get("error") or (data.get("response") or {}).get("error") or {}) if isinstance(
-                data, dict) else {}
-            result = Failure(200, error if isinstance(error, dict) else {}, {}, reason=first.event)
+            result = Failure(200, event_error(first.data()), {}, reason=first.event)
             return result
         outcome.first_event_at = time.monotonic()
         result = Stream(up, account, response, splitter, batch, outcome, slot)
