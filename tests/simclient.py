@@ -82,3 +82,10 @@ async def ws_turn(ws: aiohttp.ClientWebSocketResponse, payload: dict[str, Any],
 def handshake_headers(ws: aiohttp.ClientWebSocketResponse) -> Any:
     """The 101 response's headers (aiohttp keeps them on the private handshake response)."""
     return ws._response.headers
+
+
+async def add_fault(http: aiohttp.ClientSession, sim: RunningSim, **fault: Any) -> dict[str, Any]:
+    """Script a fault into the sim (`codexlb.sim.faults`); returns it as the sim stored it."""
+    async with http.post(f"{sim.url}/__sim/faults", json=fault) as resp:
+        assert resp.status == 201, await resp.text()
+        return await resp.json()

@@ -8,8 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.keys.conftest import keyed_app
 from tests.proxy.conftest import start_proxy
-from tests.proxy.test_codex_route import add_fault, post
-from tests.simclient import body, user
+from tests.proxy.test_codex_route import post
+from tests.simclient import add_fault, body, user
 
 
 async def scrape(http, proxy) -> dict[tuple[str, tuple], float]:

@@ -23,7 +23,7 @@ from codexlb.services import GATES, KEYS, ROSTER
 from tests.accounts.conftest import login_of
 from tests.keys.conftest import remote_from_header
 from tests.proxy.conftest import Proxy, start_proxy
-from tests.simclient import body, parse_sse, user
+from tests.simclient import add_fault, body, parse_sse, user
 
 GATE_FIELDS = {"capacity", "in_use", "waiting", "admitted", "rejected"}
 REMOTE = {"x-test-remote": "198.51.100.4"}
@@ -72,12 +72,6 @@ async def assert_all_gates_idle(http: aiohttp.ClientSession, proxy: Proxy) -> di
     assert not busy, busy
     assert [a.inflight for a in proxy.roster.all()] == [0] * len(proxy.roster.all())
     return snapshot
-
-
-async def add_fault(http: aiohttp.ClientSession, sim: Any, **fault: Any) -> dict[str, Any]:
-    async with http.post(f"{sim.url}/__sim/faults", json=fault) as resp:
-        assert resp.status == 201, await resp.text()
-        return await resp.json()
 
 
 async def sim_requests(http: aiohttp.ClientSession, sim: Any) -> list[dict[str, Any]]:

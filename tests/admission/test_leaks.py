@@ -19,10 +19,10 @@ import pytest
 
 from codexlb.services import KEYS
 from tests.admission.test_http_admission import (
-    add_fault, assert_all_gates_idle, assert_full_stream, codex_url, gates_of, hold, post, until, until_idle,
+    assert_all_gates_idle, assert_full_stream, codex_url, gates_of, hold, post, until, until_idle,
 )
 from tests.proxy.conftest import Proxy, start_proxy
-from tests.simclient import body, user
+from tests.simclient import add_fault, body, user
 
 INFLIGHT, PER_ACCOUNT, ACCOUNTS = 8, 2, 3
 STREAMS = PER_ACCOUNT * ACCOUNTS  # 6: two of the 8 in flight wait at an account gate

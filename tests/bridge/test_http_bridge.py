@@ -12,8 +12,8 @@ from codexlb.bridge.http import SESSIONS
 from codexlb.proxy.upstream import UPSTREAM
 from tests.bridge.test_websocket import settled
 from tests.proxy.conftest import Proxy, start_proxy
-from tests.proxy.test_codex_route import add_fault, post
-from tests.simclient import body, user
+from tests.proxy.test_codex_route import post
+from tests.simclient import add_fault, body, user
 
 SESSION = {"session_id": "conv-http-1"}
 

@@ -13,6 +13,7 @@ from codexlb.pool.selection import make_strategy
 from codexlb.proxy.upstream import UPSTREAM
 from codexlb.services import GATES, STORE
 from tests.proxy.conftest import Proxy, start_proxy
+from tests import simclient
 from tests.simclient import body, handshake_headers, user, ws_turn
 
 PREWARM = {"model": "gpt-5.5", "generate": False, "input": [
@@ -20,8 +21,8 @@ PREWARM = {"model": "gpt-5.5", "generate": False, "input": [
 
 
 async def add_fault(http: aiohttp.ClientSession, proxy: Proxy, **fault) -> None:
-    async with http.post(f"{proxy.sim.url}/__sim/faults", json={"transport": "ws", **fault}) as resp:
-        assert resp.status == 201, await resp.text()
+    """A sim fault on its WebSocket transport (unless the fault names another)."""
+    await simclient.add_fault(http, proxy.sim, **{"transport": "ws", **fault})
 
 
 async def connect(http: aiohttp.ClientSession, proxy: Proxy) -> aiohttp.ClientWebSocketResponse:

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from codexlb.services import GATES
+from tests.admission.test_http_admission import until
 from tests.bridge.test_websocket import PREWARM, Proxy, add_fault, settled, start_proxy
 from tests.simclient import body, user
 
@@ -20,12 +21,6 @@ HEADERS = {"openai-beta": "responses_websockets=2026-02-06"}
 async def proxy(aiohttp_server, settings, sim):
     return await start_proxy(aiohttp_server, settings, sim, max_inflight=2, account_max_streams=1,
                              max_upstream_connects=1, queue_wait_s=5)
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.002)
 
 
 async def client(proxy: Proxy, script) -> None:
@@ -55,13 +50,13 @@ async def test_dropped_while_queued_at_the_inflight_gate(proxy, http):
 
     held = [asyncio.create_task(client(proxy, hold)) for _ in range(2)]
     inflight = proxy.app[GATES].inflight
-    await until(lambda: inflight.in_use == 2)
+    await until(lambda: inflight.in_use == 2, "both held")
     for _ in range(200):
         queued = asyncio.create_task(client(proxy, hold))
-        await until(lambda: inflight.waiting == 1)
+        await until(lambda: inflight.waiting == 1, "one in line")
         queued.cancel()
         await asyncio.gather(queued, return_exceptions=True)
-        await until(lambda: inflight.waiting == 0)
+        await until(lambda: inflight.waiting == 0, "the line empty")
         assert inflight.in_use == 2
     release.set()
     await asyncio.gather(*held)
@@ -73,7 +68,7 @@ async def test_dropped_while_the_upstream_handshake_runs(proxy, http):
     connects = proxy.app[GATES].upstream_connects
     for _ in range(200):
         task = asyncio.create_task(client(proxy, lambda ws: asyncio.Event().wait()))
-        await until(lambda: connects.in_use == 1)
+        await until(lambda: connects.in_use == 1, "a handshake under way")
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     await settled(proxy)

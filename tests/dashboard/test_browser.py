@@ -15,8 +15,8 @@ import pytest
 
 from codexlb.services import KEYS, STORE
 from tests.proxy.conftest import start_proxy
-from tests.proxy.test_codex_route import add_fault, post
-from tests.simclient import body, user
+from tests.proxy.test_codex_route import post
+from tests.simclient import add_fault, body, user
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "dashboard"
 PASSWORD = "correct horse battery"

@@ -11,7 +11,7 @@ import pytest
 from codexlb.pool.account import Status
 from codexlb.proxy.upstream import UPSTREAM
 from tests.proxy.conftest import start_proxy
-from tests.simclient import body, parse_sse, user
+from tests.simclient import add_fault, body, parse_sse, user
 
 TEXT_KINDS_HEAD = ["response.created", "response.in_progress", "response.output_item.added"]
 
@@ -23,11 +23,6 @@ async def post(http, proxy, payload, headers=None):
         raw = await resp.read()
         events = parse_sse(raw) if resp.content_type == "text/event-stream" else orjson.loads(raw)
         return resp, events
-
-
-async def add_fault(http, sim, **fault):
-    async with http.post(f"{sim.url}/__sim/faults", json=fault) as resp:
-        assert resp.status == 201, await resp.text()
 
 
 async def test_stream_is_relayed_whole(proxy, http):
