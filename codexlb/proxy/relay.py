@@ -23,6 +23,11 @@ CODEX_KEEPALIVE = encode({"type": "codex.keepalive"})
 COMMENT_KEEPALIVE = b": keepalive\n\n"
 
 
+class _SSEResponse(web.StreamResponse):
+    # Headers wait for the first body write and leave in the same packet (aiohttp's own web.Response does this).
+    _send_headers_immediately = False
+
+
 def failed_event(outcome: Outcome, code: str, message: str) -> dict[str, Any]:
     response_id = outcome.response_id or f"resp_{uuid.uuid4().hex}"
     return {"type": "response.failed", "response": {
@@ -94,7 +99,7 @@ async def relay_sse(request: web.Request, up: Upstream, payload: dict[str, Any],
     render_failure = failure or (lambda o, code, message: encode(failed_event(o, code, message)))
 
     async def commit(headers: Mapping[str, str]) -> web.StreamResponse:
-        prepared = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+        prepared = _SSEResponse(headers={**SSE_HEADERS, **headers})
         await prepared.prepare(request)
         return prepared
 
@@ -118,7 +123,10 @@ async def relay_sse(request: web.Request, up: Upstream, payload: dict[str, Any],
         chunks = transform(batches) if transform else (batch.raw async for batch in batches)
         try:
             async for chunk in chunks:
-                await response.write(chunk)
+                if stream.terminal is None:
+                    await response.write(chunk)
+                else:  # the last frames and the end of the body in one packet
+                    await response.write_eof(chunk + trailer)
         except StreamBroken as exc:
             outcome.status, outcome.error_code = 502, exc.code
             await response.write(render_failure(outcome, exc.code, str(exc)))
