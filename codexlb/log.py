@@ -10,6 +10,7 @@ import functools
 import logging
 import re
 import sys
+import time
 from typing import Any, TextIO
 
 import orjson
@@ -44,15 +45,20 @@ def _sensitive_key(key: Any) -> bool:
     return lowered in _SENSITIVE_KEYS or lowered.endswith(_SENSITIVE_SUFFIXES)
 
 
-# One cheap search that every secret pattern needs to match first; most log strings have none.
-_MAYBE_SECRET = re.compile(
-    r"(?i)bearer|basic|eyJ|sk-|rt_|(?:token|api_key|password|code|code_verifier|client_secret)\"?\s*[=:]"
-)
+# Cheap checks that every secret pattern needs to pass first; most log strings (and this is every one)
+# pass none. Substring tests on the lowered text: a case-insensitive regex costs ~20x more.
+_MARKERS = ("bearer", "basic", "eyj", "sk-", "rt_")
+_MAYBE_PAIR = re.compile(r"(?:token|api_key|password|code|code_verifier|client_secret)\"?\s*[=:]")
 
 
 def redact_text(text: str) -> str:
-    if not _MAYBE_SECRET.search(text):
-        return text
+    lowered = text.lower()
+    for marker in _MARKERS:
+        if marker in lowered:
+            break
+    else:
+        if ("=" not in text and ":" not in text) or not _MAYBE_PAIR.search(lowered):
+            return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -84,11 +90,22 @@ def _orjson_dumps(obj: Any, default: Any = None, **_: Any) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
 
-_SHARED: list[Any] = [
-    structlog.contextvars.merge_contextvars,
-    structlog.processors.add_log_level,
-    structlog.processors.TimeStamper(fmt="iso", utc=True),
-]
+_second_stamp: tuple[int, str] = (0, "")
+
+
+def _timestamp(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """ISO 8601 UTC with microseconds, as structlog's TimeStamper writes it at a fifth of its cost
+    (the date and time are formatted once a second)."""
+    global _second_stamp
+    now = time.time()
+    second = int(now)
+    if _second_stamp[0] != second:
+        _second_stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    event["timestamp"] = f"{_second_stamp[1]}.{int((now - second) * 1_000_000):06d}Z"
+    return event
+
+
+_SHARED: list[Any] = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level]
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
@@ -102,7 +119,8 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         else [_lead_with_essentials, structlog.processors.JSONRenderer(serializer=_orjson_dumps)]
     )
     # Tracebacks become text first, so the redaction step sees them too.
-    tail = [structlog.processors.format_exc_info, _redact_processor, *renderers]
+    # Stamped after redaction: a timestamp holds no secret, and scanning it is not free.
+    tail = [structlog.processors.format_exc_info, _redact_processor, _timestamp, *renderers]
 
     # Libraries log through stdlib logging: one handler, the same tail.
     handler = logging.StreamHandler(stream)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -38,6 +40,7 @@ def test_structlog_events_are_redacted(log_stream):
         body={"refresh_token": REFRESH, "nested": [{"api_key": API_KEY}]},
         note=f"retrying with Bearer {ACCESS} and key {API_KEY}",
         form=f"grant_type=refresh_token&refresh_token={REFRESH}&password=hunter2",
+        shouted=f"AUTHORIZATION: BEARER {API_KEY}; PASSWORD: hunter2",
     )
     text = log_stream.getvalue()
     assert_clean(text)
@@ -62,6 +65,8 @@ def test_json_lines_lead_with_time_level_event():
     record = json.loads(stream.getvalue().splitlines()[-1])
     assert list(record)[:4] == ["timestamp", "level", "logger", "event"]
     assert record["n"] == 1
+    stamped = datetime.strptime(record["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    assert abs(stamped.timestamp() - time.time()) < 5
 
 
 def test_level_filters():
