@@ -38,6 +38,8 @@ _log = log.get("codexlb.proxy")
 TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
 _RATE_LIMITS = event_names("codex.rate_limits")
 _ERROR_BODY_LIMIT = 64 * 1024
+# Waiting for the end of a body whose terminal event is in: a bound, then the connection is closed instead.
+_DRAIN_S, _DRAIN_BYTES = 1.0, 64 * 1024
 T = TypeVar("T")
 # One try on one account, in one of its stream slots.
 Attempt = Callable[[Account, Slot], Awaitable["T | Failure"]]
@@ -154,8 +156,25 @@ class Stream:
             self.terminal = kind
 
     async def close(self) -> None:
-        self.response.release()
+        """Give back the slot and the connection. After the terminal event the body's end (its last, empty
+        chunk) may still be on its way: it is awaited briefly, since a connection released before it is
+        closed instead of reused, and the next request would pay for a new (TLS) connection."""
         self.slot.release()
+        try:
+            if self.terminal is not None:
+                await _drain(self.response)
+        finally:
+            self.response.release()
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    left = _DRAIN_BYTES
+    try:
+        async with asyncio.timeout(_DRAIN_S):
+            while left > 0 and (chunk := await response.content.readany()):
+                left -= len(chunk)
+    except (TimeoutError, aiohttp.ClientError):
+        pass
 
 
 def observe(up: Upstream, account: Account, outcome: Outcome, kind: str, data: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -81,6 +82,8 @@ async def responses_http(request: web.Request) -> web.StreamResponse:
                              metadata=turn_metadata(request.headers, payload), headers=request.headers)
     except SimError as exc:
         return _error(exc, account.rate_limit_headers(time.time()) if account else None)
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    turn.record.peer = f"{peer[0]}:{peer[1]}" if peer else ""
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream",
         "Cache-Control": "no-cache",
@@ -92,6 +95,8 @@ async def responses_http(request: web.Request) -> web.StreamResponse:
     sink = SseSink(request, response)
     await turn.play(sink)
     if not sink.closed:
+        if turn.plan.end_s:
+            await asyncio.sleep(turn.plan.end_s)
         await response.write_eof()
     return response
 

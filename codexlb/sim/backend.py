@@ -72,6 +72,8 @@ class Record:
     continuity: str = "new"
     # What arrived, so tests can see which headers crossed a proxy.
     headers: dict[str, str] = field(default_factory=dict)
+    # The client's address and port: requests that share it came over one connection.
+    peer: str = ""
 
 
 class Sink:

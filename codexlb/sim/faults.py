@@ -21,7 +21,8 @@ ACTIONS = (
     "stall",                 # after `after_events` events, send nothing more and never end
     "close_after_response",  # complete the response, then drop the connection (between turns)
     "drop_state",            # forget the backend state first: a genuine previous_response_not_found
-    "delay",                 # wait `first_byte_ms` before the first event, `between_events_ms` between events
+    "delay",                 # wait `first_byte_ms` before the first event, `between_events_ms` between events,
+                             # `end_ms` between the last event and the end of the body (HTTP)
 )
 TRANSPORTS = ("http", "ws")
 # The request kind of a WebSocket upgrade: `status` refuses it with that HTTP status, `delay` holds it.
@@ -32,7 +33,7 @@ _FIELD_TYPES = {
     "account": _STR + _NULL, "transport": _STR + _NULL, "anchored": (bool, type(None)), "kind": _STR + _NULL,
     "turn_id": _STR + _NULL, "nth": _INT, "times": _INT + _NULL, "share": _NUM, "status": _INT,
     "code": _STR + _NULL, "message": _STR + _NULL, "retry_after": _NUM + _NULL, "after_events": _INT,
-    "close_code": _INT + _NULL, "first_byte_ms": _NUM, "between_events_ms": _NUM,
+    "close_code": _INT + _NULL, "first_byte_ms": _NUM, "between_events_ms": _NUM, "end_ms": _NUM,
 }
 
 
@@ -55,6 +56,7 @@ class Fault:
     close_code: int | None = None
     first_byte_ms: float = 0.0
     between_events_ms: float = 0.0
+    end_ms: float = 0.0
     id: str = ""
     matched: int = 0
     fired: int = 0
@@ -119,6 +121,7 @@ class RequestInfo:
 class Plan:
     first_byte_s: float = 0.0
     between_events_s: float = 0.0
+    end_s: float = 0.0
     drop_state: bool = False
     action: Fault | None = None
     fired: list[str] = field(default_factory=list)
@@ -157,6 +160,7 @@ class FaultBook:
             if fault.action == "delay":
                 plan.first_byte_s = max(plan.first_byte_s, fault.first_byte_ms / 1000)
                 plan.between_events_s = max(plan.between_events_s, fault.between_events_ms / 1000)
+                plan.end_s = max(plan.end_s, fault.end_ms / 1000)
             elif fault.action == "drop_state":
                 plan.drop_state = True
             elif plan.action is None:

@@ -91,6 +91,17 @@ async def test_401_refreshes_and_retries_the_same_account(aiohttp_server, settin
     assert [r.status for r in sim_one.backend.records] == [200]
 
 
+async def test_upstream_connection_is_reused_when_the_body_ends_after_the_terminal_event(proxy, http):
+    # The end of the chunked body (its last, empty chunk) comes 30 ms after response.completed, as it may
+    # over the internet; a connection given back before it would be closed, one new connection per request.
+    await add_fault(http, proxy.sim, action="delay", end_ms=30, times=None)
+    for n in range(4):
+        resp, events = await post(http, proxy, body(user(f"turn {n}")))
+        assert resp.status == 200 and events[-1]["type"] == "response.completed"
+    peers = {record.peer for record in proxy.sim.backend.records}
+    assert len(proxy.sim.backend.records) == 4 and len(peers) == 1, peers
+
+
 async def test_failure_after_the_first_byte_ends_with_response_failed(proxy, http):
     # Events spaced as a real backend spaces them, so the first ones are read before the cut.
     await add_fault(http, proxy.sim, action="delay", between_events_ms=20, times=None)

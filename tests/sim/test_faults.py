@@ -697,7 +697,7 @@ async def test_control_post_fault_returns_201_with_the_whole_fault_and_its_id(si
     assert created == {
         "action": "failed", "account": None, "transport": None, "anchored": None, "kind": None, "turn_id": None,
         "nth": 1, "times": 1, "share": 1.0, "status": 500, "code": "server_is_overloaded", "message": None,
-        "retry_after": None, "after_events": 0, "close_code": None, "first_byte_ms": 0.0, "between_events_ms": 0.0,
+        "retry_after": None, "after_events": 0, "close_code": None, "first_byte_ms": 0.0, "between_events_ms": 0.0, "end_ms": 0.0,
         "id": "f1", "matched": 0, "fired": 0,
     }
     assert (await add_fault(http, sim, action="delay"))["id"] == "f2"
