@@ -105,7 +105,7 @@ def _timestamp(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, A
     return event
 
 
-_SHARED: list[Any] = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level]
+_SHARED: list[Any] = [structlog.processors.add_log_level]
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

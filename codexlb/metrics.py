@@ -8,7 +8,7 @@ and nothing costs the request path. One registry per app, so several apps (tests
 from __future__ import annotations
 
 import hmac
-from typing import Iterator
+from typing import Any, Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -32,13 +32,22 @@ class Metrics:
                               buckets=_BUCKETS, registry=self.registry)
         self.duration = Histogram("codexlb_request_duration_seconds", "Whole request time.", ("route",),
                                   buckets=_BUCKETS, registry=self.registry)
+        # The labelled children, looked up once: `labels()` takes a lock and builds keys on every call.
+        self._counted: dict[tuple[str, int, str | None], Any] = {}
+        self._timed: dict[str, tuple[Any, Any]] = {}
 
     def observe_request(self, route: str, status: int, account: str | None, ttfb_s: float | None,
                         duration_s: float) -> None:
-        self.requests.labels(route, str(status), account or "").inc()
+        counted = self._counted.get((route, status, account))
+        if counted is None:
+            counted = self._counted[(route, status, account)] = self.requests.labels(route, str(status), account or "")
+        counted.inc()
+        timed = self._timed.get(route)
+        if timed is None:
+            timed = self._timed[route] = (self.ttfb.labels(route), self.duration.labels(route))
         if ttfb_s is not None:
-            self.ttfb.labels(route).observe(ttfb_s)
-        self.duration.labels(route).observe(duration_s)
+            timed[0].observe(ttfb_s)
+        timed[1].observe(duration_s)
 
     def watch(self, app: web.Application) -> None:
         """Read the app's live state at every scrape (once its services are up)."""
