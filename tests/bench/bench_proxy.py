@@ -1,11 +1,14 @@
 """What codexlb costs: proxied against direct-to-sim, time to first event and streamed requests/s.
 
-Run: .venv/bin/python tests/bench/bench_proxy.py [--requests 300] [--seconds 5] [--reply-words 40]
+Run: .venv/bin/python tests/bench/bench_proxy.py [--requests 300] [--seconds 5] [--rounds 5] [--reply-words 40]
 
 The sim and codexlb each run as their own process (`codexlb sim`, `codexlb serve`); this process
 is the client. All three share the machine's cores, so read the ratios, not the absolute figures.
-The "bare relay" row is the ceiling for any aiohttp proxy on this machine: a process that only
+The "bare relay" is the ceiling for any aiohttp proxy on this machine: a process that only
 forwards bytes (no parsing, pool, failover, accounting or log) between the same client and sim.
+Throughput is measured in rounds that take direct, proxied and bare relay in turn, and each ratio
+is the median of its rounds' ratios: a shared machine's load drifts more between runs than within
+a round. "cpu/request" is the relaying process's own CPU time (user + system, Linux only).
 """
 
 from __future__ import annotations
@@ -90,6 +93,15 @@ async def ttfb(url: str, headers: dict[str, str], requests: int) -> list[float]:
         return [await one(http, url, headers) for _ in range(requests)]
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 where /proc is not there)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def throughput(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> float:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
         deadline = time.monotonic() + seconds
@@ -114,7 +126,8 @@ def pct(values: list[float], q: float) -> float:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=300, help="sequential requests for time to first event")
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run")
+    parser.add_argument("--seconds", type=float, default=5.0, help="throughput time per target and concurrency")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds the throughput time is split into")
     parser.add_argument("--reply-words", type=int, default=40)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="codexlb-bench-"))
@@ -151,15 +164,29 @@ async def main() -> None:
                                                     stdout=asyncio.subprocess.PIPE)
         assert bare.stdout is not None
         bare_url = f"http://127.0.0.1:{int(await asyncio.wait_for(bare.stdout.readline(), 30))}"
-        print(f"streamed requests/s ({args.seconds:g} s each)")
+        print(f"streamed requests/s ({args.seconds:g} s per target in {args.rounds} rounds; median, [min-max])")
+        targets = {"direct": (direct, direct_headers, sim.pid), "proxied": (proxied, proxy_headers, proxy.pid),
+                   "bare": (f"{bare_url}/backend-api/codex/responses", proxy_headers, bare.pid)}
         try:
             for concurrency in (1, 32):
-                dr = await throughput(direct, direct_headers, concurrency, args.seconds)
-                pr = await throughput(proxied, proxy_headers, concurrency, args.seconds)
-                br = await throughput(f"{bare_url}/backend-api/codex/responses", proxy_headers, concurrency,
-                                      args.seconds)
-                print(f"  concurrency {concurrency:2d}: direct {dr:7.0f}/s  proxied {pr:7.0f}/s  "
-                      f"proxied/direct {pr / dr:4.2f}  (bare relay/direct {br / dr:4.2f})")
+                rates: dict[str, list[float]] = {name: [] for name in targets}
+                cpu: dict[str, list[float]] = {name: [] for name in targets}
+                for _ in range(args.rounds):
+                    for name, (url, headers, pid) in targets.items():
+                        before = cpu_s(pid)
+                        rate = await throughput(url, headers, concurrency, args.seconds / args.rounds)
+                        rates[name].append(rate)
+                        cpu[name].append((cpu_s(pid) - before) / (rate * args.seconds / args.rounds) * 1e6)
+
+                def ratio(name: str) -> str:
+                    r = sorted(a / d for a, d in zip(rates[name], rates["direct"]))
+                    return f"{statistics.median(r):4.2f} [{r[0]:.2f}-{r[-1]:.2f}]"
+
+                print(f"  concurrency {concurrency:2d}: direct {statistics.median(rates['direct']):6.0f}/s  "
+                      f"proxied {statistics.median(rates['proxied']):6.0f}/s  proxied/direct {ratio('proxied')}  "
+                      f"(bare relay/direct {ratio('bare')})")
+                print(f"                  cpu/request: codexlb {statistics.median(cpu['proxied']):4.0f} µs  "
+                      f"bare relay {statistics.median(cpu['bare']):4.0f} µs  sim {statistics.median(cpu['direct']):4.0f} µs")
         finally:
             bare.terminate()
             await bare.wait()
