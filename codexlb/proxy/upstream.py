@@ -161,7 +161,7 @@ class Stream:
         closed instead of reused, and the next request would pay for a new (TLS) connection."""
         self.slot.release()
         try:
-            if self.terminal is not None:
+            if self.terminal is not None and not self.response.content.at_eof():
                 await _drain(self.response)
         finally:
             self.response.release()
