@@ -16,6 +16,8 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
+from codexlb.logsink import LineSink
+
 REDACTED = "[REDACTED]"
 
 _SENSITIVE_KEYS = frozenset({
@@ -108,13 +110,34 @@ def _timestamp(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, A
 _SHARED: list[Any] = [structlog.processors.add_log_level]
 
 
+_sink: LineSink | None = None
+
+
+def _off_the_loop(stream: TextIO) -> TextIO:
+    """An OS file (stderr, a pipe, journald's socket) can block its writer: its lines go through a LineSink.
+    An in-memory stream cannot, and is written directly."""
+    global _sink
+    if _sink is not None:
+        _sink.close()
+        _sink = None
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return stream
+    _sink = LineSink(stream, on_drop=lambda n: get("codexlb.log").warning(
+        "log lines dropped", count=n, reason="the log output took lines slower than they came"))
+    return _sink  # type: ignore[return-value]
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Send every log line, ours and libraries', to `stream` (stderr by default)."""
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
+    colors = fmt == "console" and stream.isatty()
+    stream = _off_the_loop(stream)
     renderers: list[Any] = (
-        [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+        [structlog.dev.ConsoleRenderer(colors=colors)]
         if fmt == "console"
         else [_lead_with_essentials, structlog.processors.JSONRenderer(serializer=_orjson_dumps)]
     )

@@ -1,0 +1,90 @@
+"""Log lines leave the event loop through a queue; one thread writes them to the OS, in batches.
+
+A write to stderr blocks when its reader is slow (journald under pressure, a full pipe to `tee`),
+and a blocked write on the loop stalls every request. Here the loop only queues the line: a slow
+sink delays log lines, never requests. Past `max_waiting` queued lines, new ones are dropped and
+counted, and the count is written as soon as the sink takes lines again.
+"""
+
+from __future__ import annotations
+
+import atexit
+import queue
+import threading
+from typing import Callable, TextIO
+
+_STOP = object()
+# Lines still queued at exit get this long to be written; a sink that takes none would hold exit forever.
+_EXIT_WAIT_S = 2.0
+
+
+class LineSink:
+    """A write-only text file for loggers (`write`, `flush`) whose writes never block the caller."""
+
+    def __init__(self, stream: TextIO, *, max_waiting: int = 10_000,
+                 on_drop: Callable[[int], None] | None = None) -> None:
+        """`on_drop(n)` runs on the writer thread once the sink took lines again after `n` were dropped;
+        what it logs is never dropped."""
+        self.stream = stream
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._max_waiting = max_waiting
+        self._on_drop = on_drop
+        self._dropped = 0
+        self._dropped_lock = threading.Lock()  # lines are logged from several threads
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="codexlb-log-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def write(self, text: str) -> int:
+        if self._closed:  # late lines (other exit handlers) are written as they come
+            self._write(text)
+        # A full queue drops lines, but not the writer thread's own (its drop reports).
+        elif self._queue.qsize() >= self._max_waiting and threading.get_ident() != self._thread.ident:
+            with self._dropped_lock:
+                self._dropped += 1
+        else:
+            self._queue.put(text)
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing to do: the writer thread flushes after each batch."""
+
+    def close(self, wait_s: float = _EXIT_WAIT_S) -> None:
+        """Write what is queued (waiting at most `wait_s`) and stop the thread."""
+        atexit.unregister(self.close)
+        if not self._closed:
+            self._queue.put(_STOP)
+            self._thread.join(wait_s)
+            self._closed = True
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # the sink is gone (closed pipe or file): nothing left to tell
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take(block=True)
+            stop = _STOP in batch
+            if stop:
+                batch.remove(_STOP)
+            self._write("".join(batch))  # type: ignore[arg-type]
+            with self._dropped_lock:
+                dropped, self._dropped = self._dropped, 0
+            if dropped and self._on_drop is not None:
+                self._on_drop(dropped)
+            if stop:  # the drop report and whatever else came in since, then done
+                self._write("".join(line for line in self._take(block=False) if line is not _STOP))  # type: ignore[misc]
+                return
+
+    def _take(self, *, block: bool) -> list[object]:
+        batch = [self._queue.get()] if block else []
+        try:
+            while len(batch) < 1024:
+                batch.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        return batch
