@@ -8,7 +8,8 @@ The "bare relay" is the ceiling for any aiohttp proxy on this machine: a process
 forwards bytes (no parsing, pool, failover, accounting or log) between the same client and sim.
 Throughput is measured in rounds that take direct, proxied and bare relay in turn, and each ratio
 is the median of its rounds' ratios: a shared machine's load drifts more between runs than within
-a round. "cpu/request" is the relaying process's own CPU time (user + system, Linux only).
+a round. "cpu/request" is each process's own CPU time (user + system, Linux only); "CPU-bound" is
+the ratio those costs allow when every core is busy: (client + sim) / (client + sim + relay).
 """
 
 from __future__ import annotations
@@ -165,28 +166,40 @@ async def main() -> None:
         assert bare.stdout is not None
         bare_url = f"http://127.0.0.1:{int(await asyncio.wait_for(bare.stdout.readline(), 30))}"
         print(f"streamed requests/s ({args.seconds:g} s per target in {args.rounds} rounds; median, [min-max])")
-        targets = {"direct": (direct, direct_headers, sim.pid), "proxied": (proxied, proxy_headers, proxy.pid),
+        targets = {"direct": (direct, direct_headers, None), "proxied": (proxied, proxy_headers, proxy.pid),
                    "bare": (f"{bare_url}/backend-api/codex/responses", proxy_headers, bare.pid)}
         try:
             for concurrency in (1, 32):
                 rates: dict[str, list[float]] = {name: [] for name in targets}
-                cpu: dict[str, list[float]] = {name: [] for name in targets}
+                # CPU µs per request of each process in a target's rounds: the relay's, the sim's, this client's.
+                cpu: dict[tuple[str, str], list[float]] = {}
                 for _ in range(args.rounds):
-                    for name, (url, headers, pid) in targets.items():
-                        before = cpu_s(pid)
+                    for name, (url, headers, relay_pid) in targets.items():
+                        pids = {"relay": relay_pid, "sim": sim.pid, "client": os.getpid()}
+                        before = {role: cpu_s(pid) for role, pid in pids.items() if pid is not None}
                         rate = await throughput(url, headers, concurrency, args.seconds / args.rounds)
                         rates[name].append(rate)
-                        cpu[name].append((cpu_s(pid) - before) / (rate * args.seconds / args.rounds) * 1e6)
+                        for role, was in before.items():
+                            used = cpu_s(pids[role]) - was  # type: ignore[arg-type]
+                            cpu.setdefault((name, role), []).append(used / (rate * args.seconds / args.rounds) * 1e6)
 
                 def ratio(name: str) -> str:
                     r = sorted(a / d for a, d in zip(rates[name], rates["direct"]))
                     return f"{statistics.median(r):4.2f} [{r[0]:.2f}-{r[-1]:.2f}]"
 
+                def us(name: str, role: str) -> float:
+                    return statistics.median(cpu[(name, role)])
+
                 print(f"  concurrency {concurrency:2d}: direct {statistics.median(rates['direct']):6.0f}/s  "
                       f"proxied {statistics.median(rates['proxied']):6.0f}/s  proxied/direct {ratio('proxied')}  "
                       f"(bare relay/direct {ratio('bare')})")
-                print(f"                  cpu/request: codexlb {statistics.median(cpu['proxied']):4.0f} µs  "
-                      f"bare relay {statistics.median(cpu['bare']):4.0f} µs  sim {statistics.median(cpu['direct']):4.0f} µs")
+                # With every core busy, requests/s follow the CPU all processes spend on one request.
+                others = us("direct", "client") + us("direct", "sim")
+                print(f"                  cpu/request: codexlb {us('proxied', 'relay'):4.0f} µs  bare relay "
+                      f"{us('bare', 'relay'):4.0f} µs  sim {us('direct', 'sim'):4.0f} µs  client "
+                      f"{us('direct', 'client'):4.0f} µs  -> CPU-bound proxied/direct "
+                      f"{others / (others + us('proxied', 'relay')):4.2f} (bare relay "
+                      f"{others / (others + us('bare', 'relay')):4.2f})")
         finally:
             bare.terminate()
             await bare.wait()
