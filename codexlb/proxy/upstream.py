@@ -205,8 +205,12 @@ def observe(up: Upstream, account: Account, outcome: Outcome, kind: str, data: A
 
 
 async def _read_error(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The error object of a failed answer. Its body is read to the end (up to a bound): one read may
+    hold only part of it, and a connection given back before the end is closed instead of reused."""
+    raw = bytearray()
     try:
-        raw = await response.content.read(_ERROR_BODY_LIMIT)
+        while len(raw) < _ERROR_BODY_LIMIT and (chunk := await response.content.readany()):
+            raw += chunk
         body = orjson.loads(raw)
     except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError):
         return {}

@@ -27,6 +27,20 @@ def _error(exc: SimError, extra_headers: dict[str, str] | None = None) -> web.Re
     return _json(exc.status, exc.http_body(), {**(extra_headers or {}), **exc.headers})
 
 
+async def _split_error(request: web.Request, exc: SimError, extra_headers: dict[str, str]) -> web.StreamResponse:
+    """The error with its body in two writes, `exc.split_s` apart: a reader must not take the first for all."""
+    body = orjson.dumps(exc.http_body())
+    response = web.StreamResponse(status=exc.status, headers={
+        **extra_headers, **exc.headers, "Content-Type": "application/json"})
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[:len(body) // 2])
+    await asyncio.sleep(exc.split_s)
+    await response.write(body[len(body) // 2:])
+    await response.write_eof()
+    return response
+
+
 class SseSink(Sink):
     def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
         self.request = request
@@ -73,17 +87,18 @@ class WsSink(Sink):
 async def responses_http(request: web.Request) -> web.StreamResponse:
     backend = request.app[BACKEND]
     account = None
+    peer = request.transport.get_extra_info("peername") if request.transport else None
     try:
         account = backend.authenticate(request.headers)
         payload = validate.parse_json(await request.read())
         items = validate.check_payload(payload, backend.models, http=True)
         turn_state = request.headers.get("x-codex-turn-state") or backend.new_turn_state()
         turn = backend.begin(payload, items, account, transport="http", turn_state=turn_state,
-                             metadata=turn_metadata(request.headers, payload), headers=request.headers)
+                             metadata=turn_metadata(request.headers, payload), headers=request.headers,
+                             peer=f"{peer[0]}:{peer[1]}" if peer else "")
     except SimError as exc:
-        return _error(exc, account.rate_limit_headers(time.time()) if account else None)
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    turn.record.peer = f"{peer[0]}:{peer[1]}" if peer else ""
+        limits = account.rate_limit_headers(time.time()) if account else {}
+        return await _split_error(request, exc, limits) if exc.split_s else _error(exc, limits)
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream",
         "Cache-Control": "no-cache",

@@ -217,7 +217,8 @@ class Backend:
             raise self._status_error(action.status, action.code, action.message, action.retry_after)
 
     def begin(self, payload: dict[str, Any], items: list[Any], account: SimAccount, *, transport: str,
-              turn_state: str, metadata: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Turn:
+              turn_state: str, metadata: Mapping[str, Any], headers: Mapping[str, str] | None = None,
+              peer: str = "") -> Turn:
         previous = payload.get("previous_response_id")
         generate = payload.get("generate", True) is not False
         kind = "prewarm" if not generate else str(metadata.get("request_kind") or "turn")
@@ -226,7 +227,7 @@ class Backend:
         record = Record(
             seq=self._seq, account_id=account.account_id, transport=transport, turn_state=turn_state, kind=kind,
             previous_response_id=previous, n_input=len(items), input_bytes=sum(sizes) + len(items) + 1,
-            generate=generate, headers={k.lower(): v for k, v in (headers or {}).items()},
+            generate=generate, headers={k.lower(): v for k, v in (headers or {}).items()}, peer=peer,
         )
         self.records.append(record)
         plan = self.faults.plan(RequestInfo(account.account_id, transport, previous is not None, kind,
@@ -236,6 +237,7 @@ class Backend:
             return self._answer(payload, items, sizes, account, turn_state, plan, record)
         except SimError as exc:
             record.outcome, record.status, record.error_code = "error", exc.status, exc.code
+            exc.split_s = plan.end_s
             raise
 
     def _answer(self, payload: dict[str, Any], items: list[Any], sizes: list[int], account: SimAccount,

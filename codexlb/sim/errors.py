@@ -15,6 +15,8 @@ class SimError(Exception):
         self.status = status
         self.error = error_body(message, type or type_for_status(status), code, param, extra)["error"]
         self.headers = headers or {}
+        # HTTP only: how long after the first half of the body its second half comes (a `delay` fault's end_ms).
+        self.split_s = 0.0
 
     @property
     def code(self) -> str | None:

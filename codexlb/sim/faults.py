@@ -22,7 +22,8 @@ ACTIONS = (
     "close_after_response",  # complete the response, then drop the connection (between turns)
     "drop_state",            # forget the backend state first: a genuine previous_response_not_found
     "delay",                 # wait `first_byte_ms` before the first event, `between_events_ms` between events,
-                             # `end_ms` between the last event and the end of the body (HTTP)
+                             # `end_ms` between the last event and the end of the body (HTTP; for an error
+                             # answer, between the two halves of its body)
 )
 TRANSPORTS = ("http", "ws")
 # The request kind of a WebSocket upgrade: `status` refuses it with that HTTP status, `delay` holds it.

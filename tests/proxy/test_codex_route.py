@@ -102,6 +102,19 @@ async def test_upstream_connection_is_reused_when_the_body_ends_after_the_termin
     assert len(proxy.sim.backend.records) == 4 and len(peers) == 1, peers
 
 
+async def test_an_upstream_error_body_is_read_whole_and_its_connection_reused(proxy, http):
+    # The 429's body comes in two writes 30 ms apart: read as one, it would lose the code that marks
+    # the account out of quota, and a connection given back before the body's end is closed.
+    await add_fault(http, proxy.sim, action="status", status=429, code="usage_limit_reached")
+    await add_fault(http, proxy.sim, action="delay", end_ms=30)
+    resp, events = await post(http, proxy, body(user("hi")))
+    assert resp.status == 200 and events[-1]["type"] == "response.completed"
+    refused, served = proxy.sim.backend.records
+    assert refused.status == 429 and served.outcome == "completed"
+    assert proxy.roster.by_id(refused.account_id).status is Status.QUOTA_EXCEEDED
+    assert refused.peer == served.peer
+
+
 async def test_failure_after_the_first_byte_ends_with_response_failed(proxy, http):
     # Events spaced as a real backend spaces them, so the first ones are read before the cut.
     await add_fault(http, proxy.sim, action="delay", between_events_ms=20, times=None)
