@@ -6,6 +6,7 @@ import io
 import json
 import os
 import threading
+from typing import Callable
 
 from codexlb import log
 from codexlb.logsink import LineSink
@@ -13,69 +14,56 @@ from codexlb.logsink import LineSink
 LINE = "x" * 1000 + "\n"
 
 
-def _reader(fd: int, into: bytearray, started: threading.Event) -> threading.Thread:
-    def run() -> None:
-        started.wait()
+class StalledPipe:
+    """A pipe (64 KiB) nobody reads until the logging into it has returned, as it must: a direct write of
+    more than the pipe holds would block there."""
+
+    def __init__(self) -> None:
+        read_fd, write_fd = os.pipe()
+        self.out = os.fdopen(write_fd, "w")
+        self._received, self._reading = bytearray(), threading.Event()
+        self._reader = threading.Thread(target=self._read, args=(read_fd,), daemon=True)  # a failed test must not hang
+        self._reader.start()
+
+    def _read(self, fd: int) -> None:
+        self._reading.wait()
         with os.fdopen(fd, "rb") as pipe:
             while chunk := pipe.read(65536):
-                into.extend(chunk)
+                self._received.extend(chunk)
 
-    thread = threading.Thread(target=run, daemon=True)  # a failed test must not hang on it
-    thread.start()
-    return thread
+    def read_after(self, log_lines: Callable[[], None], close_sink: Callable[[], None]) -> list[str]:
+        """Run `log_lines` while the pipe is not read, then read it, close the sink, and return what came out."""
+        logged = threading.Event()
+        threading.Thread(target=lambda: (log_lines(), logged.set()), daemon=True).start()
+        try:
+            assert logged.wait(10), "logging blocked on a stalled reader"
+        finally:
+            self._reading.set()
+            close_sink()  # what the sink still holds is written
+        self.out.close()
+        self._reader.join(10)
+        return self._received.decode().splitlines()
 
 
 def test_logging_into_a_stalled_pipe_returns_and_every_line_is_written_or_counted():
-    read_fd, write_fd = os.pipe()
-    out = os.fdopen(write_fd, "w")
-    drops: list[int] = []
-    sink = LineSink(out, max_waiting=100, on_drop=drops.append)
-    received, reading = bytearray(), threading.Event()
-    reader = _reader(read_fd, received, reading)
-    logged = threading.Event()
-
-    def log_many() -> None:
-        for _ in range(2000):
-            sink.write(LINE)  # 2 MB into a 64 KiB pipe nobody reads yet: a direct write would block here
-        logged.set()
-
-    threading.Thread(target=log_many, daemon=True).start()
-    try:
-        assert logged.wait(10), "logging blocked on a stalled reader"
-    finally:
-        reading.set()
-    sink.close(wait_s=10)
-    out.close()
-    reader.join(10)
-    lines = received.decode().splitlines()
+    pipe, drops = StalledPipe(), []
+    sink = LineSink(pipe.out, max_waiting=100, on_drop=drops.append)
+    lines = pipe.read_after(lambda: [sink.write(LINE) for _ in range(2000)], lambda: sink.close(wait_s=10))
     assert set(lines) == {LINE.strip()}
     assert sum(drops) > 0
     assert len(lines) + sum(drops) == 2000
 
 
 def test_the_drop_is_reported_in_the_log_itself():
-    read_fd, write_fd = os.pipe()
-    out = os.fdopen(write_fd, "w")
-    received, reading = bytearray(), threading.Event()
-    reader = _reader(read_fd, received, reading)
-    log.configure("info", "json", out)
-    logged = threading.Event()
+    pipe = StalledPipe()
+    log.configure("info", "json", pipe.out)
 
     def log_many() -> None:
         logger = log.get("codexlb.test")
         for i in range(12_000):  # more than the sink holds while the pipe is not read
             logger.info("filler", i=i, pad=LINE)
-        logged.set()
 
-    threading.Thread(target=log_many, daemon=True).start()
-    try:
-        assert logged.wait(10), "logging blocked on a stalled reader"
-    finally:
-        reading.set()
-        log.configure("info", "json", io.StringIO())  # closes the sink: what it holds is written
-    out.close()
-    reader.join(10)
-    records = [json.loads(line) for line in received.decode().splitlines()]
+    records = [json.loads(line) for line in pipe.read_after(log_many, lambda: log.configure("info", "json", io.StringIO()))]
     fillers = sum(1 for r in records if r["event"] == "filler")
     reports = [r for r in records if r["event"] == "log lines dropped"]
     assert reports and reports[-1]["level"] == "warning"
