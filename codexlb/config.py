@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from codexlb.pool.selection import STRATEGIES
+from codexlb.upstream.proxy import check_setting as check_proxy_setting
 
 ENV_PREFIX = "CODEXLB_"
 CONFIG_ENV = "CODEXLB_CONFIG"
@@ -92,6 +93,11 @@ class Settings:
     auth_base_url: str = setting(
         "https://auth.openai.com", "Base URL of the OAuth server used for login and token refresh.",
         check=_check_url, metavar="URL",
+    )
+    upstream_proxy: str = setting(
+        "", "HTTP(S) proxy for calls to upstream and the OAuth server: empty follows HTTPS_PROXY / HTTP_PROXY / "
+        "ALL_PROXY and NO_PROXY (never for this machine); a URL (user:password@ allowed) is used for every call; "
+        "'direct' ignores the environment.", check=check_proxy_setting, metavar="URL",
     )
     log_level: str = setting("info", "Lowest level that is logged.", choices=("debug", "info", "warning", "error"))
     log_format: str = setting(

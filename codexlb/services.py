@@ -22,7 +22,7 @@ from codexlb.pool.roster import Roster
 from codexlb.pool.usage_poller import UsagePoller
 from codexlb import log
 from codexlb.store import DatabaseError, Store
-from codexlb.upstream.session import make_session
+from codexlb.upstream.session import make_session, upstream_via
 
 _log = log.get("codexlb.services")
 SETTINGS = web.AppKey("settings", Settings)
@@ -82,8 +82,16 @@ async def keep_request_log(store: Store, settings: Settings, interval_s: float =
 async def services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     ensure_data_dir(settings)
+    try:
+        via = upstream_via(settings)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    if via.ignored:
+        _log.warning("proxy from the environment not used; upstream calls go direct", reason=via.ignored)
+    if via.proxy is not None:
+        _log.info("upstream calls go through a proxy", proxy=str(via.proxy), source=via.source)
     store = await Store.open(settings.data_dir, settings.secret_key_file)
-    http = make_session()
+    http = make_session(via)
     try:
         keys = await KeyRing.load(store)
         check_exposure(settings, keys)

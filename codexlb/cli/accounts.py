@@ -16,7 +16,6 @@ import webbrowser
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-import aiohttp
 import orjson
 
 from codexlb.api.accounts import account_view
@@ -27,6 +26,7 @@ from codexlb.cli.target import AdminClient, open_store, running_server, with_tar
 from codexlb.config import Settings
 from codexlb.pool.roster import Roster, RosterError
 from codexlb.store import Store
+from codexlb.upstream.session import make_session, upstream_via
 
 _EPILOG = """\
 examples:
@@ -187,7 +187,11 @@ def _stdin_lines() -> AsyncIterator[str]:
 
 async def _login(target: Target, args: argparse.Namespace) -> int:
     settings = load_settings(args).settings
-    async with aiohttp.ClientSession() as http:
+    try:
+        via = upstream_via(settings)
+    except ValueError as exc:
+        raise CliError(str(exc), exit_code=2) from None
+    async with make_session(via) as http:
         try:
             if args.device:
                 tokens = await oauth.login_device(

@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
+import warnings
+
 import aiohttp
 
 from codexlb import __version__
+from codexlb.config import Settings
 from codexlb.pool.account import Account
+from codexlb.upstream.proxy import Via, choose
 
 USER_AGENT = f"codexlb/{__version__}"
 
 
-def make_session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300),
-        # Per-call timeouts are set where the call is made; this only stops a connect from hanging.
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=15),
-        headers={"User-Agent": USER_AGENT},
-        auto_decompress=True,
-    )
+def upstream_via(settings: Settings) -> Via:
+    """How this process reaches upstream and the OAuth server (ValueError: the environment is ambiguous)."""
+    return choose(settings.upstream_proxy, (settings.upstream_base_url, settings.auth_base_url))
+
+
+def make_session(via: Via = Via()) -> aiohttp.ClientSession:
+    """The session, through `via`'s proxy if it names one."""
+    with warnings.catch_warnings():
+        # aiohttp 3.14 deprecates a session-wide proxy_auth for a Proxy-Authorization header on every call;
+        # one session-wide setting is what a proxy for all of upstream needs, and it works on 3.12 to 3.14.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        proxy_auth = aiohttp.BasicAuth(via.user, via.password) if via.user else None
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300),
+            # Per-call timeouts are set where the call is made; this only stops a connect from hanging.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=15),
+            headers={"User-Agent": USER_AGENT},
+            auto_decompress=True,
+            proxy=via.proxy,
+            proxy_auth=proxy_auth,
+        )
 
 
 def account_headers(account: Account) -> dict[str, str]:
