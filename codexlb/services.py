@@ -91,7 +91,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     if via.proxy is not None:
         _log.info("upstream calls go through a proxy", proxy=str(via.proxy), source=via.source)
     store = await Store.open(settings.data_dir, settings.secret_key_file)
-    http = make_session(via)
+    http = make_session(via, settings.upstream_connect_timeout_s)
     try:
         keys = await KeyRing.load(store)
         check_exposure(settings, keys)

@@ -41,14 +41,14 @@ def _collect(pairs: Any) -> dict[str, Window]:
     return {name: window for name, window in pairs if window is not None}
 
 
+_HEADER_FIELDS = tuple((name, tuple(f"x-codex-{name}-{field}" for field in (
+    "used-percent", "window-minutes", "reset-at", "reset-after-seconds"))) for name in ("primary", "secondary"))
+
+
 def windows_from_headers(headers: Mapping[str, str], now: float) -> dict[str, Window]:
-    """`x-codex-{primary,secondary}-*` response headers."""
-    return _collect(
-        (name, _window(headers.get(f"x-codex-{name}-used-percent"), headers.get(f"x-codex-{name}-window-minutes"),
-                       headers.get(f"x-codex-{name}-reset-at"), headers.get(f"x-codex-{name}-reset-after-seconds"),
-                       now))
-        for name in ("primary", "secondary")
-    )
+    """`x-codex-{primary,secondary}-{used-percent,window-minutes,reset-at,reset-after-seconds}` response headers
+    (every answer carries them)."""
+    return _collect((name, _window(*map(headers.get, fields), now)) for name, fields in _HEADER_FIELDS)
 
 
 def windows_from_usage(body: Any, now: float) -> dict[str, Window]:

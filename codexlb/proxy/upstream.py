@@ -234,10 +234,10 @@ async def _attempt(up: Upstream, account: Account, slot: Slot, body: bytes, clie
         headers = upstream_request_headers(client_headers, account_headers(account))
         headers["Content-Type"] = "application/json"
         headers["Accept"] = "text/event-stream"
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.upstream_connect_timeout_s)
         first_event_s = max(0.01, min(settings.upstream_first_event_timeout_s, deadline - time.monotonic()))
         async with asyncio.timeout(first_event_s):
-            response = await up.http.post(up.responses_url, data=body, headers=headers, timeout=timeout)
+            # The session bounds the connect (upstream_connect_timeout_s); the first event, this block.
+            response = await up.http.post(up.responses_url, data=body, headers=headers)
             now = time.time()
             up.roster.note_windows(account, windows_from_headers(response.headers, now), now)
             if response.status != 200:

@@ -19,7 +19,7 @@ def upstream_via(settings: Settings) -> Via:
     return choose(settings.upstream_proxy, (settings.upstream_base_url, settings.auth_base_url))
 
 
-def make_session(via: Via = Via()) -> aiohttp.ClientSession:
+def make_session(via: Via = Via(), connect_timeout_s: float = 15.0) -> aiohttp.ClientSession:
     """The session, through `via`'s proxy if it names one."""
     with warnings.catch_warnings():
         # aiohttp 3.14 deprecates a session-wide proxy_auth for a Proxy-Authorization header on every call;
@@ -28,8 +28,9 @@ def make_session(via: Via = Via()) -> aiohttp.ClientSession:
         proxy_auth = aiohttp.BasicAuth(via.user, via.password) if via.user else None
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300),
-            # Per-call timeouts are set where the call is made; this only stops a connect from hanging.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=15),
+            # Longer bounds are set where a call is made (or it has none: a stream runs as long as it runs);
+            # this one stops a connect from hanging.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s),
             headers={"User-Agent": USER_AGENT},
             auto_decompress=True,
             proxy=via.proxy,
