@@ -129,6 +129,12 @@ def _off_the_loop(stream: TextIO) -> TextIO:
     return _sink  # type: ignore[return-value]
 
 
+def flush(wait_s: float = 2.0) -> None:
+    """Wait (at most `wait_s`) until every line logged so far is out of the process."""
+    if _sink is not None:
+        _sink.drain(wait_s)
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Send every log line, ours and libraries', to `stream` (stderr by default)."""
     stream = stream or sys.stderr

@@ -48,7 +48,15 @@ class LineSink:
         return len(text)
 
     def flush(self) -> None:
-        """Nothing to do: the writer thread flushes after each batch."""
+        """Nothing to do: the writer thread flushes after each batch (see `drain` to wait for it)."""
+
+    def drain(self, wait_s: float = _EXIT_WAIT_S) -> bool:
+        """Wait (at most `wait_s`) until every line queued so far is written; False if it was not."""
+        if self._closed:
+            return True
+        written = threading.Event()
+        self._queue.put(written)
+        return written.wait(wait_s)
 
     def close(self, wait_s: float = _EXIT_WAIT_S) -> None:
         """Write what is queued (waiting at most `wait_s`) and stop the thread."""
@@ -69,16 +77,21 @@ class LineSink:
         while True:
             batch = self._take(block=True)
             stop = _STOP in batch
-            if stop:
-                batch.remove(_STOP)
-            self._write("".join(batch))  # type: ignore[arg-type]
+            self._write_batch(batch)
             with self._dropped_lock:
                 dropped, self._dropped = self._dropped, 0
             if dropped and self._on_drop is not None:
                 self._on_drop(dropped)
             if stop:  # the drop report and whatever else came in since, then done
-                self._write("".join(line for line in self._take(block=False) if line is not _STOP))  # type: ignore[misc]
+                self._write_batch(self._take(block=False))
                 return
+
+    def _write_batch(self, batch: list[object]) -> None:
+        """Lines are written; a `drain` waiting on this batch (its Event) is told."""
+        self._write("".join(item for item in batch if isinstance(item, str)))
+        for item in batch:
+            if isinstance(item, threading.Event):
+                item.set()
 
     def _take(self, *, block: bool) -> list[object]:
         batch = [self._queue.get()] if block else []

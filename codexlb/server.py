@@ -88,24 +88,28 @@ async def serve(
     finally:
         for sig, handler in previous.items():
             loop.remove_signal_handler(sig)
-            signal.signal(sig, handler)
+            # Under run_until_stopped what is left is teardown: a late signal may not break into it.
+            signal.signal(sig, signal.SIG_IGN if handler is _exit_quietly else handler)
     _log.info("stopped")
 
 
 def run_until_stopped(main: Coroutine[Any, Any, None]) -> int:
-    """Run a `serve`-based coroutine as a command: the process's exit code.
+    """Run a `serve`-based coroutine as a command, the last thing its process does: its exit code.
 
-    Between the loop's signal handlers and the process's exit, a late stop signal
-    (a forwarded copy, or systemd's) must not kill a process that drained cleanly.
+    A stop signal before `serve` listens ends the process quietly. After `serve` has stopped, a late one
+    (a forwarded copy, or systemd's) must not break the teardown or kill a process that drained cleanly:
+    from then on stop signals are ignored until the process is gone.
     """
-    previous = {sig: signal.signal(sig, _exit_quietly) for sig in SIGNALS}
+    for sig in SIGNALS:
+        signal.signal(sig, _exit_quietly)
     try:
         asyncio.run(main)
     except asyncio.CancelledError:
         return 1
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        log.flush()  # the last lines ("stopped") are out before the exit code is
     return 0
 
 
