@@ -68,3 +68,21 @@ def test_the_drop_is_reported_in_the_log_itself():
     reports = [r for r in records if r["event"] == "log lines dropped"]
     assert reports and reports[-1]["level"] == "warning"
     assert fillers + sum(r["count"] for r in reports) == 12_000
+
+
+def test_drain_returns_once_the_lines_so_far_are_written():
+    pipe, drained = StalledPipe(), []
+    sink = LineSink(pipe.out)
+
+    def log_and_drain() -> None:
+        for _ in range(200):
+            sink.write(LINE)
+        drained.append(sink.drain(0.05))  # the pipe is not read: they cannot all be out
+
+    def drain_and_close() -> None:
+        drained.append(sink.drain(10))
+        sink.close()
+
+    lines = pipe.read_after(log_and_drain, drain_and_close)
+    assert drained == [False, True]
+    assert len(lines) == 200
