@@ -15,7 +15,8 @@ from codexlb.client_auth import API_KEY
 
 _log = log.get("codexlb.request")
 REQUEST_ID = web.RequestKey("request_id", str)
-PREPARED = web.RequestKey("response_prepared", bool)
+# The status of a response whose headers are out (streams and WebSocket upgrades send them early).
+PREPARED = web.RequestKey("response_prepared", int)
 _CLIENT_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # nginx's code for "client closed the connection before we answered".
 CLIENT_CLOSED = 499
@@ -36,7 +37,8 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         status = response.status
         return response
     except asyncio.CancelledError:
-        status = CLIENT_CLOSED
+        # A WebSocket's answer is its upgrade: a client that later drops the connection just ends the session.
+        status = 101 if request.get(PREPARED) == 101 else CLIENT_CLOSED
         raise
     finally:
         _log.info(
@@ -77,7 +79,7 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
     """Streamed responses send headers early: set the request id here, and note that headers are out."""
-    request[PREPARED] = True
+    request[PREPARED] = response.status
     rid = request.get(REQUEST_ID)
     if rid:
         response.headers["x-request-id"] = rid

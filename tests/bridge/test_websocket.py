@@ -4,10 +4,14 @@ handshake, and recovery when the upstream socket is lost (the seed's scenarios).
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import socket
 
 import aiohttp
 import pytest
 
+from codexlb import log
 from codexlb.bridge.http import SESSIONS
 from codexlb.pool.selection import make_strategy
 from codexlb.proxy.upstream import UPSTREAM
@@ -71,6 +75,23 @@ async def test_frames_are_relayed_and_the_turn_state_comes_back(proxy, http):
     assert len({r["account_id"] for r in records}) == 1
     gates = await settled(proxy)
     assert gates["inflight"]["admitted"] == 1
+
+
+async def test_a_client_that_drops_its_connection_is_logged_as_an_upgrade_not_a_failure(proxy, http):
+    # `codex exec` ends its WebSocket by exiting: no close frame, the TCP connection just goes.
+    stream = io.StringIO()
+    log.configure("info", "json", stream)
+    try:
+        ws = await connect(http, proxy)
+        assert terminal(await ws_turn(ws, body(user("hi"))))["type"] == "response.completed"
+        ws.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+        async with asyncio.timeout(5):
+            while not (lines := [json.loads(line) for line in stream.getvalue().splitlines()
+                                 if '"event":"request"' in line]):
+                await asyncio.sleep(0.01)
+    finally:
+        log.configure("info", "json", io.StringIO())
+    assert [(line["path"], line["status"]) for line in lines] == [("/backend-api/codex/responses", 101)]
 
 
 async def test_socket_closed_between_turns_is_reconnected_unseen(proxy, http):
