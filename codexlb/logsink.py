@@ -37,8 +37,11 @@ class LineSink:
         atexit.register(self.close)
 
     def write(self, text: str) -> int:
-        if self._closed:  # late lines (other exit handlers) are written as they come
-            self._write(text)
+        if self._closed:
+            # Late lines (other exit handlers) are written as they come, unless the writer thread is still
+            # stuck on a sink that takes nothing: then they would hang the exit too, and are dropped.
+            if not self._thread.is_alive():
+                self._write(text)
         # A full queue drops lines, but not the writer thread's own (its drop reports).
         elif self._queue.qsize() >= self._max_waiting and threading.get_ident() != self._thread.ident:
             with self._dropped_lock:

@@ -86,3 +86,17 @@ def test_drain_returns_once_the_lines_so_far_are_written():
     lines = pipe.read_after(log_and_drain, drain_and_close)
     assert drained == [False, True]
     assert len(lines) == 200
+
+
+def test_a_sink_that_takes_nothing_cannot_hold_the_exit():
+    pipe = StalledPipe()
+    sink = LineSink(pipe.out)
+
+    def log_then_exit() -> None:
+        for _ in range(200):
+            sink.write(LINE)  # more than the pipe holds: the writer thread is stuck in its write
+        sink.close(wait_s=0.05)  # what exit does, bounded
+        sink.write("late\n")  # an exit handler's line: dropped, not written on this thread
+
+    lines = pipe.read_after(log_then_exit, lambda: None)
+    assert "late" not in lines and lines
