@@ -22,7 +22,7 @@ _SCHEMES = ("http", "https")
 
 @dataclass(frozen=True, slots=True)
 class Via:
-    """The proxy upstream calls go through (None: direct), its credentials, and where that was decided."""
+    """The proxy upstream calls go through (None: direct), its credentials, and which setting named it."""
 
     proxy: URL | None = None
     user: str | None = None
@@ -60,7 +60,7 @@ def _from_environment(target: str) -> Via:
     host = url.host or ""
     proxies = urllib.request.getproxies_environment()
     if is_loopback_host(host) or urllib.request.proxy_bypass_environment(host, proxies):
-        return Via(source="NO_PROXY" if proxies.get("no") and not is_loopback_host(host) else "")
+        return Via()
     for name in (url.scheme, "all"):
         value = proxies.get(name)
         if value:
@@ -76,7 +76,7 @@ def choose(setting: str, targets: Sequence[str]) -> Via:
     """The one way to reach all of `targets` (upstream and auth base URLs). ValueError when the
     environment sends them different ways: one session has one proxy."""
     if setting == DIRECT:
-        return Via(source="upstream_proxy")
+        return Via()
     if setting:
         return _via(proxy_url(setting), "upstream_proxy")
     ways = [_from_environment(target) for target in targets]
