@@ -10,6 +10,7 @@ from codexlb import __version__
 from codexlb.config import Settings
 from codexlb.pool.account import Account
 from codexlb.upstream.proxy import Via, choose
+from codexlb.upstream.tls import client_context
 
 USER_AGENT = f"codexlb/{__version__}"
 
@@ -27,7 +28,7 @@ def make_session(via: Via = Via(), connect_timeout_s: float = 15.0) -> aiohttp.C
         warnings.simplefilter("ignore", DeprecationWarning)
         proxy_auth = aiohttp.BasicAuth(via.user, via.password) if via.user else None
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300, ssl=client_context()),
             # Longer bounds are set where a call is made (or it has none: a stream runs as long as it runs);
             # this one stops a connect from hanging.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s),
