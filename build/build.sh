@@ -31,4 +31,7 @@ if [[ ! -x "$out" ]]; then
     exit 1
 fi
 echo "built $out ($(du -h "$out" | cut -f1), $(stat -c %s "$out") bytes) in ${elapsed}s"
+# What it bundles was linked against this machine's C library: older ones cannot load it.
+glibc="$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')"
+echo "runs on Linux $(uname -m) with glibc ${glibc:-of this machine} or newer"
 echo "warnings about missing modules, if any: build/work/codexlb/warn-codexlb.txt"
