@@ -191,7 +191,7 @@ async def _login(target: Target, args: argparse.Namespace) -> int:
         via = upstream_via(settings)
     except ValueError as exc:
         raise CliError(str(exc), exit_code=2) from None
-    async with make_session(via) as http:
+    async with make_session(via, settings.upstream_connect_timeout_s) as http:
         try:
             if args.device:
                 tokens = await oauth.login_device(
