@@ -4,8 +4,8 @@
 #   PYTHON=/path/to/venv/bin/python build/build.sh
 #
 # PYTHON must have codexlb's dependencies and PyInstaller installed
-# (pip install -e '.[dev]'). The binary runs on Linux systems with the same or
-# a newer glibc than the build machine's.
+# (pip install -e '.[dev]'). The binary runs on Linux systems whose glibc is as
+# new as the one it prints (at most the build machine's).
 set -euo pipefail
 
 ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,7 +31,7 @@ if [[ ! -x "$out" ]]; then
     exit 1
 fi
 echo "built $out ($(du -h "$out" | cut -f1), $(stat -c %s "$out") bytes) in ${elapsed}s"
-# What it bundles was linked against this machine's C library: older ones cannot load it.
-glibc="$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')"
-echo "runs on Linux $(uname -m) with glibc ${glibc:-of this machine} or newer"
+# What it bundles was linked against this machine's C library and asks for its newer symbols.
+glibc="$("$PY" build/glibc_needed.py "$out" 2>/dev/null || getconf GNU_LIBC_VERSION | awk '{print $2}')"
+echo "runs on Linux $(uname -m) with glibc $glibc or newer"
 echo "warnings about missing modules, if any: build/work/codexlb/warn-codexlb.txt"
