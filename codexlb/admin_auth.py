@@ -4,7 +4,7 @@
 |---|---|---|
 | this machine, with the local admin token (`<data-dir>/admin.token`, the CLI) | yes | yes |
 | this machine, nothing else | yes | no: 401 `admin_login_required` |
-| another machine | no: 403 `admin_forbidden` | with a session from `POST /api/login` |
+| another machine, or any caller through a reverse proxy (`Forwarded`, `X-Forwarded-For`, ...) | no: 403 `admin_forbidden` | with a session from `POST /api/login` |
 
 A session is a random cookie (HttpOnly, SameSite=Strict, Secure over TLS), kept in memory for
 `SESSION_TTL_S`. Against cross-site request forgery: a state-changing call (POST, PUT, PATCH, DELETE)
@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from codexlb.errors import APIError
-from codexlb.loopback import is_loopback_remote
+from codexlb.loopback import forwarded, is_local_request
 
 SESSION_COOKIE = "codexlb_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -88,7 +88,7 @@ class AdminAuth:
 
     def check(self, request: web.Request) -> None:
         """Raise the APIError a caller who is not the operator gets (see the module table)."""
-        local = is_loopback_remote(request.remote)
+        local = is_local_request(request.remote, request.headers)
         if local and hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {self.local_token}"):
             return  # the CLI: a browser cannot send a token it cannot read, so no CSRF check
         changing = request.method in _STATE_CHANGING
@@ -102,8 +102,10 @@ class AdminAuth:
         if self.password_hash is not None:
             raise APIError(401, "Log in first: POST /api/login with the admin password.", code="admin_login_required")
         if not local:
+            via = forwarded(request.headers)
             raise APIError(403, "The admin API answers this machine only until an admin password is set "
-                           "(`codexlb admin set-password`).", code="admin_forbidden")
+                           "(`codexlb admin set-password`)" + (f"; this request came through a proxy ({via})"
+                                                                 if via else "") + ".", code="admin_forbidden")
 
     async def login(self, request: web.Request, password: str) -> tuple[str, str]:
         """A new session's cookie and CSRF token; raises 401, or 429 when the address failed too often."""

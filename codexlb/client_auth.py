@@ -1,7 +1,9 @@
 """Who may use the proxy routes: a client with a valid API key, or, while no key exists, a client on this machine.
 
-Only the proxy routes are guarded here. Health checks stay open (probes carry no key), and the admin API
-(`/api/accounts`, `/api/keys`) has its own rule, loopback only (`codexlb.api.admin.require_admin`).
+Only the proxy routes are guarded here. A request that a reverse proxy on this machine forwarded is not this
+machine's, though it comes from loopback (`codexlb.loopback.is_local_request`). Health checks stay open (probes
+carry no key), and the admin API (`/api/accounts`, `/api/keys`) has its own rule, this machine only
+(`codexlb.api.admin.require_admin`).
 This runs on every proxied request, so it does no I/O: one hash and one dict lookup (`KeyRing.verify`).
 """
 
@@ -12,7 +14,7 @@ from aiohttp.typedefs import Handler
 
 from codexlb.errors import APIError
 from codexlb.keys import KeyRecord
-from codexlb.loopback import is_loopback_remote
+from codexlb.loopback import forwarded, is_local_request
 from codexlb.services import KEYS, SETTINGS
 
 PROXY_PREFIXES = ("/backend-api/", "/v1/", "/api/codex/")
@@ -36,9 +38,11 @@ async def client_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     ring = request.app[KEYS]
     if not ring.has_keys:
         # No key exists: this machine only, unless the operator chose to serve everyone.
-        if is_loopback_remote(request.remote) or request.app[SETTINGS].allow_unauthenticated:
+        if is_local_request(request.remote, request.headers) or request.app[SETTINGS].allow_unauthenticated:
             return await handler(request)
-        raise APIError(401, "This codexlb has no API keys, so it serves clients on its own machine only. "
+        via = forwarded(request.headers)
+        raise APIError(401, "This codexlb has no API keys, so it serves clients on its own machine only"
+                       + (f", and this request came through a proxy ({via})" if via else "") + ". "
                        "Create a key on the server with `codexlb keys create` and send it: " + _HOW,
                        code="invalid_api_key")
     presented = _presented(request)

@@ -56,6 +56,16 @@ async def test_without_a_password_this_machine_only(client):
         401, "invalid_password")
 
 
+async def test_without_a_password_a_local_reverse_proxy_is_not_this_machine(client, settings):
+    forwarded = {"X-Forwarded-For": "203.0.113.7"}
+    status, error = await code(await client.get("/api/accounts", headers=forwarded))
+    assert (status, error) == (403, "admin_forbidden")
+    # Not even with the CLI's token: a proxy in front makes a request someone else's.
+    token = (settings.data_dir / TOKEN_FILE).read_text()
+    resp = await client.get("/api/accounts", headers={**forwarded, "Authorization": f"Bearer {token}"})
+    assert await code(resp) == (403, "admin_forbidden")
+
+
 @pytest.mark.parametrize("headers", [{"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}])
 async def test_cross_site_state_changes_are_refused(client, headers):
     resp = await client.post("/api/keys", json={"name": "x"}, headers=headers)

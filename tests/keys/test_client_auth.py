@@ -36,6 +36,17 @@ async def test_no_keys_refuses_remote_clients(client, path):
     assert "no API keys" in body["error"]["message"] and "codexlb keys create" in body["error"]["message"]
 
 
+@pytest.mark.parametrize("header", [{"X-Forwarded-For": "203.0.113.7"}, {"Forwarded": "for=203.0.113.7"},
+                                    {"X-Real-IP": "203.0.113.7"}, {"CF-Connecting-IP": "203.0.113.7"}])
+async def test_no_keys_refuses_clients_a_local_reverse_proxy_forwards(client, header):
+    # nginx, Caddy or cloudflared on this machine connect from 127.0.0.1 on behalf of anyone.
+    resp = await client.get("/v1/__whoami", headers=header)
+    assert resp.status == 401
+    body = await resp.json()
+    refused(body)
+    assert f"came through a proxy ({next(iter(header))})" in body["error"]["message"]
+
+
 async def test_allow_unauthenticated_serves_remote_clients_while_no_key_exists(aiohttp_client, settings):
     app = keyed_app(dataclasses.replace(settings, allow_unauthenticated=True))
     client = await aiohttp_client(app)

@@ -10,6 +10,7 @@ import pytest
 
 from codexlb.pool.account import Status
 from codexlb.proxy.upstream import UPSTREAM
+from codexlb.services import KEYS
 from tests.proxy.conftest import start_proxy
 from tests.simclient import add_fault, body, parse_sse, user
 
@@ -39,15 +40,17 @@ async def test_stream_is_relayed_whole(proxy, http):
 
 
 async def test_client_credentials_and_forwarding_headers_do_not_cross(proxy, http):
+    # Through a reverse proxy (X-Forwarded-For), so with a key of ours; the other Bearer is someone else's.
+    key, _ = await proxy.app[KEYS].create("behind-nginx")
     await post(http, proxy, body(user("hi")), headers={
-        "Authorization": "Bearer sk-client-secret", "Cookie": "session=1", "X-Forwarded-For": "1.2.3.4",
-        "session_id": "sess-1", "originator": "codex_exec", "x-codex-turn-metadata": '{"turn_id":"t1"}',
-        "chatgpt-account-id": "acct-evil"})
+        "x-api-key": key, "Authorization": "Bearer sk-client-secret", "Cookie": "session=1",
+        "X-Forwarded-For": "1.2.3.4", "session_id": "sess-1", "originator": "codex_exec",
+        "x-codex-turn-metadata": '{"turn_id":"t1"}', "chatgpt-account-id": "acct-evil"})
     headers = proxy.sim.backend.records[-1].headers
     account = proxy.sim.backend.accounts
     assert headers["authorization"] in {f"Bearer {a.access_token}" for a in account}
     assert headers["chatgpt-account-id"] in {a.account_id for a in account}
-    for dropped in ("cookie", "x-forwarded-for"):
+    for dropped in ("cookie", "x-forwarded-for", "x-api-key"):
         assert dropped not in headers
     assert headers["session_id"] == "sess-1" and headers["originator"] == "codex_exec"
     assert headers["x-codex-turn-metadata"] == '{"turn_id":"t1"}'
