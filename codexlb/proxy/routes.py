@@ -7,6 +7,7 @@ import functools
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -14,12 +15,14 @@ from codexlb.bridge import http as bridge
 from codexlb.client_auth import API_KEY
 from codexlb.errors import APIError
 from codexlb.pool.account import Status
+from codexlb.pool.pool import Pool
 from codexlb.pool.sticky import conversation_keys
 from codexlb.proxy import relay
 from codexlb.proxy.request import check_responses, read_json
 from codexlb.proxy.sse import Batch
 from codexlb.proxy.upstream import UPSTREAM, Outcome, Upstream
 from codexlb.services import GATES, POOL, REFRESHER, ROSTER, HTTP, SETTINGS, STORE
+from codexlb.singleflight import SingleFlight
 from codexlb.transcript import Transcripts
 from codexlb.translate import chat
 from codexlb.translate.responses_aggregate import aggregate_response
@@ -27,6 +30,7 @@ from codexlb.translate.chat import TranslationError, UpstreamFailed
 from codexlb.upstream.session import account_headers
 
 MODELS_TTL_S = 300.0
+MODELS_TIMEOUT_S = 20.0
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -155,6 +159,8 @@ class _ModelCache:
     def __init__(self) -> None:
         self.body: dict[str, Any] | None = None
         self.fetched_at = 0.0
+        # Clients starting together with the cache cold make one upstream call, not one each.
+        self.flights: SingleFlight[dict[str, Any]] = SingleFlight()
 
 
 MODEL_CACHE = web.AppKey("model_cache", _ModelCache)
@@ -164,19 +170,28 @@ async def _catalog(request: web.Request) -> dict[str, Any]:
     cache = request.app[MODEL_CACHE]
     if cache.body is not None and time.monotonic() - cache.fetched_at < MODELS_TTL_S:
         return cache.body
-    account = request.app[POOL].choose(())
-    url = request.app[SETTINGS].upstream_base_url.rstrip("/") + "/codex/models"
-    version = request.query.get("client_version", "0.169.0")
-    async with request.app[HTTP].get(url, params={"client_version": version},
-                                     headers=account_headers(account)) as resp:
-        if resp.status != 200:
-            if cache.body is not None:
-                return cache.body
-            raise APIError(502, f"Upstream model catalog answered {resp.status}.", code="upstream_unavailable",
-                           type="server_error")
-        body = await resp.json(content_type=None)
-    cache.body, cache.fetched_at = body, time.monotonic()
-    return body
+    up, version = request.app[UPSTREAM], request.query.get("client_version", "0.169.0")
+    return await cache.flights.do("catalog", lambda: _fetch_catalog(up, request.app[POOL], cache, version))
+
+
+async def _fetch_catalog(up: Upstream, pool: Pool, cache: _ModelCache, version: str) -> dict[str, Any]:
+    """The upstream catalog, or the last one fetched when upstream cannot give it (else a 502)."""
+    account = pool.choose(())
+    url = up.settings.upstream_base_url.rstrip("/") + "/codex/models"
+    failure = "did not answer"
+    try:
+        async with up.http.get(url, params={"client_version": version}, headers=account_headers(account),
+                               timeout=aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S)) as resp:
+            if resp.status == 200:
+                body = await resp.json(content_type=None)
+                cache.body, cache.fetched_at = body, time.monotonic()
+                return body
+            failure = f"answered {resp.status}"
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        pass
+    if cache.body is not None:
+        return cache.body
+    raise APIError(502, f"Upstream model catalog {failure}.", code="upstream_unavailable", type="server_error")
 
 
 async def codex_models(request: web.Request) -> web.Response:
@@ -228,6 +243,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         sweeper.cancel()
         await asyncio.gather(sweeper, return_exceptions=True)
         await sessions.close()
+        await app[MODEL_CACHE].flights.close()
 
 
 def setup(app: web.Application) -> None:

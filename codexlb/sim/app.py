@@ -151,6 +151,7 @@ async def responses_ws(request: web.Request) -> web.StreamResponse:
 async def models(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     backend.authenticate(request.headers)
+    backend.catalog_requests += 1
     return _json(200, backend.model_catalog())
 
 

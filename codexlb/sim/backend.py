@@ -147,6 +147,7 @@ class Backend:
         self.state = StateStore(self.config.state_ttl_s)
         self.faults = FaultBook(self.config.seed)
         self.records: deque[Record] = deque(maxlen=10_000)
+        self.catalog_requests = 0  # GET /codex/models answered
         # Responses WebSockets open right now: a client that leaves sockets behind shows here.
         self.sockets: set[Any] = set()
         self.auth = AuthServer(self.accounts, self.account, device_poll_interval_s=self.config.device_poll_interval_s)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import orjson
+import asyncio
+import dataclasses
 
+import orjson
+import pytest
+
+from codexlb.proxy import routes
+from codexlb.proxy.upstream import UPSTREAM
 from codexlb.services import STORE
 from tests.proxy.conftest import start_proxy
 from tests.simclient import body, user
@@ -20,6 +26,45 @@ async def test_codex_models_are_the_upstream_catalog_cached(proxy, http):
     async with http.get(f"{proxy.url}/v1/models") as resp:
         assert resp.status == 200  # served from the cache: upstream would refuse every token now
         assert any(m["id"] == "gpt-5.5" for m in (await resp.json())["data"])
+
+
+@pytest.fixture
+async def silent_upstream():
+    """An upstream that accepts connections and never answers."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/backend-api"
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize("upstream", ["silent", "refusing"])
+async def test_models_from_an_upstream_that_does_not_answer_are_a_bounded_502(proxy, http, monkeypatch,
+                                                                              silent_upstream, upstream):
+    monkeypatch.setattr(routes, "MODELS_TIMEOUT_S", 0.3)
+    base = silent_upstream if upstream == "silent" else "http://127.0.0.1:9/backend-api"
+    up = proxy.app[UPSTREAM]
+    up.settings = dataclasses.replace(up.settings, upstream_base_url=base)
+    async with asyncio.timeout(5):
+        async with http.get(f"{proxy.url}/v1/models") as resp:
+            assert resp.status == 502
+            assert (await resp.json())["error"]["code"] == "upstream_unavailable"
+
+
+async def test_concurrent_models_requests_with_a_cold_cache_make_one_upstream_call(proxy, http):
+    async def models() -> int:
+        async with http.get(f"{proxy.url}/v1/models") as resp:
+            await resp.read()
+            return resp.status
+
+    assert await asyncio.gather(*(models() for _ in range(8))) == [200] * 8
+    assert proxy.sim.backend.catalog_requests == 1
 
 
 async def test_pool_usage_view(aiohttp_server, settings, sim, http):
