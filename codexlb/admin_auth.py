@@ -156,8 +156,21 @@ class AdminAuth:
 
 
 def _cross_site(request: web.Request) -> bool:
-    """What a browser says of where the call comes from; other clients say nothing and are not browsers."""
-    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
-        return True
+    """What a browser says of where the call comes from; other clients say nothing and are not browsers.
+
+    `Sec-Fetch-Site` is the browser's own word, which no page can set: when it is there it decides. Only an
+    older browser's `Origin` is compared with the Host, which a reverse proxy may have rewritten."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site not in ("same-origin", "none")
     origin = request.headers.get("Origin")
     return origin is not None and urlsplit(origin).netloc != request.host
+
+
+def over_tls(request: web.Request) -> bool:
+    """Whether the browser's connection is encrypted: here, or up to a reverse proxy that ended TLS and says
+    so. (A client lying about it only gets a Secure cookie, which then stays off plain HTTP.)"""
+    if request.secure:
+        return True
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return proto == "https" or "proto=https" in request.headers.get("Forwarded", "").lower()

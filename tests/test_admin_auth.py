@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from codexlb.admin_auth import LOGIN_FAILURES, TOKEN_FILE, hash_password, verify_password
+from codexlb.admin_auth import LOGIN_FAILURES, SESSION_COOKIE, TOKEN_FILE, hash_password, verify_password
 from codexlb.app import create_app
 from codexlb.services import ADMIN
 from codexlb.store import Store
@@ -97,6 +97,24 @@ async def test_the_session_cookie_is_locked_down(client):
     cookie = resp.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
     assert "Secure" not in cookie  # plain HTTP here; over TLS it is set
+
+
+async def test_the_dashboard_works_behind_a_tls_reverse_proxy(client):
+    # nginx as set up by default: TLS ends there, and it passes its own upstream address as Host.
+    await set_password(client)
+    browser = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "Host": "127.0.0.1:2455",
+               "Origin": "https://lb.example.com", "Sec-Fetch-Site": "same-origin"}
+    resp = await client.post("/api/login", json={"password": PASSWORD}, headers=browser)
+    assert resp.status == 200 and "Secure" in resp.headers["Set-Cookie"]
+    csrf = (await resp.json())["csrf_token"]
+    # The browser sends the Secure cookie back over its HTTPS connection to the proxy.
+    browser["Cookie"] = f"{SESSION_COOKIE}={resp.cookies[SESSION_COOKIE].value}"
+    resp = await client.post("/api/keys", json={"name": "via-nginx"}, headers={**browser, "X-CSRF-Token": csrf})
+    assert resp.status == 201
+    # What the browser says of a call from another site still counts.
+    resp = await client.post("/api/keys", json={"name": "forged"},
+                             headers={**browser, "X-CSRF-Token": csrf, "Sec-Fetch-Site": "cross-site"})
+    assert await code(resp) == (403, "csrf_failed")
 
 
 async def test_the_cli_token_works_from_this_machine_only(client, settings):

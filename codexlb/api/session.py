@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from codexlb.admin_auth import SESSION_COOKIE, SESSION_TTL_S, hash_password
+from codexlb.admin_auth import SESSION_COOKIE, SESSION_TTL_S, hash_password, over_tls
 from codexlb.api.admin import json_response, require_admin
 from codexlb.errors import APIError
 from codexlb.proxy.request import read_json
@@ -27,7 +27,7 @@ async def login(request: web.Request) -> web.Response:
     cookie, csrf = await request.app[ADMIN].login(request, await _password(request))
     response = json_response({"csrf_token": csrf, "expires_in": int(SESSION_TTL_S)})
     response.set_cookie(SESSION_COOKIE, cookie, max_age=int(SESSION_TTL_S), httponly=True, samesite="Strict",
-                        secure=request.secure, path="/")
+                        secure=over_tls(request), path="/")
     return response
 
 
