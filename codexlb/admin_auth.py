@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from codexlb.errors import APIError
-from codexlb.loopback import forwarded, is_local_request
+from codexlb.loopback import client_address, forwarded, is_local_request
 
 SESSION_COOKIE = "codexlb_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -109,7 +109,7 @@ class AdminAuth:
 
     async def login(self, request: web.Request, password: str) -> tuple[str, str]:
         """A new session's cookie and CSRF token; raises 401, or 429 when the address failed too often."""
-        remote = request.remote or "?"
+        remote = client_address(request.remote, request.headers)
         now = time.monotonic()
         failures = self._failures.setdefault(remote, deque())
         while failures and now - failures[0] > LOGIN_WINDOW_S:

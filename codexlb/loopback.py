@@ -43,3 +43,13 @@ def is_local_request(remote: str | None, headers: Mapping[str, str]) -> bool:
     """Made on this machine: a loopback peer that no proxy forwarded. A reverse proxy on this machine
     connects from loopback too, on behalf of anyone; the headers it adds give it away."""
     return is_loopback_remote(remote) and forwarded(headers) is None
+
+
+def client_address(remote: str | None, headers: Mapping[str, str]) -> str:
+    """Who a client is, to count its failures: behind a reverse proxy on this machine, the address that
+    proxy added last to X-Forwarded-For (anything before it the client may have written itself)."""
+    if is_loopback_remote(remote):
+        chain = headers.get("X-Forwarded-For") or headers.get("X-Real-IP")
+        if chain:
+            return chain.rsplit(",", 1)[-1].strip()
+    return remote or "?"

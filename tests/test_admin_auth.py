@@ -139,6 +139,19 @@ async def test_password_guessing_is_slowed(client):
                               headers={"x-test-remote": "198.51.100.1"})).status == 200
 
 
+async def test_behind_a_reverse_proxy_each_client_has_its_own_failed_logins(client):
+    await set_password(client)
+    # The proxy appends the address it saw; what a client wrote in front of it does not count.
+    guesser = {"X-Forwarded-For": "198.51.100.1, 203.0.113.66"}
+    for _ in range(LOGIN_FAILURES):
+        assert (await client.post("/api/login", json={"password": "nope"}, headers=guesser)).status == 401
+    spoofing = {"X-Forwarded-For": "192.0.2.10, 203.0.113.66"}
+    assert await code(await client.post("/api/login", json={"password": PASSWORD}, headers=spoofing)) == (
+        429, "login_rate_limited")
+    operator = {"X-Forwarded-For": "192.0.2.10"}
+    assert (await client.post("/api/login", json={"password": PASSWORD}, headers=operator)).status == 200
+
+
 async def test_a_new_password_ends_every_session(client):
     await set_password(client)
     csrf = await login(client, REMOTE)
