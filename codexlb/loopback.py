@@ -1,4 +1,5 @@
-"""Is a client this machine? Decides who is served without an API key, and who may use the admin API."""
+"""Is a client this machine, and who is it behind a reverse proxy? Decides who is served without an API key
+and who may use the admin API; names the client in logs and login limits."""
 
 from __future__ import annotations
 
