@@ -36,6 +36,14 @@ _log = log.get("codexlb.bridge.http")
 _HTTP_ONLY = ("stream", "background")
 
 
+def _sse_frame(kind: Any, text: str, event: Any) -> bytes:
+    """An upstream WebSocket event as an SSE frame: its JSON as upstream wrote it, unless a line break in it
+    would split the frame."""
+    if isinstance(kind, str) and "\n" not in text:
+        return b"event: " + kind.encode() + b"\ndata: " + text.encode() + b"\n\n"
+    return encode(event)
+
+
 class _Resend(Exception):
     """Send the request again on this session (before the client's first byte); `whole`: without the
     proxy's anchor, which upstream no longer knows."""
@@ -137,29 +145,38 @@ class _Turn:
             except TimeoutError:
                 session.drop_socket()
                 data = LOST
+            # What upstream sent meanwhile goes to the client with it, in one write.
+            frames: list[bytes] = []
+            while data is not LOST:
+                event = orjson.loads(data)
+                kind = event.get("type") if isinstance(event, dict) else None
+                if not seen:
+                    seen = True
+                    if kind in ("error", "response.failed") and self.response is None:
+                        self._refused(event)
+                    self.outcome.first_event_at = time.monotonic()
+                frames.append(_sse_frame(kind, data, event))
+                if kind == "response.output_item.done" and isinstance(event.get("item"), dict):
+                    self.output.append(event["item"])
+                if isinstance(kind, str) and observe(self.up, session.account, self.outcome, kind, event):
+                    if kind == "response.completed" and self.outcome.response_id:
+                        session.anchor = Anchor.after(self.outcome.response_id, self.full, self.output)
+                        session.failures = 0
+                    elif kind != "response.completed":
+                        self.outcome.status = 502
+                    self.finished = True
+                    response = await beats.stop() or await self.commit()
+                    await response.write_eof(b"".join(frames))
+                    return response
+                if inbox.empty():
+                    break
+                data = inbox.get_nowait()
+            if frames:
+                response = await beats.stop() or await self.commit()
+                await response.write(b"".join(frames))
             if data is LOST:
                 phase = Phase.AFTER_BYTES if self.response is not None else Phase.BEFORE_BYTES
                 return await self._recover(phase)
-            event = orjson.loads(data)
-            kind = event.get("type") if isinstance(event, dict) else None
-            if not seen:
-                seen = True
-                if kind in ("error", "response.failed") and self.response is None:
-                    self._refused(event)
-                self.outcome.first_event_at = time.monotonic()
-            response = await beats.stop() or await self.commit()
-            await response.write(encode(event))
-            if kind == "response.output_item.done" and isinstance(event.get("item"), dict):
-                self.output.append(event["item"])
-            if isinstance(kind, str) and observe(self.up, session.account, self.outcome, kind, event):
-                if kind == "response.completed" and self.outcome.response_id:
-                    session.anchor = Anchor.after(self.outcome.response_id, self.full, self.output)
-                    session.failures = 0
-                elif kind != "response.completed":
-                    self.outcome.status = 502
-                self.finished = True
-                await response.write_eof()
-                return response
 
     def _refused(self, event: dict[str, Any]) -> None:
         """Upstream refused the request before anything reached the client."""
