@@ -4,7 +4,8 @@ Run: .venv/bin/python tests/bench/bench_proxy.py [--requests 300] [--seconds 5] 
 
 The sim and codexlb each run as their own process (`codexlb sim`, `codexlb serve`); this process
 is the client. All three share the machine's cores, so read the ratios, not the absolute figures.
-The "bare relay" is the ceiling for any aiohttp proxy on this machine: a process that only
+"bridged" is the Codex CLI's way through codexlb: with a session id, each conversation is carried over
+an upstream WebSocket (the HTTP bridge). The "bare relay" is the ceiling for any aiohttp proxy on this machine: a process that only
 forwards bytes (no parsing, pool, failover, accounting or log) between the same client and sim.
 Throughput is measured in rounds that take direct, proxied and bare relay in turn, and each ratio
 is the median of its rounds' ratios: a shared machine's load drifts more between runs than within
@@ -104,18 +105,20 @@ def cpu_s(pid: int) -> float:
 
 
 async def throughput(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> float:
+    """Requests/s of `concurrency` workers; a `session_id` header becomes one conversation per worker."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
         deadline = time.monotonic() + seconds
         done = 0
 
-        async def worker() -> None:
+        async def worker(n: int) -> None:
             nonlocal done
+            mine = {**headers, "session_id": f"{headers['session_id']}-{n}"} if "session_id" in headers else headers
             while time.monotonic() < deadline:
-                await one(http, url, headers)
+                await one(http, url, mine)
                 done += 1
 
         started = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(n) for n in range(concurrency)))
         return done / (time.monotonic() - started)
 
 
@@ -166,7 +169,9 @@ async def main() -> None:
         assert bare.stdout is not None
         bare_url = f"http://127.0.0.1:{int(await asyncio.wait_for(bare.stdout.readline(), 30))}"
         print(f"streamed requests/s ({args.seconds:g} s per target in {args.rounds} rounds; median, [min-max])")
+        # "bridged": the Codex CLI's way, a session id per conversation, carried over an upstream WebSocket.
         targets = {"direct": (direct, direct_headers, None), "proxied": (proxied, proxy_headers, proxy.pid),
+                   "bridged": (proxied, {**proxy_headers, "session_id": "bench"}, proxy.pid),
                    "bare": (f"{bare_url}/backend-api/codex/responses", proxy_headers, bare.pid)}
         try:
             for concurrency in (1, 32):
@@ -192,10 +197,11 @@ async def main() -> None:
 
                 print(f"  concurrency {concurrency:2d}: direct {statistics.median(rates['direct']):6.0f}/s  "
                       f"proxied {statistics.median(rates['proxied']):6.0f}/s  proxied/direct {ratio('proxied')}  "
-                      f"(bare relay/direct {ratio('bare')})")
+                      f"bridged/direct {ratio('bridged')}  (bare relay/direct {ratio('bare')})")
                 # With every core busy, requests/s follow the CPU all processes spend on one request.
                 others = us("direct", "client") + us("direct", "sim")
-                print(f"                  cpu/request: codexlb {us('proxied', 'relay'):4.0f} µs  bare relay "
+                print(f"                  cpu/request: codexlb {us('proxied', 'relay'):4.0f} µs (bridged "
+                      f"{us('bridged', 'relay'):4.0f} µs)  bare relay "
                       f"{us('bare', 'relay'):4.0f} µs  sim {us('direct', 'sim'):4.0f} µs  client "
                       f"{us('direct', 'client'):4.0f} µs  -> CPU-bound proxied/direct "
                       f"{others / (others + us('proxied', 'relay')):4.2f} (bare relay "
