@@ -4,9 +4,10 @@ Run: .venv/bin/python tests/bench/bench_proxy.py [--requests 300] [--seconds 5] 
 
 The sim and codexlb each run as their own process (`codexlb sim`, `codexlb serve`); this process
 is the client. All three share the machine's cores, so read the ratios, not the absolute figures.
-"bridged" is the Codex CLI's way through codexlb: with a session id, each conversation is carried over
-an upstream WebSocket (the HTTP bridge). The "bare relay" is the ceiling for any aiohttp proxy on this machine: a process that only
-forwards bytes (no parsing, pool, failover, accounting or log) between the same client and sim.
+"bridged" is the Codex CLI's way through codexlb: with a session id, each conversation is carried
+over an upstream WebSocket (the HTTP bridge). The "bare relay" is the ceiling for any aiohttp proxy
+on this machine: a process that only forwards bytes (no parsing, pool, failover, accounting or log)
+between the same client and sim.
 Throughput is measured in rounds that take direct, proxied and bare relay in turn, and each ratio
 is the median of its rounds' ratios: a shared machine's load drifts more between runs than within
 a round. "cpu/request" is each process's own CPU time (user + system, Linux only); "CPU-bound" is
