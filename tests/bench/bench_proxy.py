@@ -123,6 +123,18 @@ async def throughput(url: str, headers: dict[str, str], concurrency: int, second
         return done / (time.monotonic() - started)
 
 
+async def settled(pids: list[int]) -> None:
+    """Until these processes use no CPU for 50 ms (at most 2 s): what a round leaves behind (log lines, the
+    request log's batch) would otherwise be counted to the next round's target."""
+    last = [cpu_s(pid) for pid in pids]
+    for _ in range(40):
+        await asyncio.sleep(0.05)
+        now = [cpu_s(pid) for pid in pids]
+        if now == last:
+            return
+        last = now
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -182,6 +194,7 @@ async def main() -> None:
                 for _ in range(args.rounds):
                     for name, (url, headers, relay_pid) in targets.items():
                         pids = {"relay": relay_pid, "sim": sim.pid, "client": os.getpid()}
+                        await settled([pid for pid in (relay_pid, sim.pid) if pid is not None])
                         before = {role: cpu_s(pid) for role, pid in pids.items() if pid is not None}
                         rate = await throughput(url, headers, concurrency, args.seconds / args.rounds)
                         rates[name].append(rate)
