@@ -25,6 +25,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -39,6 +40,8 @@ SESSION_TTL_S = 12 * 3600.0
 # Failed logins allowed per address in LOGIN_WINDOW_S before the next must wait.
 LOGIN_FAILURES = 5
 LOGIN_WINDOW_S = 60.0
+# Addresses with failures remembered; past it, those whose failures are all older than the window go.
+TRACKED_ADDRESSES = 10_000
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # scrypt cost: about 50 ms and 16 MiB per check on a small machine, off the event loop.
 _N, _R, _P = 2**14, 8, 1
@@ -70,11 +73,13 @@ class _Session:
 
 
 class AdminAuth:
-    def __init__(self, password_hash: str | None, local_token: str) -> None:
+    def __init__(self, password_hash: str | None, local_token: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.password_hash = password_hash
         self.local_token = local_token
         self._sessions: dict[str, _Session] = {}
         self._failures: dict[str, deque[float]] = {}
+        self._clock = clock
 
     @classmethod
     def local(cls, data_dir: Path, password_hash: str | None) -> "AdminAuth":
@@ -110,7 +115,7 @@ class AdminAuth:
     async def login(self, request: web.Request, password: str) -> tuple[str, str]:
         """A new session's cookie and CSRF token; raises 401, or 429 when the address failed too often."""
         remote = client_address(request.remote, request.headers)
-        now = time.monotonic()
+        now = self._clock()
         failures = self._failures.setdefault(remote, deque())
         while failures and now - failures[0] > LOGIN_WINDOW_S:
             failures.popleft()
@@ -122,6 +127,8 @@ class AdminAuth:
         ok = stored is not None and await asyncio.to_thread(verify_password, password, stored)
         if not ok:
             failures.append(now)
+            if len(self._failures) > TRACKED_ADDRESSES:
+                self._forget_failures_before(now - LOGIN_WINDOW_S)
             raise APIError(401, "Wrong admin password." if stored else "No admin password is set; run "
                            "`codexlb admin set-password` on the server.", code="invalid_password")
         self._failures.pop(remote, None)
@@ -148,6 +155,11 @@ class AdminAuth:
         if session is None or session.expires_at < time.time():
             return None
         return session
+
+    def _forget_failures_before(self, cutoff: float) -> None:
+        """Addresses whose last failure is older than `cutoff` are no longer held back: forget them."""
+        for address in [a for a, failures in self._failures.items() if not failures or failures[-1] < cutoff]:
+            del self._failures[address]
 
     def _drop_expired(self) -> None:
         now = time.time()

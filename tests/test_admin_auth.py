@@ -10,7 +10,11 @@ import sys
 
 import pytest
 
+from aiohttp.test_utils import make_mocked_request
+
+from codexlb import admin_auth
 from codexlb.admin_auth import LOGIN_FAILURES, SESSION_COOKIE, TOKEN_FILE, hash_password, verify_password
+from codexlb.errors import APIError
 from codexlb.app import create_app
 from codexlb.services import ADMIN
 from codexlb.store import Store
@@ -150,6 +154,25 @@ async def test_behind_a_reverse_proxy_each_client_has_its_own_failed_logins(clie
         429, "login_rate_limited")
     operator = {"X-Forwarded-For": "192.0.2.10"}
     assert (await client.post("/api/login", json={"password": PASSWORD}, headers=operator)).status == 200
+
+
+async def test_failed_logins_are_forgotten_once_many_addresses_have_failed(monkeypatch):
+    monkeypatch.setattr(admin_auth, "TRACKED_ADDRESSES", 2)
+    now = [0.0]
+    auth = admin_auth.AdminAuth(hash_password(PASSWORD), "token", clock=lambda: now[0])
+
+    async def fail_from(address: str) -> None:
+        request = make_mocked_request("POST", "/api/login", headers={"X-Forwarded-For": address}).clone(
+            remote="127.0.0.1")  # behind a reverse proxy on this machine
+        with pytest.raises(APIError):
+            await auth.login(request, "wrong")
+
+    for address in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
+        await fail_from(address)
+    assert len(auth._failures) == 3  # all within the window: each still counts
+    now[0] = admin_auth.LOGIN_WINDOW_S + 1
+    await fail_from("198.51.100.4")
+    assert list(auth._failures) == ["198.51.100.4"]
 
 
 async def test_a_new_password_ends_every_session(client):
