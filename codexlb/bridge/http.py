@@ -38,8 +38,8 @@ _HTTP_ONLY = ("stream", "background")
 
 def _sse_frame(kind: Any, text: str, event: Any) -> bytes:
     """An upstream WebSocket event as an SSE frame: its JSON as upstream wrote it, unless a line break in it
-    would split the frame."""
-    if isinstance(kind, str) and "\n" not in text:
+    (JSON allows CR and LF between tokens) would split the frame."""
+    if isinstance(kind, str) and "\n" not in text and "\r" not in text:
         return b"event: " + kind.encode() + b"\ndata: " + text.encode() + b"\n\n"
     return encode(event)
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
 import pytest
 
-from codexlb.bridge.http import SESSIONS
+from codexlb.bridge.http import SESSIONS, _sse_frame
 from codexlb.proxy.upstream import UPSTREAM
 from tests.bridge.test_websocket import settled
 from tests.proxy.conftest import Proxy, start_proxy
@@ -207,3 +208,12 @@ async def test_idle_sessions_are_let_go_without_new_traffic(aiohttp_server, sett
     assert len(proxy.app[SESSIONS]) == 1
     await asyncio.wait_for(_until_sockets(proxy, 0), 5)
     assert len(proxy.app[SESSIONS]) == 0
+
+
+def test_an_upstream_event_with_line_breaks_in_its_json_stays_one_sse_frame():
+    for text in ('{"type": "response.created",\n "response": {}}', '{"type":"response.created",\r"response":{}}'):
+        frame = _sse_frame("response.created", text, orjson.loads(text))
+        assert frame.count(b"\n\n") == 1 and frame.endswith(b"\n\n") and b"\r" not in frame
+        assert orjson.loads(frame.split(b"data: ", 1)[1]) == {"type": "response.created", "response": {}}
+    assert _sse_frame("response.created", '{"type":"response.created"}', {}) == (
+        b'event: response.created\ndata: {"type":"response.created"}\n\n')
