@@ -136,6 +136,15 @@ def check_request(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "input": items}
 
 
+def check_frame(text: str) -> dict[str, Any]:
+    """A client's WebSocket frame: a `response.create`, the only message the Responses socket takes."""
+    payload = parse_json(text)
+    if payload.get("type") != "response.create":
+        raise APIError(400, "Unsupported message type: expected 'response.create'.", code="invalid_value",
+                       param="type")
+    return check_request(payload)
+
+
 def check_responses(payload: dict[str, Any]) -> dict[str, Any]:
     """An HTTP Responses request made fit for the Codex backend: streamed and not stored, as it requires."""
     return {**check_request(payload), "stream": True, "store": False}
