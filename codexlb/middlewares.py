@@ -60,6 +60,10 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     except errors.APIError as exc:
         return exc.response()
+    except web.RequestPayloadError:
+        # The client's body broke off or is not encoded as its Content-Encoding says.
+        return errors.error_response(400, "We could not read the body of your request: it ends early or is not "
+                                     "encoded as its Content-Encoding says.", code="invalid_body")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -1,6 +1,8 @@
 """`GET .../responses` upgraded: a client's Responses WebSocket relayed to an upstream one.
 
-Frames go both ways as they come, unparsed on the way out. The handshake is admitted (key and
+Upstream's frames go to the client as they come. A client's frame is checked first (`check_frame`) and
+goes up as checked; a malformed one is answered here with an `error` event, as upstream answers one,
+and the session stays open for the next. The handshake is admitted (key and
 in-flight gates) and the upstream socket opened before the client's upgrade is answered, so a
 refusal is a real HTTP status. One account serves the socket and holds a stream slot for it; only a
 request without an anchor that upstream refuses (429, 5xx) before the client saw anything moves it
@@ -25,6 +27,7 @@ from codexlb.client_auth import API_KEY
 from codexlb.errors import APIError
 from codexlb.pool.sticky import conversation_keys
 from codexlb.proxy.failover import next_step, refusal
+from codexlb.proxy.request import check_frame
 from codexlb.proxy.relay import account_usage, failed_event
 from codexlb.proxy.upstream import UPSTREAM, Outcome, Upstream, observe
 from codexlb.recovery import Action, Phase
@@ -53,8 +56,7 @@ class _InFlight:
 
     @property
     def previous(self) -> str | None:
-        previous = self.payload.get("previous_response_id")
-        return previous if isinstance(previous, str) and previous else None
+        return self.payload.get("previous_response_id")  # checked: a well-formed id or None
 
     @property
     def anchored(self) -> bool:
@@ -62,8 +64,7 @@ class _InFlight:
 
     @property
     def items(self) -> list[Any]:
-        items = self.payload.get("input")
-        return items if isinstance(items, list) else []
+        return self.payload["input"]
 
 
 class Bridge:
@@ -87,6 +88,9 @@ class Bridge:
             async for message in self._client:
                 if message.type is WSMsgType.TEXT:
                     await self._from_client(message.data)
+                elif message.type is WSMsgType.BINARY:
+                    await self._refuse(APIError(400, "Only text frames with JSON are accepted.",
+                                                code="invalid_value"))
         finally:
             # Everything that must happen is done before the first await: a client that drops its TCP
             # connection cancels this handler again, and a second cancellation cuts a finally short.
@@ -100,23 +104,20 @@ class Bridge:
 
     async def _from_client(self, text: str) -> None:
         try:
-            payload = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            payload = None
-        if isinstance(payload, dict) and payload.get("type") == "response.create":
-            outcome = Outcome(account=self._account, model=payload.get("model") if isinstance(
-                payload.get("model"), str) else None)
-            items = payload.get("input")
-            readable = self._up.owners.readable_by(items, self._account.id) if isinstance(items, list) else None
-            if readable is not None:
-                # A conversation that moved here still echoes reasoning its old account sealed.
-                payload = {**payload, "input": readable}
-                text = orjson.dumps(payload).decode()
-            self._inflight = _InFlight(text, payload, outcome)
+            payload = check_frame(text)
+        except APIError as exc:
+            await self._refuse(exc)
+            return
+        readable = self._up.owners.readable_by(payload["input"], self._account.id)
+        if readable is not None:
+            # A conversation that moved here still echoes reasoning its old account sealed.
+            payload = {**payload, "input": readable}
+        # What goes up is what was checked: one JSON text, whatever duplicate keys or spacing the client's had.
+        text = orjson.dumps(payload).decode()
+        self._inflight = _InFlight(text, payload, Outcome(account=self._account, model=payload["model"]))
         async with self._lock:
             if self._sock is None and not await self._reconnect("between requests"):
-                if self._inflight is not None:
-                    await self._fail("upstream_unavailable", "Upstream could not be reached again; retry.")
+                await self._fail("upstream_unavailable", "Upstream could not be reached again; retry.")
                 return
             sock = self._sock
         assert sock is not None
@@ -306,6 +307,16 @@ class Bridge:
         self._ready.set()
         _log.info("upstream reconnected", account=self._account.alias, why=why)
         return True
+
+    async def _refuse(self, exc: APIError) -> None:
+        """A frame upstream would refuse too, answered here as upstream answers it: one `error` event. The
+        session stays open; nothing went upstream."""
+        try:
+            await self._client.send_str(orjson.dumps({"type": "error", "status": exc.status, **exc.body()}).decode())
+        except (aiohttp.ClientError, ConnectionError):
+            pass  # the client is gone: the read loop ends on its own
+        outcome = Outcome(account=None, status=exc.status, error_code=exc.code)
+        account_usage(self._request.app[STORE], self._request, outcome, time.monotonic())
 
     async def _fail(self, code: str, message: str) -> None:
         inflight = self._inflight

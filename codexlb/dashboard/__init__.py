@@ -23,5 +23,15 @@ async def index(_request: web.Request) -> web.FileResponse:
 
 
 def setup(app: web.Application) -> None:
+    # The files shipped, by name, rather than a static directory: a path is looked up in this set, never
+    # on disk, so no request path (too long, `..`, a symlink) reaches the file system.
+    assets = frozenset(path.name for path in STATIC.iterdir() if path.is_file())
+
+    async def asset(request: web.Request) -> web.FileResponse:
+        name = request.match_info["name"]
+        if name not in assets:
+            raise web.HTTPNotFound()
+        return web.FileResponse(STATIC / name, headers=_HEADERS)
+
     app.router.add_get("/", index)
-    app.router.add_static("/dashboard/", STATIC, append_version=False)
+    app.router.add_get("/dashboard/{name}", asset)

@@ -88,3 +88,10 @@ async def test_the_page_ships_with_the_package_and_a_strict_policy(client):
     assert "/dashboard/app.js" in html and "<script>" not in html  # no inline code: the policy forbids it
     for asset in ("/dashboard/app.js", "/dashboard/style.css"):
         assert (await client.get(asset)).status == 200
+
+
+@pytest.mark.parametrize("path", ["/dashboard/" + "a" * 5000, "/dashboard/" + "a/" * 2000, "/dashboard/nope.js",
+                                  "/dashboard/%2e%2e/__init__.py", "/dashboard/", "/dashboard/%00"])
+async def test_a_path_that_names_no_dashboard_file_is_a_404(client, path):
+    resp = await client.get(path)
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
