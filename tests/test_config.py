@@ -202,3 +202,52 @@ def test_bad_booleans_are_one_line_errors(capsys, tmp_path, args, text, expected
     assert main(["config", "show", "--data-dir", str(tmp_path / "d"), *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected in err, err
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "file", "expected", "source"),
+    [
+        ([], {}, None, [], "default"),
+        ([], {}, 'allowed_hosts = ["lb.example.com", "*.lan.example"]\n', ["lb.example.com", "*.lan.example"],
+         "config file"),
+        ([], {"CODEXLB_ALLOWED_HOSTS": "lb.example.com, *.lan.example,"}, None, ["lb.example.com", "*.lan.example"],
+         "CODEXLB_ALLOWED_HOSTS"),
+        (["--allowed-hosts", "a.example"], {"CODEXLB_ALLOWED_HOSTS": "b.example"}, None, ["a.example"],
+         "--allowed-hosts"),
+        ([], {"CODEXLB_ALLOWED_HOSTS": ""}, 'allowed_hosts = ["a.example"]\n', [], "CODEXLB_ALLOWED_HOSTS"),
+    ],
+)
+def test_list_settings(capsys, tmp_path, monkeypatch, flags, env, file, expected, source):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if file is not None:
+        write_config(tmp_path / "d", file)
+    out = show(capsys, "--data-dir", str(tmp_path / "d"), *flags)
+    assert out["settings"]["allowed_hosts"] == expected
+    assert out["sources"]["allowed_hosts"].startswith(source)
+
+
+def test_list_settings_show_as_toml_arrays_that_load_again(capsys, tmp_path):
+    assert main(["config", "show", "--allowed-hosts", "a.example,*.b.example"]) == 0
+    text = capsys.readouterr().out
+    assert 'allowed_hosts = ["a.example", "*.b.example"]  # --allowed-hosts' in text
+    path = tmp_path / "saved.toml"
+    path.write_text(text)
+    assert show(capsys, "--config", str(path))["settings"]["allowed_hosts"] == ["a.example", "*.b.example"]
+
+
+@pytest.mark.parametrize(
+    ("args", "text", "expected"),
+    [
+        ([], 'allowed_hosts = "a.example"\n', "'a.example' is not an array of strings"),
+        ([], "allowed_hosts = [1]\n", "is not an array of strings"),
+        (["--allowed-hosts", "lb.example.com:443"], None, "'lb.example.com:443' is not a host name"),
+        (["--allowed-hosts", "https://lb.example.com"], None, "is not a host name"),
+    ],
+)
+def test_bad_lists_are_one_line_errors(capsys, tmp_path, args, text, expected):
+    if text is not None:
+        write_config(tmp_path / "d", text)
+    assert main(["config", "show", "--data-dir", str(tmp_path / "d"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid setting 'allowed_hosts'" in err and expected in err, err
