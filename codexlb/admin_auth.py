@@ -10,7 +10,8 @@ A session is a random cookie (HttpOnly, SameSite=Strict, Secure over TLS), kept 
 `SESSION_TTL_S`. Against cross-site request forgery: a state-changing call (POST, PUT, PATCH, DELETE)
 that a browser marks as coming from another site (`Origin`, `Sec-Fetch-Site`) is refused, and one
 made with a session cookie must also carry the session's `X-CSRF-Token`, which another site can
-neither read nor send. Logins are rate-limited per address. The password is kept as a scrypt hash in
+neither read nor send. Logins are rate-limited per client (`codexlb.trusted_proxies` says who that is),
+checks in progress counted as failures. The password is kept as a scrypt hash in
 the database (`codexlb admin set-password`).
 """
 
@@ -31,7 +32,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from codexlb.errors import APIError
-from codexlb.loopback import client_address, forwarded, is_local_request
+from codexlb.loopback import forwarded, is_local_request
+from codexlb.trusted_proxies import client_address
 
 SESSION_COOKIE = "codexlb_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -79,6 +81,9 @@ class AdminAuth:
         self.local_token = local_token
         self._sessions: dict[str, _Session] = {}
         self._failures: dict[str, deque[float]] = {}
+        # Logins being checked, per address: each counts as a failure until it ends, so that concurrent
+        # guesses cannot all be checked before the first failure is counted.
+        self._checking: dict[str, int] = {}
         self._clock = clock
 
     @classmethod
@@ -114,19 +119,28 @@ class AdminAuth:
 
     async def login(self, request: web.Request, password: str) -> tuple[str, str]:
         """A new session's cookie and CSRF token; raises 401, or 429 when the address failed too often."""
-        remote = client_address(request.remote, request.headers)
+        remote = client_address(request)
         now = self._clock()
         failures = self._failures.setdefault(remote, deque())
         while failures and now - failures[0] > LOGIN_WINDOW_S:
             failures.popleft()
-        if len(failures) >= LOGIN_FAILURES:
-            wait = max(1, int(LOGIN_WINDOW_S - (now - failures[0])) + 1)
+        checking = self._checking.get(remote, 0)
+        if len(failures) + checking >= LOGIN_FAILURES:
+            wait = max(1, int(LOGIN_WINDOW_S - (now - failures[0])) + 1) if failures else 1
             raise APIError(429, f"Too many failed logins; retry in {wait} s.", code="login_rate_limited",
                            type="rate_limit_error", headers={"Retry-After": str(wait)})
         stored = self.password_hash
-        ok = stored is not None and await asyncio.to_thread(verify_password, password, stored)
+        self._checking[remote] = checking + 1
+        try:
+            ok = stored is not None and await asyncio.to_thread(verify_password, password, stored)
+        finally:
+            if self._checking[remote] == 1:
+                del self._checking[remote]
+            else:
+                self._checking[remote] -= 1
         if not ok:
-            failures.append(now)
+            # Looked up again: while the check ran, a tidy-up may have dropped this address's entry.
+            self._failures.setdefault(remote, deque()).append(now)
             if len(self._failures) > TRACKED_ADDRESSES:
                 self._forget_failures_before(now - LOGIN_WINDOW_S)
             raise APIError(401, "Wrong admin password." if stored else "No admin password is set; run "

@@ -17,6 +17,7 @@ from codexlb.bridge import websocket as ws_bridge
 from codexlb.proxy import routes as proxy_routes
 from codexlb.config import Settings
 from codexlb.services import SETTINGS
+from codexlb.trusted_proxies import TRUSTED_PROXIES, TrustedProxies
 
 __all__ = ["SETTINGS", "create_app"]
 
@@ -29,6 +30,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[middlewares.access_log, middlewares.openai_errors, hosts,
                                        client_auth.client_auth])
     app[SETTINGS] = settings
+    app[TRUSTED_PROXIES] = TrustedProxies(settings.trusted_proxies)
     app.on_response_prepare.append(middlewares.on_response_prepare)
     app.cleanup_ctx.append(services.services)
     health.setup(app)

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from codexlb.host_check import check_allowed_hosts
 from codexlb.pool.selection import STRATEGIES
+from codexlb.trusted_proxies import check_trusted_proxies
 from codexlb.upstream.proxy import check_setting as check_proxy_setting
 
 ENV_PREFIX = "CODEXLB_"
@@ -80,6 +81,11 @@ class Settings:
         (), "More names the dashboard and admin API answer to (Host header), besides localhost, IP addresses "
         "and the listen address: exact names, or *.example.com for every name under a domain; the port is not "
         "compared. Others get 421, against DNS rebinding.", check=check_allowed_hosts, metavar="NAME,...",
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (), "Reverse proxies (IP addresses or networks such as 10.0.0.0/8) whose forwarding headers "
+        "(X-Forwarded-For, Forwarded, X-Real-IP) name the client, for login limits and logs; from any other "
+        "peer they are not believed.", check=check_trusted_proxies, metavar="ADDR,...",
     )
     allow_unauthenticated: bool = setting(
         False, "While no API key exists, serve clients on any address, not just this machine; without it, "
