@@ -11,7 +11,7 @@ A session is a random cookie (HttpOnly, SameSite=Strict, Secure over TLS), kept 
 that a browser marks as coming from another site (`Origin`, `Sec-Fetch-Site`) is refused, and one
 made with a session cookie must also carry the session's `X-CSRF-Token`, which another site can
 neither read nor send. Logins are rate-limited per client (`codexlb.trusted_proxies` says who that is),
-checks in progress counted as failures. The password is kept as a scrypt hash in
+checks in progress counted as failures, and few checks run at once (`CHECKS_AT_ONCE`). The password is kept as a scrypt hash in
 the database (`codexlb admin set-password`).
 """
 
@@ -24,9 +24,10 @@ import hmac
 import secrets
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -35,6 +36,7 @@ from codexlb.errors import APIError
 from codexlb.loopback import forwarded, is_local_request
 from codexlb.trusted_proxies import client_address
 
+T = TypeVar("T")
 SESSION_COOKIE = "codexlb_session"
 CSRF_HEADER = "X-CSRF-Token"
 TOKEN_FILE = "admin.token"
@@ -47,6 +49,11 @@ TRACKED_ADDRESSES = 10_000
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # scrypt cost: about 50 ms and 16 MiB per check on a small machine, off the event loop.
 _N, _R, _P = 2**14, 8, 1
+# Password checks run on threads of their own (the loop's default executor also resolves upstream's name),
+# this many at once, and at most CHECKS_AT_ONCE are admitted: past them a login gets 429 at once. However
+# many logins come, the proxy keeps the rest of the CPU.
+CHECK_THREADS = 1
+CHECKS_AT_ONCE = 4
 
 
 def hash_password(password: str) -> str:
@@ -85,6 +92,7 @@ class AdminAuth:
         # guesses cannot all be checked before the first failure is counted.
         self._checking: dict[str, int] = {}
         self._clock = clock
+        self._checks = ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="codexlb-password")
 
     @classmethod
     def local(cls, data_dir: Path, password_hash: str | None) -> "AdminAuth":
@@ -129,10 +137,13 @@ class AdminAuth:
             wait = max(1, int(LOGIN_WINDOW_S - (now - failures[0])) + 1) if failures else 1
             raise APIError(429, f"Too many failed logins; retry in {wait} s.", code="login_rate_limited",
                            type="rate_limit_error", headers={"Retry-After": str(wait)})
+        if sum(self._checking.values()) >= CHECKS_AT_ONCE:
+            raise APIError(429, "Too many logins are being checked at once; retry in 1 s.",
+                           code="login_rate_limited", type="rate_limit_error", headers={"Retry-After": "1"})
         stored = self.password_hash
         self._checking[remote] = checking + 1
         try:
-            ok = stored is not None and await asyncio.to_thread(verify_password, password, stored)
+            ok = stored is not None and await self._off_loop(verify_password, password, stored)
         finally:
             if self._checking[remote] == 1:
                 del self._checking[remote]
@@ -150,6 +161,16 @@ class AdminAuth:
         self._drop_expired()
         self._sessions[cookie] = _Session(csrf, time.time() + SESSION_TTL_S)
         return cookie, csrf
+
+    async def hash(self, password: str) -> str:
+        """`hash_password` on the password threads (the operator's, so no gate)."""
+        return await self._off_loop(hash_password, password)
+
+    def close(self) -> None:
+        self._checks.shutdown(wait=False, cancel_futures=True)
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._checks, fn, *args)
 
     def csrf_for(self, request: web.Request) -> str | None:
         """The CSRF token of the caller's session (a page that reloaded asks for it again)."""

@@ -200,12 +200,15 @@ async def test_failed_logins_are_forgotten_once_many_addresses_have_failed(monke
         with pytest.raises(APIError):
             await auth.login(request, "wrong")
 
-    for address in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
-        await fail_from(address)
-    assert len(auth._failures) == 3  # all within the window: each still counts
-    now[0] = admin_auth.LOGIN_WINDOW_S + 1
-    await fail_from("198.51.100.4")
-    assert list(auth._failures) == ["198.51.100.4"]
+    try:
+        for address in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
+            await fail_from(address)
+        assert len(auth._failures) == 3  # all within the window: each still counts
+        now[0] = admin_auth.LOGIN_WINDOW_S + 1
+        await fail_from("198.51.100.4")
+        assert list(auth._failures) == ["198.51.100.4"]
+    finally:
+        auth.close()
 
 
 async def test_a_new_password_ends_every_session(client):
