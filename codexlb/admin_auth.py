@@ -11,8 +11,8 @@ A session is a random cookie (HttpOnly, SameSite=Strict, Secure over TLS), kept 
 that a browser marks as coming from another site (`Origin`, `Sec-Fetch-Site`) is refused, and one
 made with a session cookie must also carry the session's `X-CSRF-Token`, which another site can
 neither read nor send. Logins are rate-limited per client (`codexlb.trusted_proxies` says who that is),
-checks in progress counted as failures, and few checks run at once (`CHECKS_AT_ONCE`). The password is kept as a scrypt hash in
-the database (`codexlb admin set-password`).
+checks in progress counting as failures, and few checks run at once (`CHECKS_AT_ONCE`). The password is
+kept as a scrypt hash in the database (`codexlb admin set-password`).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class AdminAuth:
         self.local_token = local_token
         self._sessions: dict[str, _Session] = {}
         self._failures: dict[str, deque[float]] = {}
-        # Logins being checked, per address: each counts as a failure until it ends, so that concurrent
+        # Logins being checked, per client: each counts as a failure until it ends, so that concurrent
         # guesses cannot all be checked before the first failure is counted.
         self._checking: dict[str, int] = {}
         self._clock = clock
@@ -126,7 +126,8 @@ class AdminAuth:
                                                                  if via else "") + ".", code="admin_forbidden")
 
     async def login(self, request: web.Request, password: str) -> tuple[str, str]:
-        """A new session's cookie and CSRF token; raises 401, or 429 when the address failed too often."""
+        """A new session's cookie and CSRF token; raises 401, or 429 when the client failed too often or
+        too many checks are running."""
         remote = client_address(request)
         now = self._clock()
         failures = self._failures.setdefault(remote, deque())

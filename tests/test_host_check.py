@@ -26,14 +26,23 @@ def rebound(client, name: str = EVIL) -> dict[str, str]:
     return {"Host": f"{name}:{client.port}", "Origin": origin, "Sec-Fetch-Site": "same-origin"}
 
 
-async def refused(resp, name: str = EVIL) -> str:
+async def refused(resp, name: str = EVIL) -> None:
     assert resp.status == 421, await resp.text()
     error = (await resp.json())["error"]
     assert error["code"] == "host_not_allowed" and error["type"] == "invalid_request_error"
-    message = error["message"]
-    assert repr(name) in message
-    assert "allowed_hosts" in message and "CODEXLB_ALLOWED_HOSTS" in message and "--allowed-hosts" in message
-    return message
+    assert repr(name) in error["message"]
+    assert all(how in error["message"] for how in ("allowed_hosts", "CODEXLB_ALLOWED_HOSTS", "--allowed-hosts"))
+
+
+async def raw_status(client, request: bytes) -> bytes:
+    """A request sent as written: client libraries add a Host and tidy paths."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(request)
+        status = await reader.readline()
+    finally:
+        writer.close()
+    return status.split()[1]
 
 
 async def test_a_rebound_page_cannot_create_a_key(client):
@@ -46,6 +55,12 @@ async def test_a_rebound_page_cannot_create_a_key(client):
 @pytest.mark.parametrize("path", ADMIN_READS)
 async def test_a_rebound_page_reads_nothing(client, path):
     await refused(await client.get(path, headers=rebound(client)))
+
+
+@pytest.mark.parametrize("path", ["/v1/../api/keys", "/health/%2e%2e/api/keys", "/api/codex/../keys"])
+async def test_a_proxy_prefix_does_not_lead_elsewhere(client, path):
+    # The Host rule skips the proxy and health paths by prefix: the router must not take one elsewhere.
+    assert await raw_status(client, f"GET {path} HTTP/1.1\r\nHost: {EVIL}\r\n\r\n".encode()) == b"404"
 
 
 async def test_the_host_is_checked_before_anything_else(client):
@@ -66,14 +81,8 @@ async def test_localhost_and_ip_literals_are_answered(client, host, port):
 
 
 async def test_a_request_without_host_is_no_browser(client):
-    # HTTP/1.0 tools may leave Host out; browsers never do. Sent raw: client libraries always add one.
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    try:
-        writer.write(b"GET /api/keys HTTP/1.0\r\n\r\n")
-        status = await reader.readline()
-    finally:
-        writer.close()
-    assert status.split()[1] == b"200", status
+    # HTTP/1.0 tools may leave Host out; browsers never do.
+    assert await raw_status(client, b"GET /api/keys HTTP/1.0\r\n\r\n") == b"200"
 
 
 @pytest.fixture
