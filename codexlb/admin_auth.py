@@ -10,8 +10,9 @@ A session is a random cookie (HttpOnly, SameSite=Strict, Secure over TLS), kept 
 `SESSION_TTL_S`. Against cross-site request forgery: a state-changing call (POST, PUT, PATCH, DELETE)
 that a browser marks as coming from another site (`Origin`, `Sec-Fetch-Site`) is refused, and one
 made with a session cookie must also carry the session's `X-CSRF-Token`, which another site can
-neither read nor send. Logins are rate-limited per address. The password is kept as a scrypt hash in
-the database (`codexlb admin set-password`).
+neither read nor send. Logins are rate-limited per client (`codexlb.trusted_proxies` says who that is),
+checks in progress counting as failures, and few checks run at once (`CHECKS_AT_ONCE`). The password is
+kept as a scrypt hash in the database (`codexlb admin set-password`).
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ import hmac
 import secrets
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from codexlb.errors import APIError
-from codexlb.loopback import client_address, forwarded, is_local_request
+from codexlb.loopback import forwarded, is_local_request
+from codexlb.trusted_proxies import client_address
 
+T = TypeVar("T")
 SESSION_COOKIE = "codexlb_session"
 CSRF_HEADER = "X-CSRF-Token"
 TOKEN_FILE = "admin.token"
@@ -45,6 +49,11 @@ TRACKED_ADDRESSES = 10_000
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # scrypt cost: about 50 ms and 16 MiB per check on a small machine, off the event loop.
 _N, _R, _P = 2**14, 8, 1
+# Password checks run on threads of their own (the loop's default executor also resolves upstream's name),
+# this many at once, and at most CHECKS_AT_ONCE are admitted: past them a login gets 429 at once. However
+# many logins come, the proxy keeps the rest of the CPU.
+CHECK_THREADS = 1
+CHECKS_AT_ONCE = 4
 
 
 def hash_password(password: str) -> str:
@@ -79,7 +88,11 @@ class AdminAuth:
         self.local_token = local_token
         self._sessions: dict[str, _Session] = {}
         self._failures: dict[str, deque[float]] = {}
+        # Logins being checked, per client: each counts as a failure until it ends, so that concurrent
+        # guesses cannot all be checked before the first failure is counted.
+        self._checking: dict[str, int] = {}
         self._clock = clock
+        self._checks = ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="codexlb-password")
 
     @classmethod
     def local(cls, data_dir: Path, password_hash: str | None) -> "AdminAuth":
@@ -113,20 +126,33 @@ class AdminAuth:
                                                                  if via else "") + ".", code="admin_forbidden")
 
     async def login(self, request: web.Request, password: str) -> tuple[str, str]:
-        """A new session's cookie and CSRF token; raises 401, or 429 when the address failed too often."""
-        remote = client_address(request.remote, request.headers)
+        """A new session's cookie and CSRF token; raises 401, or 429 when the client failed too often or
+        too many checks are running."""
+        remote = client_address(request)
         now = self._clock()
         failures = self._failures.setdefault(remote, deque())
         while failures and now - failures[0] > LOGIN_WINDOW_S:
             failures.popleft()
-        if len(failures) >= LOGIN_FAILURES:
-            wait = max(1, int(LOGIN_WINDOW_S - (now - failures[0])) + 1)
+        checking = self._checking.get(remote, 0)
+        if len(failures) + checking >= LOGIN_FAILURES:
+            wait = max(1, int(LOGIN_WINDOW_S - (now - failures[0])) + 1) if failures else 1
             raise APIError(429, f"Too many failed logins; retry in {wait} s.", code="login_rate_limited",
                            type="rate_limit_error", headers={"Retry-After": str(wait)})
+        if sum(self._checking.values()) >= CHECKS_AT_ONCE:
+            raise APIError(429, "Too many logins are being checked at once; retry in 1 s.",
+                           code="login_rate_limited", type="rate_limit_error", headers={"Retry-After": "1"})
         stored = self.password_hash
-        ok = stored is not None and await asyncio.to_thread(verify_password, password, stored)
+        self._checking[remote] = checking + 1
+        try:
+            ok = stored is not None and await self._off_loop(verify_password, password, stored)
+        finally:
+            if self._checking[remote] == 1:
+                del self._checking[remote]
+            else:
+                self._checking[remote] -= 1
         if not ok:
-            failures.append(now)
+            # Looked up again: while the check ran, a tidy-up may have dropped this address's entry.
+            self._failures.setdefault(remote, deque()).append(now)
             if len(self._failures) > TRACKED_ADDRESSES:
                 self._forget_failures_before(now - LOGIN_WINDOW_S)
             raise APIError(401, "Wrong admin password." if stored else "No admin password is set; run "
@@ -136,6 +162,16 @@ class AdminAuth:
         self._drop_expired()
         self._sessions[cookie] = _Session(csrf, time.time() + SESSION_TTL_S)
         return cookie, csrf
+
+    async def hash(self, password: str) -> str:
+        """`hash_password` on the password threads (the operator's, so no gate)."""
+        return await self._off_loop(hash_password, password)
+
+    def close(self) -> None:
+        self._checks.shutdown(wait=False, cancel_futures=True)
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._checks, fn, *args)
 
     def csrf_for(self, request: web.Request) -> str | None:
         """The CSRF token of the caller's session (a page that reloaded asks for it again)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from codexlb import client_auth, health, metrics, middlewares, services
+from codexlb import client_auth, health, host_check, metrics, middlewares, services
 from codexlb.api import accounts as accounts_api
 from codexlb.api import admission as admission_api
 from codexlb.api import bridge as bridge_api
@@ -17,14 +17,20 @@ from codexlb.bridge import websocket as ws_bridge
 from codexlb.proxy import routes as proxy_routes
 from codexlb.config import Settings
 from codexlb.services import SETTINGS
+from codexlb.trusted_proxies import TRUSTED_PROXIES, TrustedProxies
 
 __all__ = ["SETTINGS", "create_app"]
 
 
 def create_app(settings: Settings) -> web.Application:
-    # Outermost first: every request is logged and gets OpenAI-shaped errors, the auth failures too.
-    app = web.Application(middlewares=[middlewares.access_log, middlewares.openai_errors, client_auth.client_auth])
+    # Outermost first: every request is logged and gets OpenAI-shaped errors, the auth failures too; the
+    # Host is checked before anyone's credentials are.
+    hosts = host_check.middleware(settings.host, settings.allowed_hosts,
+                                  any_host=client_auth.PROXY_PREFIXES + health.PREFIXES)
+    app = web.Application(middlewares=[middlewares.access_log, middlewares.openai_errors, hosts,
+                                       client_auth.client_auth])
     app[SETTINGS] = settings
+    app[TRUSTED_PROXIES] = TrustedProxies(settings.trusted_proxies)
     app.on_response_prepare.append(middlewares.on_response_prepare)
     app.cleanup_ctx.append(services.services)
     health.setup(app)

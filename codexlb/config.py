@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+from codexlb.host_check import check_allowed_hosts
 from codexlb.pool.selection import STRATEGIES
+from codexlb.trusted_proxies import check_trusted_proxies
 from codexlb.upstream.proxy import check_setting as check_proxy_setting
 
 ENV_PREFIX = "CODEXLB_"
@@ -75,6 +77,16 @@ def setting(
 class Settings:
     host: str = setting("127.0.0.1", "Address to listen on.", metavar="ADDR")
     port: int = setting(2455, "TCP port to listen on (0 picks a free one).", check=_check_port)
+    allowed_hosts: tuple[str, ...] = setting(
+        (), "More names the dashboard and admin API answer to (Host header), besides localhost, IP addresses "
+        "and the listen address: exact names, or *.example.com for every name under a domain; the port is not "
+        "compared. Others get 421, against DNS rebinding.", check=check_allowed_hosts, metavar="NAME,...",
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (), "Reverse proxies (IP addresses or networks such as 10.0.0.0/8) whose forwarding headers "
+        "(X-Forwarded-For, Forwarded, X-Real-IP) name the client, for login limits and logs; from any other "
+        "peer they are not believed.", check=check_trusted_proxies, metavar="ADDR,...",
+    )
     allow_unauthenticated: bool = setting(
         False, "While no API key exists, serve clients on any address, not just this machine; without it, "
         "serve refuses to listen on a non-loopback address until a key exists.",
@@ -216,7 +228,9 @@ FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(Settings)
 
 
 def _base_type(hint: Any) -> type:
-    """`Path | None` is a Path that may be left unset."""
+    """`Path | None` is a Path that may be left unset; `tuple[str, ...]` is a list of strings."""
+    if typing.get_origin(hint) is tuple:
+        return tuple
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint
 
@@ -264,6 +278,9 @@ def _from_text(kind: type, text: str) -> Any:
         if not text.strip():
             raise ValueError("must not be empty")
         return Path(text)
+    if kind is tuple:
+        # A list in one variable or flag: comma-separated, spaces around items ignored, empty is none.
+        return tuple(item.strip() for item in text.split(",") if item.strip())
     return text
 
 
@@ -278,7 +295,10 @@ def _from_toml(kind: type, value: Any) -> Any:
         return float(value)
     if kind in (str, Path) and isinstance(value, str):
         return _from_text(kind, value)
-    expected = {bool: "a boolean", int: "an integer", float: "a number"}.get(kind, "a string")
+    if kind is tuple and isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(item.strip() for item in value)
+    expected = {bool: "a boolean", int: "an integer", float: "a number", tuple: "an array of strings"}.get(
+        kind, "a string")
     raise ValueError(f"{value!r} is not {expected}")
 
 

@@ -15,6 +15,7 @@ class Lifecycle:
 
 
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+PREFIXES = ("/health/",)
 
 
 async def live(_request: web.Request) -> web.Response:

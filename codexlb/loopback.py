@@ -1,5 +1,5 @@
-"""Is a client this machine, and who is it behind a reverse proxy? Decides who is served without an API key
-and who may use the admin API; names the client in logs and login limits."""
+"""Is a client this machine? Decides who is served without an API key and who may use the admin API without
+a password. (Who a client is behind a reverse proxy: `codexlb.trusted_proxies`.)"""
 
 from __future__ import annotations
 
@@ -45,12 +45,3 @@ def is_local_request(remote: str | None, headers: Mapping[str, str]) -> bool:
     connects from loopback too, on behalf of anyone; the headers it adds give it away."""
     return is_loopback_remote(remote) and forwarded(headers) is None
 
-
-def client_address(remote: str | None, headers: Mapping[str, str]) -> str:
-    """Who a client is, to count its failures: behind a reverse proxy on this machine, the address that
-    proxy added last to X-Forwarded-For (anything before it the client may have written itself)."""
-    if is_loopback_remote(remote):
-        chain = headers.get("X-Forwarded-For") or headers.get("X-Real-IP")
-        if chain:
-            return chain.rsplit(",", 1)[-1].strip()
-    return remote or "?"

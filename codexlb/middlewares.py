@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler
 
 from codexlb import errors, log
 from codexlb.client_auth import API_KEY
-from codexlb.loopback import client_address
+from codexlb.trusted_proxies import client_address
 
 _log = log.get("codexlb.request")
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -48,7 +48,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
             path=request.path,
             status=status,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            remote=client_address(request.remote, request.headers),  # behind a local proxy: its client
+            remote=client_address(request),  # behind a trusted proxy: its client
             request_id=request[REQUEST_ID],
             key_id=key.id if (key := request.get(API_KEY)) is not None else None,
         )

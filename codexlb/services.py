@@ -119,6 +119,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
             await refresher.close()
     finally:
         await http.close()
+        if ADMIN in app:
+            app[ADMIN].close()
         if KEYS in app:
             app[KEYS].flush_last_used()
         await store.close()

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from codexlb import admin_auth
@@ -18,6 +19,7 @@ from codexlb.errors import APIError
 from codexlb.app import create_app
 from codexlb.services import ADMIN
 from codexlb.store import Store
+from codexlb.trusted_proxies import TRUSTED_PROXIES, TrustedProxies
 from tests.keys.conftest import keyed_app
 from tests.serving import serving
 
@@ -143,7 +145,36 @@ async def test_password_guessing_is_slowed(client):
                               headers={"x-test-remote": "198.51.100.1"})).status == 200
 
 
-async def test_behind_a_reverse_proxy_each_client_has_its_own_failed_logins(client):
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "X-Real-IP", "Forwarded"])
+async def test_forwarding_headers_do_not_reset_the_login_limit(client, header):
+    # From a peer nobody listed in trusted_proxies, the headers are the client's own writing: 40 of them
+    # each naming another address used to get 40 checks (and 401s).
+    await set_password(client)
+    statuses = []
+    for n in range(40):
+        value = f"for=10.9.0.{n}" if header == "Forwarded" else f"10.9.0.{n}"
+        resp = await client.post("/api/login", json={"password": "nope"}, headers={header: value})
+        statuses.append(resp.status)
+    assert statuses == [401] * LOGIN_FAILURES + [429] * (40 - LOGIN_FAILURES)
+
+
+async def test_concurrent_wrong_logins_get_no_more_checks_than_the_limit(client):
+    # The failure count was read before the (awaited) password check: 400 at once all got 401.
+    await set_password(client)
+    responses = await asyncio.gather(*(client.post("/api/login", json={"password": "nope"}) for _ in range(60)))
+    statuses = [r.status for r in responses]
+    assert statuses.count(401) <= LOGIN_FAILURES and statuses.count(401) + statuses.count(429) == 60
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in responses if r.status == 429)
+
+
+@pytest.fixture
+async def behind_proxy(aiohttp_client, settings):
+    """codexlb behind a reverse proxy on this machine, which the operator listed in trusted_proxies."""
+    return await aiohttp_client(keyed_app(dataclasses.replace(settings, trusted_proxies=("127.0.0.1",))))
+
+
+async def test_behind_a_reverse_proxy_each_client_has_its_own_failed_logins(behind_proxy):
+    client = behind_proxy
     await set_password(client)
     # The proxy appends the address it saw; what a client wrote in front of it does not count.
     guesser = {"X-Forwarded-For": "198.51.100.1, 203.0.113.66"}
@@ -160,19 +191,24 @@ async def test_failed_logins_are_forgotten_once_many_addresses_have_failed(monke
     monkeypatch.setattr(admin_auth, "TRACKED_ADDRESSES", 2)
     now = [0.0]
     auth = admin_auth.AdminAuth(hash_password(PASSWORD), "token", clock=lambda: now[0])
+    app = web.Application()
+    app[TRUSTED_PROXIES] = TrustedProxies(("127.0.0.1",))
 
     async def fail_from(address: str) -> None:
-        request = make_mocked_request("POST", "/api/login", headers={"X-Forwarded-For": address}).clone(
+        request = make_mocked_request("POST", "/api/login", headers={"X-Forwarded-For": address}, app=app).clone(
             remote="127.0.0.1")  # behind a reverse proxy on this machine
         with pytest.raises(APIError):
             await auth.login(request, "wrong")
 
-    for address in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
-        await fail_from(address)
-    assert len(auth._failures) == 3  # all within the window: each still counts
-    now[0] = admin_auth.LOGIN_WINDOW_S + 1
-    await fail_from("198.51.100.4")
-    assert list(auth._failures) == ["198.51.100.4"]
+    try:
+        for address in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
+            await fail_from(address)
+        assert len(auth._failures) == 3  # all within the window: each still counts
+        now[0] = admin_auth.LOGIN_WINDOW_S + 1
+        await fail_from("198.51.100.4")
+        assert list(auth._failures) == ["198.51.100.4"]
+    finally:
+        auth.close()
 
 
 async def test_a_new_password_ends_every_session(client):

@@ -86,12 +86,14 @@ def test_data_dir_flag_locates_the_file(capsys, tmp_path):
 
 
 def test_toml_output_is_loadable_config(capsys, tmp_path):
-    assert main(["config", "show", "--port", "2600"]) == 0
+    assert main(["config", "show", "--port", "2600", "--allowed-hosts", "a.example,*.b.example"]) == 0
     text = capsys.readouterr().out
     assert "port = 2600  # --port" in text
+    assert 'allowed_hosts = ["a.example", "*.b.example"]  # --allowed-hosts' in text  # a list is a TOML array
     path = tmp_path / "saved.toml"
     path.write_text(text)
-    assert show(capsys, "--config", str(path))["settings"]["port"] == 2600
+    loaded = show(capsys, "--config", str(path))["settings"]
+    assert loaded["port"] == 2600 and loaded["allowed_hosts"] == ["a.example", "*.b.example"]
 
 
 def test_credentials_in_urls_are_redacted(capsys, monkeypatch):
@@ -176,16 +178,26 @@ def test_bad_env_value_exits_nonzero_as_a_process(tmp_path):
         (["--allow-unauthenticated=off"], {}, None, False, "--allow-unauthenticated"),
         ([], {"CODEXLB_ALLOW_UNAUTHENTICATED": "1"}, None, True, "CODEXLB_ALLOW_UNAUTHENTICATED"),
         ([], {}, "allow_unauthenticated = true\n", True, "config file"),
+        # Lists: a TOML array in the file, comma-separated in the variable and the flag.
+        ([], {}, None, [], "default"),
+        ([], {}, 'allowed_hosts = ["lb.example.com", "*.lan.example"]\n', ["lb.example.com", "*.lan.example"],
+         "config file"),
+        ([], {"CODEXLB_ALLOWED_HOSTS": "lb.example.com, *.lan.example,"}, None, ["lb.example.com", "*.lan.example"],
+         "CODEXLB_ALLOWED_HOSTS"),
+        (["--allowed-hosts", "a.example"], {"CODEXLB_ALLOWED_HOSTS": "b.example"}, None, ["a.example"],
+         "--allowed-hosts"),
+        ([], {"CODEXLB_ALLOWED_HOSTS": ""}, 'allowed_hosts = ["a.example"]\n', [], "CODEXLB_ALLOWED_HOSTS"),
     ],
 )
-def test_boolean_settings(capsys, tmp_path, monkeypatch, flags, env, file, expected, source):
+def test_boolean_and_list_settings(capsys, tmp_path, monkeypatch, flags, env, file, expected, source):
+    name = "allowed_hosts" if isinstance(expected, list) else "allow_unauthenticated"
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     if file is not None:
         write_config(tmp_path / "d", file)
     out = show(capsys, "--data-dir", str(tmp_path / "d"), *flags)
-    assert out["settings"]["allow_unauthenticated"] is expected
-    assert out["sources"]["allow_unauthenticated"].startswith(source)
+    assert out["settings"][name] == expected and type(out["settings"][name]) is type(expected)
+    assert out["sources"][name].startswith(source)
 
 
 @pytest.mark.parametrize(
@@ -194,9 +206,17 @@ def test_boolean_settings(capsys, tmp_path, monkeypatch, flags, env, file, expec
         (["--allow-unauthenticated", "maybe"], None,
          "invalid setting 'allow_unauthenticated' from --allow-unauthenticated: 'maybe' is not a boolean"),
         ([], 'allow_unauthenticated = "true"\n', "invalid setting 'allow_unauthenticated' from config file"),
+        ([], 'allowed_hosts = "a.example"\n', "'a.example' is not an array of strings"),
+        ([], "allowed_hosts = [1]\n", "[1] is not an array of strings"),
+        (["--allowed-hosts", "lb.example.com:443"], None,
+         "invalid setting 'allowed_hosts' from --allowed-hosts: 'lb.example.com:443' is not a host name"),
+        (["--allowed-hosts", "https://lb.example.com"], None, "'https://lb.example.com' is not a host name"),
+        (["--trusted-proxies", "10.0.0.1,proxy.lan"], None,
+         "invalid setting 'trusted_proxies' from --trusted-proxies: 'proxy.lan' is not an IP address or network"),
+        ([], 'trusted_proxies = ["10.0.0.0/33"]\n', "'10.0.0.0/33' is not an IP address or network"),
     ],
 )
-def test_bad_booleans_are_one_line_errors(capsys, tmp_path, args, text, expected):
+def test_bad_booleans_and_lists_are_one_line_errors(capsys, tmp_path, args, text, expected):
     if text is not None:
         write_config(tmp_path / "d", text)
     assert main(["config", "show", "--data-dir", str(tmp_path / "d"), *args]) == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from codexlb.admin_auth import SESSION_COOKIE, SESSION_TTL_S, hash_password, over_tls
+from codexlb.admin_auth import SESSION_COOKIE, SESSION_TTL_S, over_tls
 from codexlb.api.admin import json_response, require_admin
 from codexlb.errors import APIError
 from codexlb.proxy.request import read_json
@@ -45,7 +45,7 @@ async def set_password(request: web.Request) -> web.Response:
     if len(password) < MIN_PASSWORD:
         raise APIError(400, f"An admin password needs at least {MIN_PASSWORD} characters.", code="invalid_value",
                        param="password")
-    hashed = hash_password(password)
+    hashed = await request.app[ADMIN].hash(password)
     await request.app[STORE].set_admin_password(hashed)
     request.app[ADMIN].set_password(hashed)
     return json_response({"password_set": True})

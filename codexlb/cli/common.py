@@ -34,6 +34,8 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         metavar = f.metadata["metavar"] or ("{" + ",".join(choices) + "}" if choices else f.name.upper())
         default = f.default
         extra: dict[str, str] = {}
+        if config.type_of(f.name) is tuple:
+            default = ",".join(f.default) or "none"
         if config.type_of(f.name) is bool:
             # A bare `--allow-unauthenticated` means true; `--allow-unauthenticated false` still works.
             metavar, default, extra = "BOOL", str(f.default).lower(), {"nargs": "?", "const": "true"}

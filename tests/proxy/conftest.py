@@ -33,8 +33,8 @@ class Proxy:
 
 
 async def start_proxy(aiohttp_server, settings, sim: RunningSim, accounts: int | None = None, **overrides) -> Proxy:
-    settings = dataclasses.replace(settings, upstream_base_url=sim.upstream_base_url, auth_base_url=sim.url,
-                                   **overrides)
+    settings = dataclasses.replace(settings, **{"upstream_base_url": sim.upstream_base_url, "auth_base_url": sim.url,
+                                                **overrides})
     app = create_app(settings)
     # The test server cancels the handler of a client that hangs up, as `serve` does.
     server = await aiohttp_server(app)
