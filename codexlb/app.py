@@ -25,12 +25,12 @@ __all__ = ["SETTINGS", "create_app"]
 def create_app(settings: Settings) -> web.Application:
     # Outermost first: every request is logged and gets OpenAI-shaped errors, the auth failures too; the
     # Host is checked before anyone's credentials are.
-    hosts = host_check.middleware(settings.host, settings.allowed_hosts,
-                                  any_host=client_auth.PROXY_PREFIXES + health.PREFIXES)
+    hosts = host_check.middleware(any_host=client_auth.PROXY_PREFIXES + health.PREFIXES)
     app = web.Application(middlewares=[middlewares.access_log, middlewares.openai_errors, hosts,
                                        client_auth.client_auth])
     app[SETTINGS] = settings
     app[TRUSTED_PROXIES] = TrustedProxies(settings.trusted_proxies)
+    app[host_check.ALLOWED_HOSTS] = host_check.AllowedHosts(settings.host, settings.allowed_hosts)
     app.on_response_prepare.append(middlewares.on_response_prepare)
     app.cleanup_ctx.append(services.services)
     health.setup(app)

@@ -1,9 +1,9 @@
-"""Who may use the proxy routes: a client with a valid API key, or, while no key exists, a client on this machine.
+"""Who may use the proxy routes: a client with a valid API key, or, while no key exists, a client on this machine
+that calls it by one of its names (`codexlb.host_check`: a page whose name rebound to 127.0.0.1 is not one).
 
 Only the proxy routes are guarded here. A request that a reverse proxy on this machine forwarded is not this
 machine's, though it comes from loopback (`codexlb.loopback.is_local_request`). Health checks stay open (probes
-carry no key), and the admin API (`/api/accounts`, `/api/keys`) has its own rule, this machine only
-(`codexlb.api.admin.require_admin`).
+carry no key), and the admin API has its own rule (`codexlb.admin_auth`).
 This runs on every proxied request, so it does no I/O: one hash and one dict lookup (`KeyRing.verify`).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from codexlb import host_check
 from codexlb.errors import APIError
 from codexlb.keys import KeyRecord
 from codexlb.loopback import forwarded, is_local_request
@@ -37,7 +38,10 @@ async def client_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     ring = request.app[KEYS]
     if not ring.has_keys:
-        # No key exists: this machine only, unless the operator chose to serve everyone.
+        # No key exists: a page whose name rebound to this address would be served as this machine, and
+        # spend the pool from the operator's browser; only this server's names are (`codexlb.host_check`).
+        host_check.check(request)
+        # This machine only, unless the operator chose to serve everyone.
         if is_local_request(request.remote, request.headers) or request.app[SETTINGS].allow_unauthenticated:
             return await handler(request)
         via = forwarded(request.headers)

@@ -77,24 +77,33 @@ def refusal(host: str) -> APIError:
     name = host_name(host)
     shown = name if len(name) <= _SHOWN else name[:_SHOWN] + "..."
     return APIError(
-        421, f"codexlb does not answer to the name {shown!r} (the request's Host header) on its dashboard and "
-        "admin API, which guards them against DNS rebinding. If that is a name of this server, add it to the "
+        421, f"codexlb does not answer to the name {shown!r} (the request's Host header) here: its dashboard, "
+        "admin API and, while no API key exists, its proxy routes answer only to this server's names, against "
+        "DNS rebinding. If that is a name of this server, add it to the "
         f"allowed_hosts setting (config file: allowed_hosts = [\"{shown}\"]; environment: "
         f"CODEXLB_ALLOWED_HOSTS={shown}; flag: --allowed-hosts {shown}), or use the server's address.",
         code="host_not_allowed", type="invalid_request_error")
 
 
-def middleware(listen_host: str, allowed: tuple[str, ...], any_host: tuple[str, ...]) -> Middleware:
+ALLOWED_HOSTS = web.AppKey("allowed_hosts", AllowedHosts)
+
+
+def check(request: web.Request) -> None:
+    """Raise the 421 a request gets when its Host is not one of ours."""
+    host = request.headers.get(hdrs.HOST)
+    if host is not None and not request.app[ALLOWED_HOSTS].allows(host):
+        raise refusal(host)
+
+
+def middleware(any_host: tuple[str, ...]) -> Middleware:
     """Refuse (421) a request outside the `any_host` path prefixes whose Host is not one of ours; before
-    any other check, so no 401 or 403 tells a rebinding page anything."""
-    hosts = AllowedHosts(listen_host, allowed)
+    any other check, so no 401 or 403 tells a rebinding page anything. (The proxy routes, among `any_host`,
+    check the Host themselves while no key is needed: `codexlb.client_auth`.)"""
 
     @web.middleware
     async def host_check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith(any_host):
-            host = request.headers.get(hdrs.HOST)
-            if host is not None and not hosts.allows(host):
-                raise refusal(host)
+            check(request)
         return await handler(request)
 
     return host_check

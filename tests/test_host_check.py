@@ -59,8 +59,9 @@ async def test_a_rebound_page_reads_nothing(client, path):
 
 @pytest.mark.parametrize("path", ["/v1/../api/keys", "/health/%2e%2e/api/keys", "/api/codex/../keys"])
 async def test_a_proxy_prefix_does_not_lead_elsewhere(client, path):
-    # The Host rule skips the proxy and health paths by prefix: the router must not take one elsewhere.
-    assert await raw_status(client, f"GET {path} HTTP/1.1\r\nHost: {EVIL}\r\n\r\n".encode()) == b"404"
+    # The Host rule skips the proxy and health paths by prefix: the router must not take one elsewhere
+    # (no route: 404; on a proxy prefix with no key yet, the Host is refused there: 421).
+    assert await raw_status(client, f"GET {path} HTTP/1.1\r\nHost: {EVIL}\r\n\r\n".encode()) in (b"404", b"421")
 
 
 async def test_the_host_is_checked_before_anything_else(client):
@@ -112,9 +113,15 @@ async def test_the_listen_address_is_answered_by_its_name(aiohttp_client, settin
     await refused(await client.get("/api/keys", headers=rebound(client)))
 
 
-async def test_the_proxy_routes_answer_any_host(client):
-    # No key yet: this machine is served (the rule there is the peer's address, not the Host).
-    assert (await client.get("/v1/__whoami", headers=rebound(client))).status == 200
+async def test_without_keys_a_rebound_page_cannot_use_the_proxy_routes(client):
+    # No key yet, so this machine is served without one: a page whose name rebound to 127.0.0.1 would
+    # spend the pool from the operator's browser and read the answers (it was served: 200).
+    await refused(await client.get("/v1/__whoami", headers=rebound(client)))
+    await refused(await client.post("/v1/responses", json={"model": "m", "input": "hi"}, headers=rebound(client)))
+    assert (await client.get("/v1/__whoami", headers={"Host": f"localhost:{client.port}"})).status == 200
+
+
+async def test_with_a_key_the_proxy_routes_answer_any_host(client):
     key, record = await client.app[KEYS].create("laptop")
     resp = await client.get("/v1/__whoami", headers={**rebound(client), "Authorization": f"Bearer {key}"})
     assert resp.status == 200 and (await resp.json())["key_id"] == record.id
