@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import orjson
+import pytest
 
 from codexlb.app import create_app
 from codexlb.services import ROSTER
@@ -84,7 +85,9 @@ async def test_500_slowloris_connections_do_not_slow_others_and_are_all_closed_a
         async with http.get(f"{url}/health/ready") as health:
             assert health.status == 200
         async with http.post(f"{url}/backend-api/codex/responses", json=body(user("still here"))) as resp:
-            events = parse_sse(await resp.read())
+            raw = await resp.read()
+            assert resp.status == 200, raw
+            events = parse_sse(raw)
         answered = time.monotonic() - started
         assert events[-1]["type"] == "response.completed"
         answers = await asyncio.wait_for(asyncio.gather(*(reader.read() for reader, _ in loris)), bound + 10)
@@ -110,3 +113,20 @@ async def test_streams_and_websockets_that_outlast_the_bound_are_not_cut(setting
             second = await ws_turn(ws, body(user("two"), previous_response_id=first[-1]["response"]["id"]))
             assert not ws.closed
     assert first[-1]["type"] == second[-1]["type"] == "response.completed"
+
+
+@pytest.mark.parametrize("path", ["/backend-api/codex/responses", "/v1/responses", "/api/keys", "/api/login"])
+async def test_a_body_that_stops_arriving_gets_408_within_the_bound(settings, sim, path):
+    async with codexlb(settings, sim, body_timeout_s=0.5) as url:
+        started = time.monotonic()
+        reader, writer = await connect(url, (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100\r\n\r\n{\"model\": \"gpt").encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        waited = time.monotonic() - started
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        error = orjson.loads(await asyncio.wait_for(reader.readexactly(length), 5))["error"]
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 408 ") and error["code"] == "request_timeout"
+    assert 0.4 < waited < 3
