@@ -1,7 +1,7 @@
 """The listening socket, and how long a client connection may take to send a request's head.
 
 aiohttp has no bound on that: its keep-alive timer (an hour by default) starts only once a first response is
-out (since 3.14.5 also at the connection's opening), and nothing bounds a head that arrives byte by byte. So
+out (3.14.5 also starts it at the opening; 3.14.0 does not), and nothing bounds a head that arrives byte by byte. So
 500 connections that sent half a head, or nothing at all, were held until the file-descriptor limit. aiohttp
 offers no setting or hook for it, so each connection gets a `RequestHandler` subclass made here, with one
 deadline: the head of the next request is due `header_timeout_s` after the connection opens or after the
