@@ -218,6 +218,15 @@ class Settings:
         None, "A bearer token that lets a Prometheus on another machine scrape /metrics (and nothing else); "
         "unset, /metrics follows the admin API's rule.", secret=True, metavar="TOKEN",
     )
+    header_timeout_s: float = setting(
+        60.0, "Longest a client connection may take to send a request's headers, counted from its opening or the "
+        "end of its previous response (so also how long an idle keep-alive connection is kept); then it is closed.",
+        check=_check_positive, metavar="SECONDS",
+    )
+    body_timeout_s: float = setting(
+        60.0, "Longest a request body may pause between two reads; then the request gets 408.",
+        check=_check_positive, metavar="SECONDS",
+    )
     drain_timeout_s: float = setting(
         30.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.",
         check=_check_non_negative, metavar="SECONDS",

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from codexlb.logsink import LineSink
 
@@ -135,6 +136,29 @@ def flush(wait_s: float = 2.0) -> None:
         _sink.drain(wait_s)
 
 
+class _ClientFaults(logging.Filter):
+    """aiohttp answers a malformed request with 400, rightly, but logs it as its own error with a traceback
+    (41,000 fuzzed requests made 1,009 such ERROR lines, 15.8 MB). The fault is the client's: one line with
+    the reason and the peer instead, at info (at debug where aiohttp deems it noise: bytes that are not HTTP
+    at all on a new connection)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        # aiohttp's message is "Error handling request from %s" with the peer as its argument.
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        # Its first line, without the client's bytes some messages quote.
+        reason = (exc.message.strip() or type(exc).__name__).splitlines()[0].split(": b'")[0].rstrip(":. ")[:200]
+        logger = get("codexlb.request")
+        (logger.debug if record.levelno <= logging.DEBUG else logger.info)(
+            "malformed request", remote=remote, reason=reason, error=type(exc).__name__)
+        return False
+
+
+_CLIENT_FAULTS = _ClientFaults()
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Send every log line, ours and libraries', to `stream` (stderr by default)."""
     stream = stream or sys.stderr
@@ -161,6 +185,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").propagate = False
+    logging.getLogger("aiohttp.server").addFilter(_CLIENT_FAULTS)
 
     # Our own events skip stdlib logging: a request line is on the hot path.
     global _generation

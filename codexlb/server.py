@@ -8,7 +8,7 @@ from typing import Any, Callable, Coroutine
 
 from aiohttp import web
 
-from codexlb import health, log
+from codexlb import health, log, server_limits
 from codexlb.app import create_app
 from codexlb.config import Settings
 from codexlb.services import StartupError
@@ -37,7 +37,6 @@ async def serve(
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        access_log=None,
         shutdown_timeout=settings.drain_timeout_s,
         # A client that hangs up cancels its handler, so upstream work and leases end with it.
         handler_cancellation=True,
@@ -49,11 +48,12 @@ async def serve(
     except OSError as exc:
         raise StartupError(f"cannot prepare data dir {settings.data_dir}: {exc.strerror or exc}") from None
     try:
-        await web.TCPSite(runner, settings.host, settings.port, reuse_address=True).start()
+        listener = await server_limits.listen(runner, settings.host, settings.port,
+                                              header_timeout_s=settings.header_timeout_s)
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
-    host, port = runner.addresses[0][:2]
+    host, port = listener.sockets[0].getsockname()[:2]
     url = f"http://{host}:{port}"
     _log.info("listening", url=url)
     if on_listening is not None:
@@ -70,6 +70,7 @@ async def serve(
         first_signal_at = loop.time()
         app[health.LIFECYCLE].draining = True
         _log.info("draining", timeout_s=settings.drain_timeout_s)
+        listener.close()  # no new connections; the runner then drains those open
         cleanup = asyncio.ensure_future(runner.cleanup())
 
         def second_signal() -> None:
@@ -86,6 +87,7 @@ async def serve(
             _log.warning("drain cut short by a second signal")
             raise
     finally:
+        listener.close()
         for sig, handler in previous.items():
             loop.remove_signal_handler(sig)
             # Under run_until_stopped what is left is teardown: a late signal may not break into it.

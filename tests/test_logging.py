@@ -1,7 +1,9 @@
-"""Secrets never reach the log, whoever logs them and in whichever format."""
+"""Secrets never reach the log, whoever logs them and in whichever format; a client's garbage is not logged
+as our error."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -12,6 +14,7 @@ import pytest
 
 from codexlb import log
 from codexlb.app import create_app
+from tests.serving import serving
 
 ACCESS = "eyJhbGciOiJub25lIn0.eyJleHAiOjE3MDAwMDAwMDAsInN1YiI6InUifQ.sig"
 REFRESH = "rt_AbCdEf0123456789xyz"
@@ -93,3 +96,50 @@ async def test_one_line_per_request_without_secrets(aiohttp_client, settings):
     assert requests[0]["status"] == 200
     assert requests[0]["request_id"] == "rid-1"
     assert API_KEY not in stream.getvalue()
+
+
+# A client's garbage, each kind aiohttp's parser refuses with 400 (and logged at ERROR with a traceback).
+MALFORMED = {
+    "bad request line": b"GARBAGE\r\n\r\n",
+    "not http at all": bytes(range(256)),
+    "bad header": b"GET /health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n",
+    "oversized header line": b"GET /health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n",
+    "invalid chunked encoding": b"POST /api/keys HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "garbage after a good request": b"GET /health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\x16\x03\x01 hello\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("sent", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_a_malformed_request_is_one_line_naming_the_client_not_an_error(settings, sent):
+    stream = io.StringIO()
+    log.configure("debug", "json", stream)
+    try:
+        async with serving(settings, create_app(settings)) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(port))
+            writer.write(sent)
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+    finally:
+        log.configure("info", "json", io.StringIO())
+    assert b"HTTP/1.0 400 Bad Request" in answer or b"HTTP/1.1 400 Bad Request" in answer, answer[:200]
+    text = stream.getvalue()
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert "Traceback" not in text and not [line for line in lines if line["level"] in ("error", "critical")]
+    [line] = [line for line in lines if line["event"] == "malformed request"]
+    assert line["level"] in ("info", "debug") and line["remote"] == "127.0.0.1" and line["reason"]
+
+
+async def test_a_client_that_hangs_up_mid_request_is_not_an_error(settings):
+    stream = io.StringIO()
+    log.configure("debug", "json", stream)
+    try:
+        async with serving(settings, create_app(settings)) as port:
+            _, writer = await asyncio.open_connection("127.0.0.1", int(port))
+            writer.write(b"POST /api/keys HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"na")
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        log.configure("info", "json", io.StringIO())
+    text = stream.getvalue()
+    assert "Traceback" not in text and '"level":"error"' not in text

@@ -14,6 +14,7 @@ from codexlb.auth.authjson import AuthFileError
 from codexlb.errors import APIError
 from codexlb.pool.account import Account, Window
 from codexlb.pool.roster import RosterError
+from codexlb.request_body import ADMIN_MAX_BYTES, admin_too_large, read_body
 from codexlb.services import ROSTER
 
 __all__ = ["account_view", "require_admin", "setup"]
@@ -50,7 +51,7 @@ async def import_account(request: web.Request) -> web.Response:
     """Body: a Codex CLI auth.json object, optionally with "alias"."""
     require_admin(request)
     try:
-        data = orjson.loads(await request.read())
+        data = orjson.loads(await read_body(request, ADMIN_MAX_BYTES, admin_too_large()))
     except orjson.JSONDecodeError:
         raise APIError(400, "Body is not valid JSON.", code="invalid_json") from None
     alias = data.get("alias") if isinstance(data, dict) else None

@@ -10,6 +10,7 @@ from aiohttp import web
 from codexlb.api.admin import json_response, require_admin
 from codexlb.errors import APIError
 from codexlb.keys import KeyRecord, KeyRingError
+from codexlb.request_body import ADMIN_MAX_BYTES, admin_too_large, read_body
 from codexlb.services import KEYS
 
 # The one response holding a key must not linger in a cache.
@@ -37,7 +38,7 @@ async def list_keys(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     """Body (optional): {"name": str, "max_concurrency": int}."""
     require_admin(request)
-    raw = await request.read()
+    raw = await read_body(request, ADMIN_MAX_BYTES, admin_too_large())
     try:
         data = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:

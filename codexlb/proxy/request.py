@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from codexlb.errors import APIError
+from codexlb.request_body import read_body
 
 # Response ids look like `resp_<hex>`; any printable id of a sane length may be one, anything else never is.
 MAX_RESPONSE_ID = 256
@@ -31,13 +32,7 @@ async def read_json(request: web.Request, max_bytes: int, *, too_large_status: i
 
     `too_large_status` is 400 for the Codex CLI, which retries a 413 although the payload can never fit.
     """
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise _too_large(max_bytes, too_large_status)
-    body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > max_bytes:
-            raise _too_large(max_bytes, too_large_status)
+    body = await read_body(request, max_bytes, _too_large(max_bytes, too_large_status))
     return parse_json(body)
 
 

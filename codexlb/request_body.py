@@ -1,0 +1,42 @@
+"""Reading a client's request body: bounded in size, and in how long it may stall.
+
+aiohttp's `request.read()` waits as long as the client likes: a body that stopped arriving held its handler
+(and its admission slot) until the client went away. Every handler that reads a body reads it here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from codexlb.errors import APIError
+from codexlb.services import SETTINGS
+
+# The admin API's bodies are small: aiohttp's default `client_max_size`, which bounded them before.
+ADMIN_MAX_BYTES = 1024 * 1024
+
+
+async def read_body(request: web.Request, max_bytes: int, too_large: APIError) -> bytearray:
+    """The whole body; `too_large` past `max_bytes`, 408 once it pauses longer than `body_timeout_s`."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    stall_s = request.app[SETTINGS].body_timeout_s
+    loop = asyncio.get_running_loop()
+    body = bytearray()
+    try:
+        # One timer for the whole read, pushed back at each chunk: the bound is on a pause, not on the total.
+        async with asyncio.timeout_at(loop.time() + stall_s) as pause:
+            while chunk := await request.content.readany():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise too_large
+                pause.reschedule(loop.time() + stall_s)
+    except TimeoutError:
+        raise APIError(408, f"The request body stopped arriving (nothing came for {stall_s:g} s).",
+                       code="request_timeout") from None
+    return body
+
+
+def admin_too_large() -> APIError:
+    return APIError(413, "Request body is too large", code="payload_too_large")
