@@ -6,10 +6,9 @@ from typing import Mapping
 
 from multidict import CIMultiDict
 
-# Ours to set (auth, account, framing: the body upstream gets is JSON codexlb wrote, never compressed), the
-# client's credentials, hop-by-hop and forwarding headers.
+# Ours to set (auth, account, framing), the client's credentials, hop-by-hop and forwarding headers.
 _DROP = frozenset({
-    "authorization", "chatgpt-account-id", "host", "content-length", "content-encoding", "connection", "keep-alive",
+    "authorization", "chatgpt-account-id", "host", "content-length", "connection", "keep-alive",
     "proxy-authorization", "proxy-authenticate", "proxy-connection", "te", "trailer", "transfer-encoding",
     "upgrade", "cookie", "forwarded", "x-real-ip", "x-api-key", "accept-encoding", "expect",
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol",
