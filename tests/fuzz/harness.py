@@ -80,7 +80,9 @@ class LogLines:
         self.lines: list[dict[str, Any]] = []
         self.ended = False
         self._changed = threading.Condition()
-        threading.Thread(target=self._read, args=(stream,), daemon=True, name="fuzz-log-reader").start()
+        self._stream = stream
+        self._reader = threading.Thread(target=self._read, args=(stream,), daemon=True, name="fuzz-log-reader")
+        self._reader.start()
 
     def _read(self, stream: Any) -> None:
         for raw in stream:
@@ -112,6 +114,11 @@ class LogLines:
                     raise AssertionError(f"no log line {what} within {timeout:g} s; last lines: {self.lines[-5:]}")
                 self._changed.wait(left)
 
+    def close(self) -> None:
+        """Once the process has exited: the last lines read, the pipe closed."""
+        self._reader.join(SETTLE_TIMEOUT_S)
+        self._stream.close()
+
     def mark(self) -> int:
         with self._changed:
             return len(self.lines)
@@ -131,12 +138,8 @@ def _spawn(*args: str) -> tuple[subprocess.Popen[str], LogLines]:
     return proc, LogLines(proc.stderr)
 
 
-def _listening(proc: subprocess.Popen[str], log: LogLines, name: str) -> str:
-    try:
-        return log.wait_for(lambda r: r.get("event") == "listening", START_TIMEOUT_S, f"'listening' from {name}")["url"]
-    except AssertionError:
-        proc.kill()
-        raise
+def _listening(log: LogLines, name: str) -> str:
+    return log.wait_for(lambda r: r.get("event") == "listening", START_TIMEOUT_S, f"'listening' from {name}")["url"]
 
 
 def _stop(proc: subprocess.Popen[str]) -> int:
@@ -155,23 +158,32 @@ class Stack:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.loop = asyncio.new_event_loop()
-        self._procs: list[subprocess.Popen[str]] = []
-        auth_dir, data_dir = workdir / "sim-auth", workdir / "data"
-        sim, self.sim_log = self._start("sim", "--port", "0", "--accounts", "4", "--write-auth", str(auth_dir),
-                                        "--log-format", "json", "--log-level", "info")
-        self.sim_url = _listening(sim, self.sim_log, "the sim")
+        self._procs: list[tuple[subprocess.Popen[str], LogLines]] = []
+        try:
+            self._boot(workdir / "sim-auth", workdir / "data")
+        except BaseException:
+            for proc, log in self._procs:
+                proc.kill()
+                proc.wait()
+                log.close()
+            self.loop.close()
+            raise
+
+    def _boot(self, auth_dir: Path, data_dir: Path) -> None:
+        _, self.sim_log = self._start("sim", "--port", "0", "--accounts", "4", "--write-auth", str(auth_dir),
+                                      "--log-format", "json", "--log-level", "info")
+        self.sim_url = _listening(self.sim_log, "the sim")
         # Three accounts serve; the fourth's auth.json is the admin fuzz's to import, mangled or not.
         *served, self.spare_auth = sorted(auth_dir.glob("*/auth.json"))
         # Port 9 (discard) refuses at once: the import works on the data dir, not through any server.
         subprocess.run([sys.executable, "-m", "codexlb", "accounts", "import", *map(str, served),
                         "--data-dir", str(data_dir), "--port", "9"], env=_env(), check=True, timeout=START_TIMEOUT_S,
                        capture_output=True)
-        server, self.log = self._start(
+        self.server, self.log = self._start(
             "serve", "--port", "0", "--data-dir", str(data_dir), "--upstream-base-url", f"{self.sim_url}/backend-api",
             "--auth-base-url", self.sim_url, "--upstream-proxy", "direct", "--usage-poll-interval-s", "0",
             "--drain-timeout-s", "5", "--log-format", "json", "--log-level", "info")
-        self.server = server
-        self.url = _listening(server, self.log, "codexlb")
+        self.url = _listening(self.log, "codexlb")
         self.admin = {"Authorization": f"Bearer {(data_dir / 'admin.token').read_text().strip()}"}
         self.http = self.run(self._session())
         created = self.send("POST", "/api/keys", {**self.admin, "Content-Type": "application/json"},
@@ -184,7 +196,7 @@ class Stack:
 
     def _start(self, *args: str) -> tuple[subprocess.Popen[str], LogLines]:
         proc, log = _spawn(*args)
-        self._procs.append(proc)
+        self._procs.append((proc, log))
         return proc, log
 
     async def _session(self) -> aiohttp.ClientSession:
@@ -222,7 +234,11 @@ class Stack:
         """Stop both processes (SIGTERM, as an operator would); their exit codes."""
         self.run(self.http.close())
         self.loop.close()
-        return [_stop(proc) for proc in reversed(self._procs)]
+        codes = []
+        for proc, log in reversed(self._procs):
+            codes.append(_stop(proc))
+            log.close()
+        return codes
 
     # After a test -------------------------------------------------------------------------------------------
 

@@ -125,6 +125,8 @@ JUNK_BODIES = (
     b"\xff\xfe\x00", b'{"model": "gpt-5.5", "input": "\\ud800"}', b'{"model": 1e400}', b"\x1f\x8b\x08\x00",
     b"model=gpt-5.5&input=hi", b'{"model": "gpt-5.5", "model": 5, "input": []}', b"[" * 5000 + b"]" * 5000,
     b'{"a":' * 2000 + b"1" + b"}" * 2000, b"\x00" * 64,
+    # Deeper than orjson writes (255 levels) though not than it reads (1024): fine in, refused on the way out.
+    b'{"model": "gpt-5.5", "input": "hi", "metadata": ' + b"[" * 300 + b"]" * 300 + b"}",
 )
 junk_bodies = st.one_of(st.sampled_from(JUNK_BODIES), st.binary(max_size=64),
                         st.builds(dump_json, json_values, st.booleans()))
@@ -164,8 +166,10 @@ def encoded(draw: st.DrawFn, body: bytes) -> tuple[dict[str, str], bytes]:
     return headers, body
 
 
-def client_headers(key: str) -> st.SearchStrategy[dict[str, str]]:
-    """A proxy client's headers: its key mostly (else none, a wrong one, or junk), and odd other headers."""
+def client_headers(key: str, *, oversize: bool = True) -> st.SearchStrategy[dict[str, str]]:
+    """A proxy client's headers: its key mostly (else none, a wrong one, or junk), and odd other headers;
+    `oversize`: now and then one too long (never for HEAD: a server that cannot read a head cannot know it
+    was a HEAD, and answers with a body)."""
     good = f"Bearer {key}"
     auth = weighted((4, st.just({"Authorization": good})), (1, st.just({"x-api-key": key})),
                     (1, st.fixed_dictionaries({"x-api-key": header_values, "Authorization": st.just(good)})),
@@ -175,4 +179,4 @@ def client_headers(key: str) -> st.SearchStrategy[dict[str, str]]:
             "session_id", "session-id", "x-codex-turn-state", "chatgpt-account-id", "originator", "OpenAI-Beta",
             "x-request-id", "Accept", "X-Forwarded-For", "X-Real-IP", "Forwarded", "x-codex-turn-metadata",
             "Origin", "Sec-Fetch-Site", "Cookie", "Accept-Encoding", "User-Agent", "Host")})
-    return st.builds(lambda a, o, big: {**o, **big, **a}, auth, others, oversized)
+    return st.builds(lambda a, o, big: {**o, **big, **a}, auth, others, oversized if oversize else st.just({}))

@@ -96,7 +96,7 @@ async def _session(stack: Stack, path: str, headers: dict[str, str], sent: list[
 def test_websocket_sessions(stack):
     since = stack.log.mark()
 
-    @fuzz_settings(250)
+    @fuzz_settings(300)
     @given(path=st.sampled_from(PATHS), headers=s.client_headers(stack.key),
            sent=st.lists(frames, min_size=1, max_size=4), wait_last=st.booleans())
     def one(path, headers, sent, wait_last):
