@@ -134,7 +134,7 @@ def _env() -> dict[str, str]:
 
 def _spawn(*args: str) -> tuple[subprocess.Popen[str], LogLines]:
     proc = subprocess.Popen([sys.executable, "-m", "codexlb", *args], env=_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
     return proc, LogLines(proc.stderr)
 
 
