@@ -18,7 +18,15 @@ ODD_STRINGS = (
     "../../etc/passwd", "%00", "%2e%2e/", "\\u0000", "'; DROP TABLE requests;--", "<script>", "é", "Ω≈ç√",
     'call:exec_command {"cmd": "echo hi"}', "call:broken {not json", "resp_0000", "session:x", "cache:x",
 )
-texts = st.one_of(st.text(max_size=24), st.sampled_from(ODD_STRINGS))
+
+
+def one_of_these(values: tuple[Any, ...]) -> st.SearchStrategy[Any]:
+    """`st.sampled_from(values)` with a short repr: Hypothesis writes a strategy's repr when a test fails, and
+    these values run to kilobytes."""
+    return st.integers(0, len(values) - 1).map(values.__getitem__)
+
+
+texts = st.one_of(st.text(max_size=24), one_of_these(ODD_STRINGS))
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
                     st.floats(allow_nan=False, allow_infinity=False), texts)
 json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
@@ -29,7 +37,7 @@ not_strings = json_values.filter(lambda v: not isinstance(v, str))
 def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
     """One of the strategies, each `weight` times as likely (`st.one_of` draws every branch alike, repeated
     ones too)."""
-    return st.sampled_from([strategy for weight, strategy in choices for _ in range(weight)]).flatmap(lambda x: x)
+    return one_of_these(tuple(strategy for weight, strategy in choices for _ in range(weight))).flatmap(lambda x: x)
 
 
 def one_in(n: int) -> st.SearchStrategy[bool]:
@@ -128,7 +136,7 @@ JUNK_BODIES = (
     # Deeper than orjson writes (255 levels) though not than it reads (1024): fine in, refused on the way out.
     b'{"model": "gpt-5.5", "input": "hi", "metadata": ' + b"[" * 300 + b"]" * 300 + b"}",
 )
-junk_bodies = st.one_of(st.sampled_from(JUNK_BODIES), st.binary(max_size=64),
+junk_bodies = st.one_of(one_of_these(JUNK_BODIES), st.binary(max_size=64),
                         st.builds(dump_json, json_values, st.booleans()))
 
 
@@ -143,7 +151,7 @@ header_values = st.one_of(
     st.sampled_from(("", " ", "é", "gpt-5.5", "null", "0", "-1", "1" * 40, "bearer", "Bearer ")),
 )
 # Now and then one header longer than a server takes (aiohttp: 8190 bytes).
-oversized = st.sampled_from([{}] * 19 + [{"x-codex-turn-metadata": "a" * 9000}])
+oversized = one_of_these(({},) * 19 + ({"x-codex-turn-metadata": "a" * 9000},))
 CONTENT_TYPES = ("application/json", "application/json; charset=utf-8", "text/plain", "application/octet-stream",
                  "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/json; charset=latin-1",
                  "text/event-stream", "*/*", ";;;")
