@@ -75,6 +75,12 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, expected)
 
 
+def same_secret(presented: str, expected: str) -> bool:
+    """A secret a client sent (any text a header holds) against ours, in constant time. Compared as bytes:
+    hmac.compare_digest refuses a str with a non-ASCII character, and that refusal was a 500."""
+    return hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
 @dataclass(slots=True)
 class _Session:
     csrf: str
@@ -107,14 +113,14 @@ class AdminAuth:
     def check(self, request: web.Request) -> None:
         """Raise the APIError a caller who is not the operator gets (see the module table)."""
         local = is_local_request(request.remote, request.headers)
-        if local and hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {self.local_token}"):
+        if local and same_secret(request.headers.get("Authorization", ""), f"Bearer {self.local_token}"):
             return  # the CLI: a browser cannot send a token it cannot read, so no CSRF check
         changing = request.method in _STATE_CHANGING
         if changing and _cross_site(request):
             raise APIError(403, "Cross-site admin calls are refused.", code="csrf_failed")
         session = self._session(request)
         if session is not None:
-            if changing and not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), session.csrf):
+            if changing and not same_secret(request.headers.get(CSRF_HEADER, ""), session.csrf):
                 raise APIError(403, "Missing or wrong X-CSRF-Token for this session.", code="csrf_failed")
             return
         if self.password_hash is not None:

@@ -7,7 +7,6 @@ and nothing costs the request path. One registry per app, so several apps (tests
 
 from __future__ import annotations
 
-import hmac
 from typing import Any, Iterator
 
 from aiohttp import web
@@ -15,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from codexlb.admin_auth import same_secret
 from codexlb.api.admin import require_admin
 from codexlb.pool.account import Status
 from codexlb.services import SETTINGS
@@ -105,7 +105,7 @@ METRICS = web.AppKey("metrics", Metrics)
 async def metrics(request: web.Request) -> web.Response:
     token = request.app[SETTINGS].metrics_token
     presented = request.headers.get("Authorization", "")
-    if not (token and hmac.compare_digest(presented, f"Bearer {token}")):
+    if not (token and same_secret(presented, f"Bearer {token}")):
         require_admin(request)
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

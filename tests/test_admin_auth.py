@@ -97,6 +97,16 @@ async def test_with_a_password_sessions_and_csrf_tokens(client):
     assert await code(await client.get("/api/keys", headers=REMOTE)) == (401, "admin_login_required")
 
 
+async def test_credentials_that_are_not_ascii_are_refused_not_a_500(client):
+    # hmac.compare_digest takes no str with a non-ASCII character: such a header was a 500.
+    await set_password(client)
+    resp = await client.get("/api/keys", headers={"Authorization": "Bearer \u00e9"})
+    assert await code(resp) == (401, "admin_login_required")
+    await login(client, REMOTE)
+    resp = await client.post("/api/keys", json={"name": "x"}, headers={**REMOTE, "X-CSRF-Token": "\u00e9"})
+    assert await code(resp) == (403, "csrf_failed")
+
+
 async def test_the_session_cookie_is_locked_down(client):
     await set_password(client)
     resp = await client.post("/api/login", json={"password": PASSWORD})

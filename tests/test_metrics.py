@@ -58,4 +58,6 @@ async def test_a_metrics_token_lets_a_remote_prometheus_scrape_and_nothing_else(
     remote = {"x-test-remote": "203.0.113.9"}
     assert (await client.get("/metrics", headers={**remote, "Authorization": "Bearer scrape-me"})).status == 200
     assert (await client.get("/metrics", headers={**remote, "Authorization": "Bearer wrong"})).status == 403
+    # Not ASCII: hmac.compare_digest refused to compare it (a 500).
+    assert (await client.get("/metrics", headers={**remote, "Authorization": "Bearer \u00e9"})).status == 403
     assert (await client.get("/api/accounts", headers={**remote, "Authorization": "Bearer scrape-me"})).status == 403
