@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -32,6 +33,19 @@ def type_for_status(status: int) -> str:
 def error_body(message: str, type: str, code: str | None, param: str | None = None,
                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "code": code, "param": param, **(extra or {})}}
+
+
+def client_fault(exc: BaseException | None) -> HttpProcessingError | None:
+    """The malformed request behind `exc` (aiohttp's parse error, itself or as the cause of a body read that
+    failed), when the fault is the client's."""
+    while exc is not None and not isinstance(exc, HttpProcessingError):
+        exc = exc.__cause__
+    return exc
+
+
+def fault_reason(fault: HttpProcessingError) -> str:
+    """What was wrong, in one short line without the client's bytes that some of aiohttp's messages quote."""
+    return (fault.message.strip() or type(fault).__name__).splitlines()[0].split(": b'")[0].rstrip(":. ")[:200]
 
 
 def error_response(

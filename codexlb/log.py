@@ -15,8 +15,8 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
-from aiohttp.http_exceptions import HttpProcessingError
 
+from codexlb.errors import client_fault, fault_reason
 from codexlb.logsink import LineSink
 
 REDACTED = "[REDACTED]"
@@ -143,16 +143,15 @@ class _ClientFaults(logging.Filter):
     at all on a new connection)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError):
+        fault = client_fault(record.exc_info[1] if record.exc_info else None)
+        if fault is None:
             return True
-        # aiohttp's message is "Error handling request from %s" with the peer as its argument.
+        # aiohttp's message is "Error handling request from %s" with the peer as its argument. Its "Unhandled
+        # exception" names no one: a body it read on after codexlb had answered the fault (logged then).
         remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
-        # Its first line, without the client's bytes some messages quote.
-        reason = (exc.message.strip() or type(exc).__name__).splitlines()[0].split(": b'")[0].rstrip(":. ")[:200]
         logger = get("codexlb.request")
-        (logger.debug if record.levelno <= logging.DEBUG else logger.info)(
-            "malformed request", remote=remote, reason=reason, error=type(exc).__name__)
+        (logger.debug if record.levelno <= logging.DEBUG or remote is None else logger.info)(
+            "malformed request", remote=remote, reason=fault_reason(fault), error=type(fault).__name__)
         return False
 
 

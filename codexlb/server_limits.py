@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from codexlb import log
-from codexlb.errors import error_body
+from codexlb.errors import client_fault, error_body, error_response, fault_reason
 
 _log = log.get("codexlb.server")
 
@@ -58,6 +58,20 @@ class _HeadDeadline(web.RequestHandler):
             return await super().finish_response(request, resp, start_time)
         finally:
             self._arm()  # the response is out: the next head is due from now
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """aiohttp's answer to a request it could not parse (or a handler it gave up on) is plain text; a
+        client of an OpenAI-compatible API reads `{"error": ...}`. aiohttp's own call still logs it (one line
+        when the client is at fault: `codexlb.log`) and refuses when a response is already out."""
+        super().handle_error(request, status, exc, message)
+        fault = client_fault(exc)
+        if fault is not None:
+            response = error_response(status, f"Malformed request: {fault_reason(fault)}.", code="malformed_request")
+        else:
+            response = error_response(status, "Internal server error; see the codexlb log.", code="internal_error")
+        response.force_close()
+        return response
 
     def _arm(self) -> None:
         self._disarm()

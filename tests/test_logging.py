@@ -106,6 +106,9 @@ MALFORMED = {
     "oversized header line": b"GET /health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n",
     "invalid chunked encoding": b"POST /api/keys HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     "garbage after a good request": b"GET /health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\x16\x03\x01 hello\r\n\r\n",
+    # Answered by codexlb (400 invalid_body); aiohttp then reads the rest and logged the same fault again.
+    "a body not encoded as its Content-Encoding says": b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Encoding: gzip\r\nContent-Length: 13\r\n\r\n{\"model\":\"m\"}",
 }
 
 
@@ -122,11 +125,17 @@ async def test_a_malformed_request_is_one_line_naming_the_client_not_an_error(se
     finally:
         log.configure("info", "json", io.StringIO())
     assert b"HTTP/1.0 400 Bad Request" in answer or b"HTTP/1.1 400 Bad Request" in answer, answer[:200]
+    # An OpenAI-compatible client reads errors as JSON (aiohttp's own answer was plain text).
+    assert json.loads(answer.rsplit(b"\r\n\r\n", 1)[1])["error"]["code"] in ("malformed_request", "invalid_body")
     text = stream.getvalue()
     lines = [json.loads(line) for line in text.splitlines()]
     assert "Traceback" not in text and not [line for line in lines if line["level"] in ("error", "critical")]
-    [line] = [line for line in lines if line["event"] == "malformed request"]
-    assert line["level"] in ("info", "debug") and line["remote"] == "127.0.0.1" and line["reason"]
+    # One line names the client and the fault: aiohttp's refusal, or codexlb's own 400 (then aiohttp's reading
+    # the rest of the body into the same fault is a debug line that names no one).
+    [line] = [line for line in lines if line["event"] == "malformed request" and line["remote"]] + [
+        line for line in lines if line["event"] == "request" and line["status"] == 400]
+    assert line["level"] in ("info", "debug") and line["remote"] == "127.0.0.1"
+    assert line.get("reason", line.get("path"))
 
 
 async def test_a_client_that_hangs_up_mid_request_is_not_an_error(settings):
