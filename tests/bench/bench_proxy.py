@@ -62,7 +62,9 @@ asyncio.run(main())
 """
 
 
-async def start(*args: str, env: dict[str, str] | None = None) -> tuple[asyncio.subprocess.Process, str]:
+async def start(*args: str, env: dict[str, str] | None = None,
+                drain: bool = True) -> tuple[asyncio.subprocess.Process, str]:
+    """Start `codexlb ARGS` and wait until it listens; `drain=False` leaves reading its log to the caller."""
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "codexlb", *args, "--log-format", "json",
                                                 stderr=asyncio.subprocess.PIPE, env=env)
     assert proc.stderr is not None
@@ -72,7 +74,8 @@ async def start(*args: str, env: dict[str, str] | None = None) -> tuple[asyncio.
             raise RuntimeError(f"codexlb {args[0]} exited before listening")
         event = json.loads(line)
         if event["event"] == "listening":
-            asyncio.create_task(proc.stderr.read())  # keep draining so the child never blocks on a full pipe
+            if drain:
+                asyncio.create_task(proc.stderr.read())  # keep draining so the child never blocks on a full pipe
             return proc, event["url"]
 
 
