@@ -71,7 +71,7 @@ class Tally:
 
     def fail(self, path: str, reason: str) -> None:
         self.failed[path] += 1
-        self.reasons[f"{path}: {reason}"[:120]] += 1
+        self.reasons[f"{path}: {reason}"[:160]] += 1
 
 
 def completed(raw: bytes) -> dict[str, Any] | None:
@@ -88,7 +88,7 @@ async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any],
                          timeout=aiohttp.ClientTimeout(total=120)) as resp:
         raw = await resp.read()
         if resp.status != 200:
-            return None, f"HTTP {resp.status} {raw[:60]!r}"
+            return None, f"HTTP {resp.status} {raw[:120]!r}"
         response = completed(raw)
         return response, "" if response is not None else f"no response.completed: {raw[-80:]!r}"
 
@@ -207,11 +207,14 @@ async def sample(pid: int, tally: Tally, interval_s: float, deadline: float,
         done_before = total
 
 
-async def drain(stream: asyncio.StreamReader, errors: Counter[str]) -> None:
-    """Read the child's log to its end (a full pipe would block it), counting error lines."""
-    while line := await stream.readline():
-        if b'"level": "error"' in line or b'"level":"error"' in line:
-            errors["error"] += 1
+async def drain(stream: asyncio.StreamReader, errors: Counter[str], keep: Path | None) -> None:
+    """Read the child's log to its end (a full pipe would block it), counting error lines; `keep`: a
+    file to write it to."""
+    with open(keep or os.devnull, "wb") as out:
+        while line := await stream.readline():
+            out.write(line)
+            if b'"level": "error"' in line or b'"level":"error"' in line:
+                errors["error"] += 1
 
 
 async def main() -> None:
@@ -227,6 +230,7 @@ async def main() -> None:
     parser.add_argument("--reply-words", type=int, default=40)
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of " + ",".join(PATHS))
     parser.add_argument("--serve-arg", action="append", default=[], help="extra `codexlb serve` argument")
+    parser.add_argument("--serve-log", type=Path, help="write codexlb's log to this file (else it is dropped)")
     args = parser.parse_args()
     paths = args.paths.split(",")
     assert set(paths) <= set(PATHS), paths
@@ -246,7 +250,7 @@ async def main() -> None:
                               env=env, drain=False)
     assert proxy.stderr is not None
     errors: Counter[str] = Counter()
-    drainer = asyncio.create_task(drain(proxy.stderr, errors))
+    drainer = asyncio.create_task(drain(proxy.stderr, errors, args.serve_log))
     tally = Tally()
     rows: list[tuple[float, float]] = []
     print(f"soak: {args.clients} clients ({', '.join(paths)}) for {args.minutes:g} min against codexlb pid "
