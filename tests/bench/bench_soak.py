@@ -30,7 +30,6 @@ import itertools
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -41,7 +40,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_proxy import start  # noqa: E402
+from bench_proxy import start_sim_and_serve  # noqa: E402
 
 MODEL = "gpt-5.5"
 WS_HEADERS = {"openai-beta": "responses_websockets=2026-02-06"}
@@ -234,20 +233,8 @@ async def main() -> None:
     args = parser.parse_args()
     paths = args.paths.split(",")
     assert set(paths) <= set(PATHS), paths
-    work = Path(tempfile.mkdtemp(prefix="codexlb-soak-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
-    sim, sim_url = await start("sim", "--port", "0", "--accounts", "4", "--reply-words", str(args.reply_words),
-                               "--primary-limit-tokens", str(10**15), "--secondary-limit-tokens", str(10**15),
-                               "--write-auth", str(work / "auth"), env=env)
-    data = ["--data-dir", str(work / "data")]
-    importer = await asyncio.create_subprocess_exec(sys.executable, "-m", "codexlb", "accounts", "import",
-                                                    *map(str, sorted((work / "auth").glob("*/auth.json"))),
-                                                    *data, "--port", "9", env=env,
-                                                    stdout=asyncio.subprocess.DEVNULL)
-    assert await importer.wait() == 0
-    proxy, base = await start("serve", "--port", "0", *data, "--upstream-base-url", f"{sim_url}/backend-api",
-                              "--auth-base-url", sim_url, "--usage-poll-interval-s", "0", *args.serve_arg,
-                              env=env, drain=False)
+    sim, _, proxy, base = await start_sim_and_serve("codexlb-soak-", args.reply_words, *args.serve_arg,
+                                                    drain=False)
     assert proxy.stderr is not None
     errors: Counter[str] = Counter()
     drainer = asyncio.create_task(drain(proxy.stderr, errors, args.serve_log))
