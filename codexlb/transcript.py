@@ -4,9 +4,11 @@ For every response codexlb relays on a WebSocket, it keeps the items the request
 `previous_response_id` it was anchored on, and the output items upstream produced. Following the
 anchors back gives the whole input the client would have sent without any anchor (`history`).
 
-Bounded twice, both in bytes of item JSON: per conversation (its oldest responses go first) and in
-total (the least recently used responses of any conversation go first). A chain with a link gone is a
-miss, never a guess. Kept in memory only: after a restart the upstream sockets are gone too, so every
+Bounded twice, in bytes: per conversation (its oldest responses go first) and in total (the least
+recently used responses of any conversation go first). The items are kept as their JSON, not as Python
+objects (which take about 3.7 times as much), and each response counts `BOOKKEEPING` bytes for its ids,
+links and table entries besides, so a budget is the memory used; a history is decoded only when a
+recovery asks for it. A chain with a link gone is a miss, never a guess. Kept in memory only: after a restart the upstream sockets are gone too, so every
 conversation starts over with the client's next request, and nothing stored could be anchored on.
 """
 
@@ -19,12 +21,15 @@ from typing import Any
 import orjson
 
 
+# Bytes a kept response costs beyond its items' JSON (measured: about 520), counted against the budgets.
+BOOKKEEPING = 512
+
+
 @dataclass(slots=True)
 class _Response:
     conversation: str
     previous: str | None
-    input: list[Any]
-    output: list[Any]
+    items: bytes  # a JSON array: the request's items, then its output
     size: int
 
 
@@ -45,11 +50,12 @@ class Transcripts:
 
     def record(self, conversation: str, response_id: str, previous: str | None, items: list[Any],
                output: list[Any]) -> None:
-        size = sum(len(orjson.dumps(item)) for item in (*items, *output))
+        parts = [orjson.dumps(item) for item in (*items, *output)]
+        size = BOOKKEEPING + sum(map(len, parts))
         if size > self._max_conversation or size > self._max:
             return  # one response larger than a whole budget: keeping it would evict everything else
         self._forget(response_id)
-        self._responses[response_id] = _Response(conversation, previous, items, output, size)
+        self._responses[response_id] = _Response(conversation, previous, b"[" + b",".join(parts) + b"]", size)
         self._conversations.setdefault(conversation, OrderedDict())[response_id] = None
         self._conversation_bytes[conversation] = self._conversation_bytes.get(conversation, 0) + size
         self.bytes += size
@@ -74,8 +80,7 @@ class Transcripts:
             self._responses.move_to_end(used)
         items: list[Any] = []
         for response in reversed(chain):
-            items.extend(response.input)
-            items.extend(response.output)
+            items.extend(orjson.loads(response.items))
         return items
 
     def stats(self) -> dict[str, int]:

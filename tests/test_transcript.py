@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import orjson
 
-from codexlb.transcript import Transcripts, without_account_items
+from codexlb.transcript import BOOKKEEPING, Transcripts, without_account_items
 
 
 def msg(text: str) -> dict:
@@ -12,7 +14,8 @@ def msg(text: str) -> dict:
 
 
 def size(*items: dict) -> int:
-    return sum(len(orjson.dumps(i)) for i in items)
+    """What one response with these items counts against the budgets."""
+    return BOOKKEEPING + sum(len(orjson.dumps(i)) for i in items)
 
 
 def test_history_follows_the_anchors_back():
@@ -54,7 +57,7 @@ def test_the_total_budget_evicts_the_least_recently_used_conversation_first():
 
 
 def test_a_response_larger_than_a_budget_is_not_kept_and_evicts_nothing():
-    t = Transcripts(10**6, 500)
+    t = Transcripts(10**6, BOOKKEEPING + 500)
     t.record("c", "small", None, [msg("hi")], [])
     t.record("c", "huge", "small", [msg("x" * 1000)], [])
     assert t.history("small") == [msg("hi")] and t.history("huge") is None and len(t) == 1
@@ -71,3 +74,27 @@ def test_items_only_one_account_can_read_stay_behind():
     reasoning = {"type": "reasoning", "encrypted_content": "sealed", "summary": []}
     plain_reasoning = {"type": "reasoning", "summary": []}
     assert without_account_items([msg("a"), reasoning, plain_reasoning]) == [msg("a"), plain_reasoning]
+
+
+def test_the_budget_is_the_memory_held():
+    """Filled to its budget with responses like the Codex CLI's (a user message in; a sealed reasoning item
+    and a 40-word answer out), the transcript holds about its budget in memory: items kept as Python
+    objects took 3.7 times the budget."""
+    budget = 4 * 1024 * 1024
+    t = Transcripts(budget, budget)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        n = 0
+        while t.stats()["evictions"] < 100:
+            reasoning = {"id": f"rs_{n:024x}", "type": "reasoning", "summary": [], "encrypted_content": "e" * 64}
+            answer = {"id": f"msg_{n:024x}", "type": "message", "role": "assistant", "status": "completed",
+                      "content": [{"type": "output_text", "annotations": [], "text": " ".join(["word"] * 40)}]}
+            t.record(f"c{n // 8}", f"resp_{n:024x}", f"resp_{n - 1:024x}" if n % 8 else None, [msg(f"turn {n}")],
+                     [reasoning, answer])
+            n += 1
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert t.bytes <= budget
+    assert held < 1.2 * budget, f"{held / budget:.2f} times the budget"

@@ -89,13 +89,14 @@ class _Turn:
         covered = None if self.whole or anchor is None else anchor.delta(self.full)
         self.anchored = covered is not None
         body = dict(self.base)
+        items = self.items
         if covered is not None and anchor is not None:
             body["previous_response_id"] = anchor.response_id
-            body["input"] = self.items[covered:]
-        else:
-            readable = self.up.owners.readable_by(self.items, self.session.account.id)
-            if readable is not None:
-                body["input"] = readable
+            items = body["input"] = self.items[covered:]
+        # New items too may hold reasoning another account sealed: a turn that went the plain way elsewhere.
+        readable = self.up.owners.readable_by(items, self.session.account.id)
+        if readable is not None:
+            body["input"] = readable
         text = orjson.dumps({"type": "response.create", **body}).decode()
         if self.anchored:
             self.anchored_size = len(text)

@@ -62,7 +62,9 @@ asyncio.run(main())
 """
 
 
-async def start(*args: str, env: dict[str, str] | None = None) -> tuple[asyncio.subprocess.Process, str]:
+async def start(*args: str, env: dict[str, str] | None = None,
+                drain: bool = True) -> tuple[asyncio.subprocess.Process, str]:
+    """Start `codexlb ARGS` and wait until it listens; `drain=False` leaves reading its log to the caller."""
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "codexlb", *args, "--log-format", "json",
                                                 stderr=asyncio.subprocess.PIPE, env=env)
     assert proc.stderr is not None
@@ -72,8 +74,30 @@ async def start(*args: str, env: dict[str, str] | None = None) -> tuple[asyncio.
             raise RuntimeError(f"codexlb {args[0]} exited before listening")
         event = json.loads(line)
         if event["event"] == "listening":
-            asyncio.create_task(proc.stderr.read())  # keep draining so the child never blocks on a full pipe
+            if drain:
+                asyncio.create_task(proc.stderr.read())  # keep draining so the child never blocks on a full pipe
             return proc, event["url"]
+
+
+async def start_sim_and_serve(prefix: str, reply_words: int, *serve_args: str, drain: bool = True) -> tuple[
+        asyncio.subprocess.Process, str, asyncio.subprocess.Process, str]:
+    """A sim with four accounts that never run out, and `codexlb serve` with them imported, each its own
+    process on a free loopback port, in a new temporary directory; CODEXLB_* variables are not passed on."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    sim, sim_url = await start("sim", "--port", "0", "--accounts", "4", "--reply-words", str(reply_words),
+                               "--primary-limit-tokens", str(10**15), "--secondary-limit-tokens", str(10**15),
+                               "--write-auth", str(work / "auth"), env=env)
+    data = ["--data-dir", str(work / "data")]
+    importer = await asyncio.create_subprocess_exec(sys.executable, "-m", "codexlb", "accounts", "import",
+                                                    *map(str, sorted((work / "auth").glob("*/auth.json"))),
+                                                    *data, "--port", "9", env=env,
+                                                    stdout=asyncio.subprocess.DEVNULL)
+    assert await importer.wait() == 0
+    proxy, proxy_url = await start("serve", "--port", "0", *data, "--upstream-base-url", f"{sim_url}/backend-api",
+                                   "--auth-base-url", sim_url, "--usage-poll-interval-s", "0", *serve_args,
+                                   env=env, drain=drain)
+    return sim, sim_url, proxy, proxy_url
 
 
 async def one(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> float:
@@ -147,20 +171,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds the throughput time is split into")
     parser.add_argument("--reply-words", type=int, default=40)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="codexlb-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
-    sim, sim_url = await start("sim", "--port", "0", "--accounts", "4", "--reply-words", str(args.reply_words),
-                               "--primary-limit-tokens", str(10**12), "--secondary-limit-tokens", str(10**12),
-                               "--write-auth", str(work / "auth"), env=env)
-    data = ["--data-dir", str(work / "data")]
-    importer = await asyncio.create_subprocess_exec(sys.executable, "-m", "codexlb", "accounts", "import",
-                                                    *map(str, sorted((work / "auth").glob("*/auth.json"))),
-                                                    *data, "--port", "9", env=env,
-                                                    stdout=asyncio.subprocess.DEVNULL)
-    assert await importer.wait() == 0
-    proxy, proxy_url = await start("serve", "--port", "0", *data, "--upstream-base-url", f"{sim_url}/backend-api",
-                                   "--auth-base-url", sim_url,
-                                   "--usage-poll-interval-s", "0", env=env)
+    sim, sim_url, proxy, proxy_url = await start_sim_and_serve("codexlb-bench-", args.reply_words)
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{sim_url}/__sim/accounts") as resp:
