@@ -78,7 +78,8 @@ class Settings:
     host: str = setting("127.0.0.1", "Address to listen on.", metavar="ADDR")
     port: int = setting(2455, "TCP port to listen on (0 picks a free one).", check=_check_port)
     allowed_hosts: tuple[str, ...] = setting(
-        (), "More names the dashboard and admin API answer to (Host header), besides localhost, IP addresses "
+        (), "More names the dashboard, the admin API and (while no API key exists) the proxy routes answer to "
+        "(Host header), besides localhost, IP addresses "
         "and the listen address: exact names, or *.example.com for every name under a domain; the port is not "
         "compared. Others get 421, against DNS rebinding.", check=check_allowed_hosts, metavar="NAME,...",
     )
