@@ -7,6 +7,7 @@ aiohttp's `request.read()` waits as long as the client likes: a body that stoppe
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 from aiohttp import web
 
@@ -17,10 +18,11 @@ from codexlb.services import SETTINGS
 ADMIN_MAX_BYTES = 1024 * 1024
 
 
-async def read_body(request: web.Request, max_bytes: int, too_large: APIError) -> bytearray:
-    """The whole body; `too_large` past `max_bytes`, 408 once it pauses longer than `body_timeout_s`."""
+async def read_body(request: web.Request, max_bytes: int, too_large: Callable[[], APIError]) -> bytearray:
+    """The whole body; `too_large()` past `max_bytes` (made only then: this is every request's path), 408 once
+    it pauses longer than `body_timeout_s`."""
     if request.content_length is not None and request.content_length > max_bytes:
-        raise too_large
+        raise too_large()
     stall_s = request.app[SETTINGS].body_timeout_s
     loop = asyncio.get_running_loop()
     body = bytearray()
@@ -30,7 +32,7 @@ async def read_body(request: web.Request, max_bytes: int, too_large: APIError) -
             while chunk := await request.content.readany():
                 body += chunk
                 if len(body) > max_bytes:
-                    raise too_large
+                    raise too_large()
                 pause.reschedule(loop.time() + stall_s)
     except TimeoutError:
         raise APIError(408, f"The request body stopped arriving (nothing came for {stall_s:g} s).",

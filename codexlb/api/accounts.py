@@ -51,7 +51,7 @@ async def import_account(request: web.Request) -> web.Response:
     """Body: a Codex CLI auth.json object, optionally with "alias"."""
     require_admin(request)
     try:
-        data = orjson.loads(await read_body(request, ADMIN_MAX_BYTES, admin_too_large()))
+        data = orjson.loads(await read_body(request, ADMIN_MAX_BYTES, admin_too_large))
     except orjson.JSONDecodeError:
         raise APIError(400, "Body is not valid JSON.", code="invalid_json") from None
     alias = data.get("alias") if isinstance(data, dict) else None

@@ -38,7 +38,7 @@ async def list_keys(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     """Body (optional): {"name": str, "max_concurrency": int}."""
     require_admin(request)
-    raw = await read_body(request, ADMIN_MAX_BYTES, admin_too_large())
+    raw = await read_body(request, ADMIN_MAX_BYTES, admin_too_large)
     try:
         data = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:

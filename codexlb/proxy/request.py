@@ -8,6 +8,7 @@ naming the parameter, never a 500 or a retriable 502.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import orjson
@@ -32,7 +33,7 @@ async def read_json(request: web.Request, max_bytes: int, *, too_large_status: i
 
     `too_large_status` is 400 for the Codex CLI, which retries a 413 although the payload can never fit.
     """
-    body = await read_body(request, max_bytes, _too_large(max_bytes, too_large_status))
+    body = await read_body(request, max_bytes, functools.partial(_too_large, max_bytes, too_large_status))
     return parse_json(body)
 
 
