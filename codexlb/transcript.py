@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from codexlb.recent_map import RecentMap
+
 
 # Bytes a kept response costs beyond its items' JSON (measured: about 520), counted against the budgets.
 BOOKKEEPING = 512
@@ -109,22 +111,24 @@ class ItemOwners:
     `max_items`), so a conversation that moved accounts stops sending the new one what it cannot open."""
 
     def __init__(self, max_items: int = 200_000) -> None:
-        self._max = max_items
-        self._owner: OrderedDict[str, str] = OrderedDict()
+        self._owner: RecentMap[str, str] = RecentMap(max_items)
 
     def note(self, output: Any, account_id: str) -> None:
         for item in output if isinstance(output, list) else ():
             if _sealed(item) and isinstance(item.get("id"), str):
                 self._owner[item["id"]] = account_id
-                self._owner.move_to_end(item["id"])
-        while len(self._owner) > self._max:
-            self._owner.popitem(last=False)
 
     def readable_by(self, items: list[Any], account_id: str) -> list[Any] | None:
         """`items` less those another account sealed; None when there is none (the common case)."""
-        if not any(_sealed(i) and self._owner.get(i.get("id"), account_id) != account_id for i in items):
+        if not any(self._foreign(i, account_id) for i in items):
             return None
-        return [i for i in items if not (_sealed(i) and self._owner.get(i.get("id"), account_id) != account_id)]
+        return [i for i in items if not self._foreign(i, account_id)]
+
+    def _foreign(self, item: Any, account_id: str) -> bool:
+        if not _sealed(item) or not isinstance(item_id := item.get("id"), str):
+            return False
+        owner = self._owner.get(item_id)
+        return owner is not None and owner != account_id
 
 
 def _sealed(item: Any) -> bool:
