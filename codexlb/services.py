@@ -19,7 +19,7 @@ from codexlb.keys import KeyRing
 from codexlb.loopback import is_loopback_host
 from codexlb.pool.pool import Pool
 from codexlb.pool.roster import Roster
-from codexlb.pool.usage_poller import UsagePoller
+from codexlb.upstream.usage_poller import UsagePoller
 from codexlb import log
 from codexlb.store import DatabaseError, Store
 from codexlb.upstream.session import make_session, upstream_via

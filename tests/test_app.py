@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from codexlb import health
+from codexlb.handlers import health
 from codexlb.app import create_app
 from codexlb.errors import APIError
 

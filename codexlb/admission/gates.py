@@ -9,8 +9,8 @@ from typing import Any, AsyncIterator
 
 from codexlb.admission.gate import Gate
 from codexlb.config import Settings
-from codexlb.keys import KeyRecord
-from codexlb.pool.account import Account
+from codexlb.store.api_keys import KeyRecord
+from codexlb.account import Account
 
 
 class _AccountGate(Gate):

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 
 from codexlb.auth import jwt
-from codexlb.pool.account import Tokens
+from codexlb.account import Tokens
 
 MAX_BYTES = 1024 * 1024
 

@@ -20,7 +20,7 @@ from codexlb.admission.gate import Gate, GateFull
 from codexlb.admission.gates import Gates
 from codexlb.auth import jwt
 from codexlb.config import Settings
-from codexlb.pool.account import Account, Status, Tokens
+from codexlb.account import Account, Status, Tokens
 from codexlb.pool.roster import Roster
 from codexlb.singleflight import SingleFlight
 

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 
-from codexlb.api.accounts import account_view
+from codexlb.handlers.api.accounts import account_view
 from codexlb.auth import authjson, oauth
 from codexlb.auth.authjson import AuthFileError, Login
 from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags, ago, load_settings

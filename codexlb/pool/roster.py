@@ -10,7 +10,7 @@ from typing import Callable
 
 from codexlb import log
 from codexlb.auth.authjson import Login
-from codexlb.pool.account import Account, Status, Tokens, Window
+from codexlb.account import Account, Status, Tokens, Window
 from codexlb.pool.quota import Verdict, exhausted_window
 from codexlb.store import Store
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from codexlb import log
-from codexlb.keys import KeyRecord
-from codexlb.pool.account import Account
+from codexlb.store.api_keys import KeyRecord
+from codexlb.account import Account
 from codexlb.store import accounts as account_rows
 from codexlb.store import api_keys as key_rows
 from codexlb.store.db import DB_FILE_NAME, Database, DatabaseError

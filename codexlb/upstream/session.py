@@ -8,7 +8,7 @@ import aiohttp
 
 from codexlb import __version__
 from codexlb.config import Settings
-from codexlb.pool.account import Account
+from codexlb.account import Account
 from codexlb.upstream.proxy import Via, choose
 from codexlb.upstream.tls import client_context
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from codexlb.pool.account import Status, Window
+from codexlb.account import Status, Window
 from codexlb.pool.roster import Roster
 from codexlb.store import SecretKeyError, Store, UsageRecord, db as db_module
 from tests.accounts.conftest import login_of

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from codexlb.bridge.http import SESSIONS, _sse_frame
-from codexlb.proxy.upstream import UPSTREAM
+from codexlb.upstream.state import UPSTREAM
 from codexlb.services import GATES
 from tests.bridge.test_websocket import settled
 from tests.proxy.conftest import Proxy, start_proxy

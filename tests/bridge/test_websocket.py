@@ -14,7 +14,7 @@ import pytest
 from codexlb import log
 from codexlb.bridge.http import SESSIONS
 from codexlb.pool.selection import make_strategy
-from codexlb.proxy.upstream import UPSTREAM
+from codexlb.upstream.state import UPSTREAM
 from codexlb.services import GATES, STORE
 from tests.proxy.conftest import Proxy, start_proxy
 from tests import simclient

@@ -5,7 +5,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from codexlb.app import create_app
-from codexlb.client_auth import API_KEY
+from codexlb.keys import API_KEY
 from codexlb.config import Settings
 
 # Routes of our own under each guarded prefix: the real proxy routes need upstream accounts.

@@ -8,7 +8,7 @@ from itertools import accumulate
 
 import pytest
 
-from codexlb.pool.account import Account, Status, Tokens, Window
+from codexlb.account import Account, Status, Tokens, Window
 from codexlb.pool.selection import (
     DEFAULT_STRATEGY,
     STRATEGIES,

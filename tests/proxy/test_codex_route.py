@@ -8,8 +8,8 @@ import time
 import orjson
 import pytest
 
-from codexlb.pool.account import Status
-from codexlb.proxy.upstream import UPSTREAM
+from codexlb.account import Status
+from codexlb.upstream.state import UPSTREAM
 from codexlb.services import KEYS
 from tests.proxy.conftest import start_proxy
 from tests.simclient import add_fault, body, parse_sse, user

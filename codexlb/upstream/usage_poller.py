@@ -10,7 +10,7 @@ import aiohttp
 
 from codexlb import log
 from codexlb.auth.refresh import Refresher, RefreshError
-from codexlb.pool.account import Account, Status
+from codexlb.account import Account, Status
 from codexlb.pool.quota import windows_from_usage
 from codexlb.pool.roster import Roster
 from codexlb.upstream.session import account_headers

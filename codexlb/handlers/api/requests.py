@@ -7,7 +7,7 @@ import time
 
 from aiohttp import web
 
-from codexlb.api.admin import json_response, require_admin
+from codexlb.handlers.api.admin import json_response, require_admin
 from codexlb.errors import APIError
 from codexlb.services import GATES, STORE
 

@@ -7,10 +7,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from codexlb.api.admin import json_response, require_admin
+from codexlb.handlers.api.admin import json_response, require_admin
 from codexlb.errors import APIError
-from codexlb.keys import KeyRecord, KeyRingError
-from codexlb.request_body import ADMIN_MAX_BYTES, admin_too_large, read_body
+from codexlb.keys import KeyRingError
+from codexlb.store.api_keys import KeyRecord
+from codexlb.handlers.request_body import ADMIN_MAX_BYTES, admin_too_large, read_body
 from codexlb.services import KEYS
 
 # The one response holding a key must not linger in a cache.
