@@ -5,17 +5,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from codexlb import host_check, services
+from codexlb.config import Settings
 from codexlb.handlers import client_auth, dashboard, health, metrics, middlewares
 from codexlb.handlers import proxy as proxy_routes
 from codexlb.handlers import websocket as ws_route
 from codexlb.handlers.api import accounts as accounts_api
-from codexlb.handlers.api import gates as gates_api
 from codexlb.handlers.api import bridge_stats as bridge_api
 from codexlb.handlers.api import device_login as device_login_api
+from codexlb.handlers.api import gates as gates_api
 from codexlb.handlers.api import keys as keys_api
 from codexlb.handlers.api import requests as requests_api
 from codexlb.handlers.api import session as session_api
-from codexlb.config import Settings
 from codexlb.services import SETTINGS
 from codexlb.trusted_proxies import TRUSTED_PROXIES, TrustedProxies
 

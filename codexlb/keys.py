@@ -17,6 +17,7 @@ import hmac
 import re
 import secrets
 import time
+
 from aiohttp import web
 
 from codexlb import log

@@ -12,8 +12,8 @@ from aiohttp import web
 from codexlb.errors import APIError
 from codexlb.upstream.headers import client_response_headers
 from codexlb.upstream.sse import Batch, encode
-from codexlb.upstream.stream import StreamBroken, open_stream
 from codexlb.upstream.state import Outcome, Upstream
+from codexlb.upstream.stream import StreamBroken, open_stream
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CODEX_KEEPALIVE = encode({"type": "codex.keepalive"})

@@ -22,16 +22,16 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from codexlb import log, recovery
+from codexlb.accounting import account_usage
 from codexlb.admission.gate import Slot
 from codexlb.errors import APIError
-from codexlb.upstream.failover import next_step, refusal
-from codexlb.request_checks import check_frame
-from codexlb.accounting import account_usage
-from codexlb.relay import failed_event
-from codexlb.upstream.state import Outcome, Upstream, observe
 from codexlb.recovery import Action, Phase
+from codexlb.relay import failed_event
+from codexlb.request_checks import check_frame
 from codexlb.store import Store
 from codexlb.transcript import without_account_items
+from codexlb.upstream.failover import next_step, refusal
+from codexlb.upstream.state import Outcome, Upstream, observe
 from codexlb.upstream.websocket import UpstreamSocket, connect, open_socket
 
 _log = log.get("codexlb.bridge.ws")

@@ -11,24 +11,24 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from codexlb.bridge import http as bridge
-from codexlb.keys import API_KEY
-from codexlb.errors import APIError
+from codexlb import accounting, relay
 from codexlb.account import Status
+from codexlb.bridge import http as bridge
+from codexlb.errors import APIError
+from codexlb.handlers.request_body import read_json
+from codexlb.keys import API_KEY
 from codexlb.pool.pool import Pool
 from codexlb.pool.sticky import conversation_keys
-from codexlb import accounting, relay
-from codexlb.handlers.request_body import read_json
 from codexlb.request_checks import check_responses
-from codexlb.upstream.sse import Batch
-from codexlb.upstream.state import UPSTREAM, Outcome, Upstream
-from codexlb.services import GATES, POOL, REFRESHER, ROSTER, HTTP, SETTINGS, STORE
+from codexlb.services import GATES, HTTP, POOL, REFRESHER, ROSTER, SETTINGS, STORE
 from codexlb.singleflight import SingleFlight
 from codexlb.transcript import Transcripts
 from codexlb.translate import chat
-from codexlb.translate.responses_aggregate import aggregate_response
 from codexlb.translate.chat import TranslationError, UpstreamFailed
+from codexlb.translate.responses_aggregate import aggregate_response
 from codexlb.upstream.session import account_headers
+from codexlb.upstream.sse import Batch
+from codexlb.upstream.state import UPSTREAM, Outcome, Upstream
 
 MODELS_TTL_S = 300.0
 MODELS_TIMEOUT_S = 20.0

@@ -20,7 +20,12 @@ from codexlb.keys import API_KEY
 from codexlb.pool.sticky import conversation_keys
 from codexlb.services import STORE
 from codexlb.upstream.state import UPSTREAM, Outcome, Upstream
-from codexlb.upstream.websocket import HEARTBEAT_S, MAX_FRAME, UpstreamSocket, open_socket
+from codexlb.upstream.websocket import (
+    HEARTBEAT_S,
+    MAX_FRAME,
+    UpstreamSocket,
+    open_socket,
+)
 
 
 async def responses_ws(request: web.Request) -> web.StreamResponse:

@@ -18,7 +18,6 @@ from codexlb.config import DIRECT, proxy_url
 from codexlb.loopback import is_loopback_host
 
 
-
 @dataclass(frozen=True, slots=True)
 class Via:
     """The proxy upstream calls go through (None: direct), its credentials, and which setting named it."""

@@ -11,9 +11,9 @@ import pytest
 from codexlb.account import Account, Status, Tokens, Window
 from codexlb.pool.selection import (
     DEFAULT_STRATEGY,
-    STRATEGIES,
     REJECTION_MIN_ACCOUNTS,
     REJECTION_TRIES,
+    STRATEGIES,
     WEIGHT_CEILING,
     CapacityStrategy,
     FillFirstStrategy,

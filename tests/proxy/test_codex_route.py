@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from codexlb.account import Status
-from codexlb.upstream.state import UPSTREAM
 from codexlb.services import KEYS
+from codexlb.upstream.state import UPSTREAM
 from tests.proxy.conftest import start_proxy
 from tests.simclient import add_fault, body, parse_sse, user
 

@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from codexlb.handlers import proxy as routes
-from codexlb.upstream.state import UPSTREAM
 from codexlb.services import STORE
+from codexlb.upstream.state import UPSTREAM
 from tests.proxy.conftest import start_proxy
 from tests.simclient import body, user
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from codexlb.handlers.api.admin import json_response, require_admin
 from codexlb.bridge.http import SESSIONS
+from codexlb.handlers.api.admin import json_response, require_admin
 from codexlb.upstream.state import UPSTREAM
 
 

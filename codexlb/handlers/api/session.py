@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from codexlb.admin_auth import SESSION_COOKIE, SESSION_TTL_S, over_tls
-from codexlb.handlers.api.admin import json_response, require_admin
 from codexlb.errors import APIError
+from codexlb.handlers.api.admin import json_response, require_admin
 from codexlb.handlers.request_body import read_json
 from codexlb.services import ADMIN, STORE
 
