@@ -1,4 +1,5 @@
-"""What to do after a failed attempt on one account, before the client has seen a byte.
+"""Failover across accounts until the first event (`fail_over`), and what to do after a failed attempt on
+one account, before the client has seen a byte:
 
 | Attempt ended with | Then |
 |---|---|
