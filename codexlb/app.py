@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from codexlb import client_auth, health, host_check, metrics, middlewares, services
-from codexlb.api import accounts as accounts_api
-from codexlb.api import admission as admission_api
-from codexlb.api import bridge as bridge_api
-from codexlb.api import device_login as device_login_api
-from codexlb.api import keys as keys_api
-from codexlb.api import requests as requests_api
-from codexlb.api import session as session_api
-from codexlb import dashboard
-from codexlb.bridge import websocket as ws_bridge
-from codexlb.proxy import routes as proxy_routes
+from codexlb import host_check, services
 from codexlb.config import Settings
+from codexlb.handlers import client_auth, dashboard, health, metrics, middlewares
+from codexlb.handlers import proxy as proxy_routes
+from codexlb.handlers import websocket as ws_route
+from codexlb.handlers.api import accounts as accounts_api
+from codexlb.handlers.api import bridge_stats as bridge_api
+from codexlb.handlers.api import device_login as device_login_api
+from codexlb.handlers.api import gates as gates_api
+from codexlb.handlers.api import keys as keys_api
+from codexlb.handlers.api import requests as requests_api
+from codexlb.handlers.api import session as session_api
 from codexlb.services import SETTINGS
 from codexlb.trusted_proxies import TRUSTED_PROXIES, TrustedProxies
 
@@ -39,10 +39,10 @@ def create_app(settings: Settings) -> web.Application:
     keys_api.setup(app)
     requests_api.setup(app)
     session_api.setup(app)
-    admission_api.setup(app)
+    gates_api.setup(app)
     bridge_api.setup(app)
     device_login_api.setup(app)
     proxy_routes.setup(app)
-    ws_bridge.setup(app)
+    ws_route.setup(app)
     dashboard.setup(app)
     return app

@@ -17,15 +17,39 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+from yarl import URL
+
 from codexlb.host_check import check_allowed_hosts
-from codexlb.pool.selection import STRATEGIES
 from codexlb.trusted_proxies import check_trusted_proxies
-from codexlb.upstream.proxy import check_setting as check_proxy_setting
 
 ENV_PREFIX = "CODEXLB_"
 CONFIG_ENV = "CODEXLB_CONFIG"
 CONFIG_FILE_NAME = "config.toml"
 REDACTED = "<redacted>"
+# The names the `strategy` setting takes; `codexlb.pool.selection` implements each.
+STRATEGIES: tuple[str, ...] = ("capacity", "round_robin", "fill_first", "least_used")
+# The `upstream_proxy` value that ignores the environment's proxy.
+DIRECT = "direct"
+_PROXY_SCHEMES = ("http", "https")
+
+
+def proxy_url(value: str) -> URL:
+    """An HTTP(S) proxy URL, or ValueError saying what is wrong with it."""
+    try:
+        url = URL(value)
+    except ValueError:
+        raise ValueError("is not a URL") from None
+    if url.scheme not in _PROXY_SCHEMES or not url.host:
+        raise ValueError("must be an http:// or https:// proxy URL with a host (SOCKS proxies are not supported)")
+    return url
+
+
+def check_proxy_setting(value: str) -> None:
+    if value not in ("", DIRECT):
+        try:
+            proxy_url(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, or 'direct'") from None
 
 
 class ConfigError(Exception):

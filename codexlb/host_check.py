@@ -98,7 +98,7 @@ def check(request: web.Request) -> None:
 def middleware(any_host: tuple[str, ...]) -> Middleware:
     """Refuse (421) a request outside the `any_host` path prefixes whose Host is not one of ours; before
     any other check, so no 401 or 403 tells a rebinding page anything. (The proxy routes, among `any_host`,
-    check the Host themselves while no key is needed: `codexlb.client_auth`.)"""
+    check the Host themselves while no key is needed: `codexlb.handlers.client_auth`.)"""
 
     @web.middleware
     async def host_check(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -17,13 +17,12 @@ import hmac
 import re
 import secrets
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+
+from aiohttp import web
 
 from codexlb import log
-
-if TYPE_CHECKING:
-    from codexlb.store import Store
+from codexlb.store import Store
+from codexlb.store.api_keys import KeyRecord
 
 PREFIX = "sk-clb-"
 KEY_LENGTH = len(PREFIX) + 43  # token_urlsafe(32) is 43 characters
@@ -32,6 +31,8 @@ DISPLAY_LENGTH = len(PREFIX) + 4
 TOUCH_INTERVAL_S = 60.0
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _log = log.get("codexlb.keys")
+# The key a request came with (set by client auth; absent when no key is needed).
+API_KEY = web.RequestKey("api_key", KeyRecord)
 
 
 class KeyRingError(Exception):
@@ -40,22 +41,6 @@ class KeyRingError(Exception):
     def __init__(self, message: str, *, not_found: bool = False) -> None:
         super().__init__(message)
         self.not_found = not_found
-
-
-@dataclass(slots=True)
-class KeyRecord:
-    id: str
-    name: str
-    prefix: str            # e.g. "sk-clb-AbC1": enough to tell keys apart, useless to an attacker
-    hash: bytes            # SHA-256 of the whole key
-    created_at: float
-    last_used_at: float | None = None
-    revoked_at: float | None = None
-    max_concurrency: int | None = None  # requests (an open WebSocket counts as one) at a time; None: no limit
-
-    @property
-    def status(self) -> str:
-        return "active" if self.revoked_at is None else "revoked"
 
 
 def generate() -> str:
@@ -72,14 +57,14 @@ def new_record(key: str, name: str, max_concurrency: int | None, now: float) -> 
 
 
 class KeyRing:
-    def __init__(self, store: "Store", active: list[KeyRecord]) -> None:
+    def __init__(self, store: Store, active: list[KeyRecord]) -> None:
         self._store = store
         self._by_hash: dict[bytes, KeyRecord] = {r.hash: r for r in active}
         self._written_at: dict[str, float] = {}  # key id -> when last_used_at was last queued for the database
         self._lock = asyncio.Lock()  # create and revoke check names, then await the database
 
     @classmethod
-    async def load(cls, store: "Store") -> "KeyRing":
+    async def load(cls, store: Store) -> "KeyRing":
         return cls(store, await store.load_active_api_keys())
 
     @property

@@ -11,6 +11,7 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from codexlb import log
 from codexlb.admin_auth import AdminAuth
 from codexlb.admission.gates import Gates
 from codexlb.auth.refresh import Refresher
@@ -19,10 +20,9 @@ from codexlb.keys import KeyRing
 from codexlb.loopback import is_loopback_host
 from codexlb.pool.pool import Pool
 from codexlb.pool.roster import Roster
-from codexlb.pool.usage_poller import UsagePoller
-from codexlb import log
 from codexlb.store import DatabaseError, Store
 from codexlb.upstream.session import make_session, upstream_via
+from codexlb.upstream.usage_poller import UsagePoller
 
 _log = log.get("codexlb.services")
 SETTINGS = web.AppKey("settings", Settings)

@@ -36,7 +36,7 @@ def clean_env(monkeypatch, tmp_path):
 async def sim():
     """The simulated upstream on a real loopback port, fresh for each test."""
     from codexlb.sim.backend import SimConfig
-    from codexlb.sim.server import running_sim
+    from codexlb.sim.running import running_sim
 
     async with running_sim(SimConfig(accounts=3)) as running:
         yield running

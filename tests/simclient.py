@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from codexlb.sim.server import RunningSim
+from codexlb.sim.running import RunningSim
 
 MODEL = "gpt-5.5"
 

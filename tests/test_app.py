@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from codexlb import health
 from codexlb.app import create_app
 from codexlb.errors import APIError
+from codexlb.handlers import health
 
 
 async def test_health_live_and_ready(client):

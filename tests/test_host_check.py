@@ -1,5 +1,5 @@
 """DNS rebinding: the dashboard and the admin API answer only to names that are this server's; the proxy
-routes answer whatever the Host, under their own rule (`codexlb.client_auth`)."""
+routes answer whatever the Host, under their own rule (`codexlb.handlers.client_auth`)."""
 
 from __future__ import annotations
 

@@ -7,10 +7,10 @@ import asyncio
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
+from codexlb.account import Account
 from codexlb.admission.gate import Gate
 from codexlb.config import Settings
-from codexlb.keys import KeyRecord
-from codexlb.pool.account import Account
+from codexlb.store.api_keys import KeyRecord
 
 
 class _AccountGate(Gate):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import orjson
 
+from codexlb.account import Tokens
 from codexlb.auth import jwt
-from codexlb.pool.account import Tokens
 
 MAX_BYTES = 1024 * 1024
 

@@ -16,11 +16,11 @@ from typing import Any
 import aiohttp
 
 from codexlb import log
+from codexlb.account import Account, Status, Tokens
 from codexlb.admission.gate import Gate, GateFull
 from codexlb.admission.gates import Gates
 from codexlb.auth import jwt
 from codexlb.config import Settings
-from codexlb.pool.account import Account, Status, Tokens
 from codexlb.pool.roster import Roster
 from codexlb.singleflight import SingleFlight
 

@@ -21,13 +21,13 @@ from aiohttp import web
 from codexlb import log, recovery
 from codexlb.bridge.anchor import Anchor, digest
 from codexlb.bridge.sessions import LOST, MAX_FAILURES, MAX_QUEUED, Session, Sessions
-from codexlb.client_auth import API_KEY
 from codexlb.errors import APIError
-from codexlb.proxy.failover import client_error, next_step, refusal
-from codexlb.proxy.relay import CODEX_KEEPALIVE, SSE_HEADERS, KeepAlive, failed_event
-from codexlb.proxy.sse import encode
-from codexlb.proxy.upstream import Outcome, Upstream, observe
+from codexlb.keys import API_KEY
 from codexlb.recovery import Action, Phase
+from codexlb.relay import CODEX_KEEPALIVE, SSE_HEADERS, KeepAlive, failed_event
+from codexlb.upstream.failover import client_error, next_step, refusal
+from codexlb.upstream.sse import encode
+from codexlb.upstream.state import Outcome, Upstream, observe
 
 __all__ = ["SESSIONS", "Sessions", "relay", "session_key"]
 SESSIONS = web.AppKey("bridge_sessions", Sessions)

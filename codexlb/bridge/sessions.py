@@ -13,11 +13,11 @@ import aiohttp
 from aiohttp import WSMsgType
 
 from codexlb import log
+from codexlb.account import Account
 from codexlb.bridge.anchor import Anchor
-from codexlb.pool.account import Account
-from codexlb.proxy.failover import Failure
-from codexlb.proxy.upstream import Outcome, Upstream
 from codexlb.singleflight import SingleFlight
+from codexlb.upstream.failover import Failure
+from codexlb.upstream.state import Outcome, Upstream
 from codexlb.upstream.websocket import UpstreamSocket, connect, open_socket
 
 _log = log.get("codexlb.bridge.sessions")

@@ -1,4 +1,4 @@
-"""`GET .../responses` upgraded: a client's Responses WebSocket relayed to an upstream one.
+"""A client's Responses WebSocket relayed to an upstream one (the route: `codexlb.handlers.websocket`).
 
 Upstream's frames go to the client as they come. A client's frame is checked first (`check_frame`) and
 goes up as checked; a malformed one is answered here with an `error` event, as upstream answers one,
@@ -22,18 +22,17 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from codexlb import log, recovery
+from codexlb.accounting import account_usage
 from codexlb.admission.gate import Slot
-from codexlb.client_auth import API_KEY
 from codexlb.errors import APIError
-from codexlb.pool.sticky import conversation_keys
-from codexlb.proxy.failover import next_step, refusal
-from codexlb.proxy.request import check_frame
-from codexlb.proxy.relay import account_usage, failed_event
-from codexlb.proxy.upstream import UPSTREAM, Outcome, Upstream, observe
 from codexlb.recovery import Action, Phase
-from codexlb.services import STORE
+from codexlb.relay import failed_event
+from codexlb.request_checks import check_frame
+from codexlb.store import Store
 from codexlb.transcript import without_account_items
-from codexlb.upstream.websocket import HEARTBEAT_S, MAX_FRAME, UpstreamSocket, connect, open_socket
+from codexlb.upstream.failover import next_step, refusal
+from codexlb.upstream.state import Outcome, Upstream, observe
+from codexlb.upstream.websocket import UpstreamSocket, connect, open_socket
 
 _log = log.get("codexlb.bridge.ws")
 _CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
@@ -68,9 +67,9 @@ class _InFlight:
 
 
 class Bridge:
-    def __init__(self, up: Upstream, request: web.Request, client: web.WebSocketResponse, sock: UpstreamSocket,
-                 slot: Slot, keys: Sequence[str]) -> None:
-        self._up, self._request, self._client, self._keys = up, request, client, keys
+    def __init__(self, up: Upstream, store: Store, request: web.Request, client: web.WebSocketResponse,
+                 sock: UpstreamSocket, slot: Slot, keys: Sequence[str]) -> None:
+        self._up, self._store, self._request, self._client, self._keys = up, store, request, client, keys
         # The transcript's conversation: the client's session, else this socket alone.
         self._conversation = keys[0] if keys else f"socket:{id(self)}"
         self._sock: UpstreamSocket | None = sock
@@ -316,7 +315,7 @@ class Bridge:
         except (aiohttp.ClientError, ConnectionError):
             pass  # the client is gone: the read loop ends on its own
         outcome = Outcome(account=None, status=exc.status, error_code=exc.code)
-        account_usage(self._request.app[STORE], self._request, outcome, time.monotonic())
+        account_usage(self._store, self._request, outcome, time.monotonic())
 
     async def _fail(self, code: str, message: str) -> None:
         inflight = self._inflight
@@ -330,44 +329,4 @@ class Bridge:
         if inflight is None:
             return
         inflight.outcome.status, inflight.outcome.error_code = status, code
-        account_usage(self._request.app[STORE], self._request, inflight.outcome, inflight.sent_at)
-
-
-async def responses_ws(request: web.Request) -> web.StreamResponse:
-    """GET /backend-api/codex/responses and /v1/responses with `Upgrade: websocket`."""
-    client = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME)
-    if not client.can_prepare(request).ok:
-        raise APIError(426, "This route speaks WebSocket (Upgrade: websocket) or POST.", code="upgrade_required",
-                       type="invalid_request_error", headers={"Upgrade": "websocket"})
-    up = request.app[UPSTREAM]
-    handshake, started = Outcome(), time.monotonic()
-    try:
-        async with up.gates.admitted(request.get(API_KEY)):
-            keys = conversation_keys(request.headers, None)
-            sock, slot = await open_socket(up, request.headers, keys, handshake)
-            await _serve(up, request, client, sock, slot, keys)
-    except APIError as exc:
-        # A refused upgrade is a request like any other in the log (answered ones are logged per response).
-        handshake.status, handshake.error_code = exc.status, exc.code
-        account_usage(request.app[STORE], request, handshake, started)
-        raise
-    return client
-
-
-async def _serve(up: Upstream, request: web.Request, client: web.WebSocketResponse, sock: UpstreamSocket,
-                 slot: Slot, keys: Sequence[str]) -> None:
-    """Answer the upgrade (the upstream socket is open) and relay until the client leaves."""
-    try:
-        if sock.turn_state:
-            client.headers["x-codex-turn-state"] = sock.turn_state
-        await client.prepare(request)
-    except BaseException:
-        await sock.ws.close()
-        slot.release()
-        raise
-    await Bridge(up, request, client, sock, slot, keys).run()
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_get("/backend-api/codex/responses", responses_ws)
-    app.router.add_get("/v1/responses", responses_ws)
+        account_usage(self._store, self._request, inflight.outcome, inflight.sent_at)

@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from codexlb import __version__
-from codexlb.cli import accounts, admin, config_cmd, demo, keys, serve, sim, version
+from codexlb.cli import accounts, admin, config_cmd, demo, keys, serve, sim_cmd, version
 from codexlb.cli.common import CliError, HelpFormatter
 
 _EPILOG = """\
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"codexlb {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
-    for module in (demo, serve, accounts, keys, admin, sim, config_cmd, version):
+    for module in (demo, serve, accounts, keys, admin, sim_cmd, config_cmd, version):
         module.register(commands)
     return parser
 

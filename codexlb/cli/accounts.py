@@ -18,12 +18,18 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 
-from codexlb.api.accounts import account_view
 from codexlb.auth import authjson, oauth
 from codexlb.auth.authjson import AuthFileError, Login
-from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags, ago, load_settings
+from codexlb.cli.common import (
+    CliError,
+    HelpFormatter,
+    add_setting_flags,
+    ago,
+    load_settings,
+)
 from codexlb.cli.target import AdminClient, open_store, running_server, with_target
 from codexlb.config import Settings
+from codexlb.handlers.api.accounts import account_view
 from codexlb.pool.roster import Roster, RosterError
 from codexlb.store import Store
 from codexlb.upstream.session import make_session, upstream_via

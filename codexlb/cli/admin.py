@@ -10,10 +10,10 @@ import getpass
 import sys
 
 from codexlb.admin_auth import hash_password
-from codexlb.api.session import MIN_PASSWORD
 from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags
 from codexlb.cli.target import AdminClient, open_store, running_server, with_target
 from codexlb.config import Settings
+from codexlb.handlers.api.session import MIN_PASSWORD
 from codexlb.store import Store
 
 _EPILOG = """\

@@ -18,7 +18,7 @@ from codexlb.cli.common import CliError, HelpFormatter, run_server
 from codexlb.config import Settings
 from codexlb.services import ROSTER
 from codexlb.sim.backend import SimConfig
-from codexlb.sim.server import running_sim
+from codexlb.sim.running import running_sim
 
 _EPILOG = """\
 examples:

@@ -15,10 +15,16 @@ from urllib.parse import quote
 
 import orjson
 
-from codexlb.api.keys import key_view
-from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags, ago, load_settings
+from codexlb.cli.common import (
+    CliError,
+    HelpFormatter,
+    add_setting_flags,
+    ago,
+    load_settings,
+)
 from codexlb.cli.target import AdminClient, open_store, running_server, with_target
 from codexlb.config import Settings
+from codexlb.handlers.api.keys import key_view
 from codexlb.keys import KeyRing, KeyRingError
 from codexlb.store import Store
 

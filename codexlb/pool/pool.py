@@ -17,11 +17,11 @@ import random
 import time
 from typing import Collection, Sequence
 
+from codexlb.account import Account, Status
 from codexlb.admission.gate import Slot
 from codexlb.admission.gates import Gates
 from codexlb.config import Settings
 from codexlb.errors import APIError
-from codexlb.pool.account import Account, Status
 from codexlb.pool.roster import Roster
 from codexlb.pool.selection import make_strategy
 from codexlb.pool.sticky import StickyTable

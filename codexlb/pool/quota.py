@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from codexlb.pool.account import Account, Status, Window
+from codexlb.account import Account, Status, Window
 
 # A 429 without a usable reset time still has to end some day.
 DEFAULT_RATE_LIMIT_S = 60.0

@@ -9,8 +9,8 @@ import time
 from typing import Callable
 
 from codexlb import log
+from codexlb.account import Account, Status, Tokens, Window
 from codexlb.auth.authjson import Login
-from codexlb.pool.account import Account, Status, Tokens, Window
 from codexlb.pool.quota import Verdict, exhausted_window
 from codexlb.store import Store
 

@@ -7,7 +7,7 @@ never looks at status and does no I/O. It returns None only for an empty sequenc
 Usage windows are read as of ``now``: a window whose ``reset_at`` has passed has reset upstream, so its stale
 ``used_percent`` counts as 0, and an unknown window (None) counts as 0 used too.
 
-Pick a strategy by name with ``make_strategy``; ``STRATEGIES`` lists the names (for config validation).
+Pick a strategy by name with ``make_strategy``; ``codexlb.config.STRATEGIES`` lists the names.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import random
 from bisect import bisect_right
 from typing import Callable, Protocol, Sequence
 
-from codexlb.pool.account import Account, Window
+from codexlb.account import Account, Window
+from codexlb.config import STRATEGIES
 
-STRATEGIES: tuple[str, ...] = ("capacity", "round_robin", "fill_first", "least_used")
 DEFAULT_STRATEGY = "capacity"
 
 # capacity: the extra weight (as a multiple) of capacity whose window is about to reset, and the floor under an

@@ -10,7 +10,7 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.typedefs import Handler
 
-from codexlb import health, middlewares
+from codexlb.handlers import health, middlewares
 from codexlb.sim import control, oauth, responses, validate
 from codexlb.sim.backend import BACKEND, Backend, Sink, turn_metadata
 from codexlb.sim.errors import SimError, bad_request

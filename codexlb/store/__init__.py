@@ -14,12 +14,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from codexlb import log
-from codexlb.keys import KeyRecord
-from codexlb.pool.account import Account
+from codexlb.account import Account
 from codexlb.store import accounts as account_rows
 from codexlb.store import api_keys as key_rows
+from codexlb.store.api_keys import KeyRecord
 from codexlb.store.db import DB_FILE_NAME, Database, DatabaseError
-from codexlb.store.secrets import KEY_FILE_NAME, SecretBox, SecretKeyError, load_or_create_key
+from codexlb.store.secrets import (
+    KEY_FILE_NAME,
+    SecretBox,
+    SecretKeyError,
+    load_or_create_key,
+)
 
 __all__ = ["Store", "UsageRecord", "DatabaseError", "SecretKeyError"]
 

@@ -6,7 +6,7 @@ import sqlite3
 import time
 from typing import Any
 
-from codexlb.pool.account import Account, Status, Tokens, Window
+from codexlb.account import Account, Status, Tokens, Window
 from codexlb.store.secrets import SecretBox
 
 _COLUMNS = (

@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 
-from codexlb.keys import KeyRecord
+
+@dataclass(slots=True)
+class KeyRecord:
+    id: str
+    name: str
+    prefix: str            # e.g. "sk-clb-AbC1": enough to tell keys apart, useless to an attacker
+    hash: bytes            # SHA-256 of the whole key
+    created_at: float
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+    max_concurrency: int | None = None  # requests (an open WebSocket counts as one) at a time; None: no limit
+
+    @property
+    def status(self) -> str:
+        return "active" if self.revoked_at is None else "revoked"
+
 
 _COLUMNS = ("id", "name", "prefix", "hash", "created_at", "last_used_at", "revoked_at", "max_concurrency")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM api_keys"

@@ -14,10 +14,8 @@ from typing import Sequence
 
 from yarl import URL
 
+from codexlb.config import DIRECT, proxy_url
 from codexlb.loopback import is_loopback_host
-
-DIRECT = "direct"
-_SCHEMES = ("http", "https")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,25 +28,6 @@ class Via:
     source: str = ""
     # Why a proxy the environment names is not used (an unsupported kind), for a warning at start.
     ignored: str = ""
-
-
-def proxy_url(value: str) -> URL:
-    """An HTTP(S) proxy URL, or ValueError saying what is wrong with it."""
-    try:
-        url = URL(value)
-    except ValueError:
-        raise ValueError("is not a URL") from None
-    if url.scheme not in _SCHEMES or not url.host:
-        raise ValueError("must be an http:// or https:// proxy URL with a host (SOCKS proxies are not supported)")
-    return url
-
-
-def check_setting(value: str) -> None:
-    if value not in ("", DIRECT):
-        try:
-            proxy_url(value)
-        except ValueError as exc:
-            raise ValueError(f"{exc}, or 'direct'") from None
 
 
 def _via(url: URL, source: str) -> Via:

@@ -7,8 +7,8 @@ import warnings
 import aiohttp
 
 from codexlb import __version__
+from codexlb.account import Account
 from codexlb.config import Settings
-from codexlb.pool.account import Account
 from codexlb.upstream.proxy import Via, choose
 from codexlb.upstream.tls import client_context
 

@@ -11,13 +11,13 @@ from typing import Mapping, Sequence
 
 import aiohttp
 
+from codexlb.account import Account
 from codexlb.admission.gate import Slot
-from codexlb.pool.account import Account
 from codexlb.pool.quota import verdict_for_error, windows_from_headers
-from codexlb.proxy.failover import Failure
-from codexlb.proxy.headers import upstream_request_headers
-from codexlb.proxy.upstream import Outcome, Upstream, fail_over
+from codexlb.upstream.failover import Failure, fail_over
+from codexlb.upstream.headers import upstream_request_headers
 from codexlb.upstream.session import account_headers
+from codexlb.upstream.state import Outcome, Upstream
 
 WS_BETA = "responses_websockets=2026-02-06"
 # Pings both ways find a dead peer within this bound (aiohttp closes when a pong is half of it late).

@@ -8,8 +8,8 @@ import time
 from codexlb import log
 from codexlb.auth.refresh import Refresher, RefreshError
 from codexlb.pool.pool import Pool
-from codexlb.pool.usage_poller import UsagePoller
 from codexlb.upstream.session import make_session
+from codexlb.upstream.usage_poller import UsagePoller
 from tests.accounts.conftest import login_of
 
 

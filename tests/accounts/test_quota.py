@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from codexlb.pool.account import Status, Window
-from codexlb.pool.quota import verdict_for_error, windows_from_event, windows_from_headers, windows_from_usage
+from codexlb.account import Status, Window
+from codexlb.pool.quota import (
+    verdict_for_error,
+    windows_from_event,
+    windows_from_headers,
+    windows_from_usage,
+)
 
 NOW = 1_800_000_000.0
 

@@ -8,13 +8,13 @@ import time
 import aiohttp
 import pytest
 
+from codexlb.account import Status, Window
 from codexlb.auth.refresh import Refresher, RefreshError
 from codexlb.errors import APIError
-from codexlb.pool.account import Status, Window
 from codexlb.pool.pool import Pool
 from codexlb.pool.quota import verdict_for_error, windows_from_headers
-from codexlb.pool.usage_poller import UsagePoller
 from codexlb.upstream.session import account_headers, make_session
+from codexlb.upstream.usage_poller import UsagePoller
 from tests.accounts.conftest import login_of
 from tests.simclient import body, user
 

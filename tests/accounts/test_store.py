@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-from codexlb.pool.account import Status, Window
+from codexlb.account import Status, Window
 from codexlb.pool.roster import Roster
-from codexlb.store import SecretKeyError, Store, UsageRecord, db as db_module
+from codexlb.store import SecretKeyError, Store, UsageRecord
+from codexlb.store import db as db_module
 from tests.accounts.conftest import login_of
 
 
@@ -191,8 +192,9 @@ asyncio.run(main())
 
 
 def test_kill_9_after_import_loses_no_account(tmp_path):
-    from codexlb.sim.backend import Backend, SimConfig
     import orjson
+
+    from codexlb.sim.backend import Backend, SimConfig
 
     backend = Backend(SimConfig(accounts=2))
     paths = []

@@ -410,7 +410,7 @@ async def test_device_login_reports_a_server_without_it(http):
 
 async def test_device_poll_interval_is_configurable():
     from codexlb.sim.backend import SimConfig
-    from codexlb.sim.server import running_sim
+    from codexlb.sim.running import running_sim
 
     async with running_sim(SimConfig(accounts=1, device_poll_interval_s=0.25)) as fast, \
             aiohttp.ClientSession() as http:

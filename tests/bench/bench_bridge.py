@@ -27,15 +27,14 @@ sys.path.insert(0, str(REPO))
 
 from codexlb.app import create_app  # noqa: E402
 from codexlb.config import Settings  # noqa: E402
-from codexlb.proxy.upstream import UPSTREAM  # noqa: E402
 from codexlb.services import ROSTER  # noqa: E402
 from codexlb.sim.backend import SimConfig  # noqa: E402
 from codexlb.sim.faults import Fault  # noqa: E402
-from codexlb.sim.server import running_sim  # noqa: E402
+from codexlb.sim.running import running_sim  # noqa: E402
+from codexlb.upstream.state import UPSTREAM  # noqa: E402
 from tests.accounts.conftest import login_of  # noqa: E402
 from tests.e2e.test_codex_cli_recovery import FAULTS  # noqa: E402
 from tests.e2e.test_codex_cli_sim import TOOL_PROMPT, CodexHome  # noqa: E402
-
 
 # What goes wrong upstream in each scenario (sim faults on its WebSockets).
 SCENARIOS = {

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from codexlb.pool.account import Account, Tokens, Window  # noqa: E402
+from codexlb.account import Account, Tokens, Window  # noqa: E402
 from codexlb.pool.selection import STRATEGIES, CapacityStrategy, make_strategy  # noqa: E402
 from codexlb.pool.sticky import StickyTable, conversation_keys  # noqa: E402
 

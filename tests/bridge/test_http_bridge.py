@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from codexlb.bridge.http import SESSIONS, _sse_frame
-from codexlb.proxy.upstream import UPSTREAM
 from codexlb.services import GATES
+from codexlb.upstream.state import UPSTREAM
 from tests.bridge.test_websocket import settled
 from tests.proxy.conftest import Proxy, start_proxy
 from tests.proxy.test_codex_route import post

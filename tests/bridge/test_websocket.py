@@ -14,10 +14,10 @@ import pytest
 from codexlb import log
 from codexlb.bridge.http import SESSIONS
 from codexlb.pool.selection import make_strategy
-from codexlb.proxy.upstream import UPSTREAM
 from codexlb.services import GATES, STORE
-from tests.proxy.conftest import Proxy, start_proxy
+from codexlb.upstream.state import UPSTREAM
 from tests import simclient
+from tests.proxy.conftest import Proxy, start_proxy
 from tests.simclient import body, handshake_headers, user, ws_turn
 
 PREWARM = {"model": "gpt-5.5", "generate": False, "input": [

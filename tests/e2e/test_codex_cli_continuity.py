@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from codexlb.proxy.upstream import UPSTREAM
-from tests.e2e.test_codex_cli_sim import TOOL_PROMPT, TOOL_REPLY, CodexHome, _check_turn, _show
+from codexlb.upstream.state import UPSTREAM
+from tests.e2e.test_codex_cli_sim import (
+    TOOL_PROMPT,
+    TOOL_REPLY,
+    CodexHome,
+    _check_turn,
+    _show,
+)
 from tests.proxy.conftest import start_proxy
 
 TURNS = 15

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from codexlb.sim.backend import SimConfig
-from codexlb.sim.server import RunningSim, running_sim
+from codexlb.sim.running import RunningSim, running_sim
 
 MODEL = "gpt-5.5"
 RUN_TIMEOUT_S = 120.0

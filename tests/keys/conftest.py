@@ -5,8 +5,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from codexlb.app import create_app
-from codexlb.client_auth import API_KEY
 from codexlb.config import Settings
+from codexlb.keys import API_KEY
 
 # Routes of our own under each guarded prefix: the real proxy routes need upstream accounts.
 GUARDED = ("/v1/__whoami", "/backend-api/__whoami", "/api/codex/__whoami")

@@ -8,12 +8,12 @@ from itertools import accumulate
 
 import pytest
 
-from codexlb.pool.account import Account, Status, Tokens, Window
+from codexlb.account import Account, Status, Tokens, Window
 from codexlb.pool.selection import (
     DEFAULT_STRATEGY,
-    STRATEGIES,
     REJECTION_MIN_ACCOUNTS,
     REJECTION_TRIES,
+    STRATEGIES,
     WEIGHT_CEILING,
     CapacityStrategy,
     FillFirstStrategy,

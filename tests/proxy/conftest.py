@@ -9,7 +9,7 @@ from aiohttp import web
 from codexlb.app import create_app
 from codexlb.services import POOL, ROSTER
 from codexlb.sim.backend import SimConfig
-from codexlb.sim.server import RunningSim, running_sim
+from codexlb.sim.running import RunningSim, running_sim
 from tests.accounts.conftest import login_of
 
 

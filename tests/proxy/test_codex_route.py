@@ -8,9 +8,9 @@ import time
 import orjson
 import pytest
 
-from codexlb.pool.account import Status
-from codexlb.proxy.upstream import UPSTREAM
+from codexlb.account import Status
 from codexlb.services import KEYS
+from codexlb.upstream.state import UPSTREAM
 from tests.proxy.conftest import start_proxy
 from tests.simclient import add_fault, body, parse_sse, user
 

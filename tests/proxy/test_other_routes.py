@@ -8,9 +8,9 @@ import dataclasses
 import orjson
 import pytest
 
-from codexlb.proxy import routes
-from codexlb.proxy.upstream import UPSTREAM
+from codexlb.handlers import proxy as routes
 from codexlb.services import STORE
+from codexlb.upstream.state import UPSTREAM
 from tests.proxy.conftest import start_proxy
 from tests.simclient import body, user
 

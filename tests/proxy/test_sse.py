@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from codexlb.proxy.sse import Batch, FrameSplitter, encode, event_names
+from codexlb.upstream.sse import Batch, FrameSplitter, encode, event_names
 
 EVENTS = [{"type": "response.created", "response": {"id": "r1"}},
           {"type": "response.output_text.delta", "delta": "hi\n\nthere"},

@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from codexlb.sim.app import create_sim_app
 from codexlb.sim.backend import Backend, SimConfig
-from codexlb.sim.server import RunningSim
+from codexlb.sim.running import RunningSim
 from codexlb.upstream import tls
 from tests.proxy.conftest import start_proxy
 from tests.proxy.test_codex_route import post

@@ -7,14 +7,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from codexlb.api.admin import json_response as _json
-from codexlb.api.admin import require_admin
+from codexlb.account import Account, Window
 from codexlb.auth import authjson
 from codexlb.auth.authjson import AuthFileError
 from codexlb.errors import APIError
-from codexlb.pool.account import Account, Window
+from codexlb.handlers.api.admin import json_response as _json
+from codexlb.handlers.api.admin import require_admin
+from codexlb.handlers.request_body import ADMIN_MAX_BYTES, admin_too_large, read_body
 from codexlb.pool.roster import RosterError
-from codexlb.request_body import ADMIN_MAX_BYTES, admin_too_large, read_body
 from codexlb.services import ROSTER
 
 __all__ = ["account_view", "require_admin", "setup"]

@@ -7,11 +7,13 @@ aiohttp's `request.read()` waits as long as the client likes: a body that stoppe
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+import functools
+from typing import Any, Callable
 
 from aiohttp import web
 
 from codexlb.errors import APIError
+from codexlb.request_checks import parse_json
 from codexlb.services import SETTINGS
 
 # The admin API's bodies are small: aiohttp's default `client_max_size`, which bounded them before.
@@ -42,3 +44,18 @@ async def read_body(request: web.Request, max_bytes: int, too_large: Callable[[]
 
 def admin_too_large() -> APIError:
     return APIError(413, "Request body is too large", code="payload_too_large")
+
+
+async def read_json(request: web.Request, max_bytes: int, *, too_large_status: int) -> dict[str, Any]:
+    """The body as a JSON object, or the 4xx the client should get.
+
+    `too_large_status` is 400 for the Codex CLI, which retries a 413 although the payload can never fit.
+    """
+    body = await read_body(request, max_bytes, functools.partial(_too_large, max_bytes, too_large_status))
+    return parse_json(body)
+
+
+def _too_large(max_bytes: int, status: int) -> APIError:
+    return APIError(status, f"Request body is larger than {max_bytes // (1024 * 1024)} MiB, the most this proxy "
+                    "accepts; start a new conversation or compact it.", code="payload_too_large",
+                    type="invalid_request_error")

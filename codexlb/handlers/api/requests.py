@@ -7,8 +7,8 @@ import time
 
 from aiohttp import web
 
-from codexlb.api.admin import json_response, require_admin
 from codexlb.errors import APIError
+from codexlb.handlers.api.admin import json_response, require_admin
 from codexlb.services import GATES, STORE
 
 MAX_PAGE = 500

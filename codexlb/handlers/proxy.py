@@ -11,23 +11,24 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from codexlb import accounting, relay
+from codexlb.account import Status
 from codexlb.bridge import http as bridge
-from codexlb.client_auth import API_KEY
 from codexlb.errors import APIError
-from codexlb.pool.account import Status
+from codexlb.handlers.request_body import read_json
+from codexlb.keys import API_KEY
 from codexlb.pool.pool import Pool
 from codexlb.pool.sticky import conversation_keys
-from codexlb.proxy import relay
-from codexlb.proxy.request import check_responses, read_json
-from codexlb.proxy.sse import Batch
-from codexlb.proxy.upstream import UPSTREAM, Outcome, Upstream
-from codexlb.services import GATES, POOL, REFRESHER, ROSTER, HTTP, SETTINGS, STORE
+from codexlb.request_checks import check_responses
+from codexlb.services import GATES, HTTP, POOL, REFRESHER, ROSTER, SETTINGS, STORE
 from codexlb.singleflight import SingleFlight
 from codexlb.transcript import Transcripts
 from codexlb.translate import chat
-from codexlb.translate.responses_aggregate import aggregate_response
 from codexlb.translate.chat import TranslationError, UpstreamFailed
+from codexlb.translate.responses_aggregate import aggregate_response
 from codexlb.upstream.session import account_headers
+from codexlb.upstream.sse import Batch
+from codexlb.upstream.state import UPSTREAM, Outcome, Upstream
 
 MODELS_TTL_S = 300.0
 MODELS_TIMEOUT_S = 20.0
@@ -61,7 +62,7 @@ def accounted(handler: Callable[[web.Request, Outcome], Awaitable[web.StreamResp
                 outcome.status, outcome.error_code = 499, "client_closed"
             raise
         finally:
-            relay.account_usage(request.app[STORE], request, outcome, started)
+            accounting.account_usage(request.app[STORE], request, outcome, started)
 
     return wrapped
 

@@ -14,13 +14,11 @@ from aiohttp.typedefs import Handler
 
 from codexlb import host_check
 from codexlb.errors import APIError
-from codexlb.keys import KeyRecord
+from codexlb.keys import API_KEY
 from codexlb.loopback import forwarded, is_local_request
 from codexlb.services import KEYS, SETTINGS
 
 PROXY_PREFIXES = ("/backend-api/", "/v1/", "/api/codex/")
-# The key a request was made with, for accounting; absent when no key was needed.
-API_KEY = web.RequestKey("api_key", KeyRecord)
 
 _HOW = "Send a codexlb API key as `Authorization: Bearer <key>` or in the `x-api-key` header."
 

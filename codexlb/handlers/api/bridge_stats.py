@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from codexlb.api.admin import json_response, require_admin
 from codexlb.bridge.http import SESSIONS
-from codexlb.proxy.upstream import UPSTREAM
+from codexlb.handlers.api.admin import json_response, require_admin
+from codexlb.upstream.state import UPSTREAM
 
 
 async def bridge(request: web.Request) -> web.Response:

@@ -8,9 +8,11 @@ from typing import Any, Callable, Coroutine
 
 from aiohttp import web
 
-from codexlb import health, log, server_limits
+from codexlb import log
 from codexlb.app import create_app
 from codexlb.config import Settings
+from codexlb.handlers import health
+from codexlb.server import limits as server_limits
 from codexlb.services import StartupError
 from codexlb.store import DatabaseError, SecretKeyError
 

@@ -1,48 +1,38 @@
-"""Opening a Responses stream upstream: choose an account, call, fail over until the first event.
+"""Opening a Responses stream upstream over HTTP: one call on one account, failed over (`failover`) until
+the first event.
 
 The client's first byte is written only after `open_stream` returns, so every failure in here can
 still move to another account. What the stream says on its way (response ids, rate limits, usage,
-the terminal event) is observed here too, for stickiness and the pool's bookkeeping.
+the terminal event) is observed as it goes (`state.observe`), for stickiness and the pool's bookkeeping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
 
 import aiohttp
 import orjson
-from aiohttp import web
 
 from codexlb import log
+from codexlb.account import Account
 from codexlb.admission.gate import Slot
-from codexlb.admission.gates import Gates
-from codexlb.auth.refresh import Refresher, RefreshError
-from codexlb.config import Settings
 from codexlb.errors import APIError
-from codexlb.pool.account import Account
-from codexlb.pool.pool import Pool
-from codexlb.pool.quota import verdict_for_error, windows_from_event, windows_from_headers
-from codexlb.pool.roster import Roster
-from codexlb.proxy.failover import Failure, client_error, event_error, exhausted, next_step
-from codexlb.proxy.headers import upstream_request_headers
-from codexlb.proxy.sse import Batch, Frame, FrameSplitter, event_names
-from codexlb.recovery import Action, LostAnchors
-from codexlb.transcript import ItemOwners, Transcripts
+from codexlb.pool.quota import verdict_for_error, windows_from_headers
+from codexlb.recovery import Action
+from codexlb.upstream.failover import Failure, event_error, fail_over
+from codexlb.upstream.headers import upstream_request_headers
 from codexlb.upstream.session import account_headers
+from codexlb.upstream.sse import Batch, Frame, FrameSplitter, event_names
+from codexlb.upstream.state import TERMINAL, Outcome, Upstream, observe
 
 _log = log.get("codexlb.proxy")
-TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
 _RATE_LIMITS = event_names("codex.rate_limits")
 _ERROR_BODY_LIMIT = 64 * 1024
 # Waiting for the end of a body whose terminal event is in: a bound, then the connection is closed instead.
 _DRAIN_S, _DRAIN_BYTES = 1.0, 64 * 1024
-T = TypeVar("T")
-# One try on one account, in one of its stream slots.
-Attempt = Callable[[Account, Slot], Awaitable["T | Failure"]]
 
 
 class StreamBroken(Exception):
@@ -51,46 +41,6 @@ class StreamBroken(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What the request came to: filled in as the stream goes, read by accounting."""
-
-    account: Account | None = None
-    model: str | None = None
-    response_id: str | None = None
-    status: int = 200
-    error_code: str | None = None
-    usage: dict[str, Any] | None = None
-    attempts: int = 0
-    first_event_at: float | None = None
-    # Accounts already tried for this request (by the HTTP bridge), not to be tried again.
-    tried: set[str] = field(default_factory=set)
-
-
-@dataclass(slots=True)
-class Upstream:
-    """What the data path needs from the app: one object, built once."""
-
-    settings: Settings
-    pool: Pool
-    roster: Roster
-    refresher: Refresher
-    http: aiohttp.ClientSession
-    gates: Gates
-    transcripts: Transcripts
-    lost_anchors: LostAnchors = field(default_factory=LostAnchors)
-    owners: ItemOwners = field(default_factory=ItemOwners)
-    # How often each recovery decision was taken ("ws:resend", "http:fail:stream_incomplete", ...).
-    recoveries: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def responses_url(self) -> str:
-        return self.settings.upstream_base_url.rstrip("/") + "/codex/responses"
-
-
-UPSTREAM = web.AppKey("upstream", Upstream)
 
 
 @dataclass(slots=True)
@@ -177,33 +127,6 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
         pass
 
 
-def observe(up: Upstream, account: Account, outcome: Outcome, kind: str, data: Any) -> bool:
-    """What one upstream event tells the pool and the accounting (any transport); True for a terminal."""
-    if not isinstance(data, dict):
-        return False
-    pool, now = up.pool, time.time()
-    response = data.get("response") if isinstance(data.get("response"), dict) else {}
-    if kind == "response.created" and isinstance(response.get("id"), str):
-        outcome.response_id = response["id"]
-        pool.remember_response(response["id"], account, now)
-    elif kind == "codex.rate_limits":
-        up.roster.note_windows(account, windows_from_event(data, now), now)
-    elif kind in TERMINAL:
-        if isinstance(response.get("usage"), dict):
-            outcome.usage = response["usage"]
-        if kind == "response.completed":
-            up.owners.note(response.get("output"), account.id)
-        if kind != "response.completed":
-            error = response.get("error") or data.get("error") or {}
-            outcome.error_code = str(error.get("code") or kind) if isinstance(error, dict) else kind
-            verdict = verdict_for_error(int(data.get("status") or 429), error, {}, now) if (
-                isinstance(error, dict) and error.get("code") == "usage_limit_reached") else None
-            if verdict is not None:
-                up.roster.note_verdict(account, verdict)
-        return True
-    return False
-
-
 async def _read_error(response: aiohttp.ClientResponse) -> dict[str, Any]:
     """The error object of a failed answer. Its body is read to the end (up to a bound): one read may
     hold only part of it, and a connection given back before the end is closed instead of reused."""
@@ -269,64 +192,6 @@ async def _attempt(up: Upstream, account: Account, slot: Slot, body: bytes, clie
         # Anything but a live stream gives the connection back here.
         if not isinstance(result, Stream) and response is not None:
             response.release()
-
-
-async def _on_account(up: Upstream, account: Account, slot: Slot, attempt: Attempt[T], outcome: Outcome,
-                      failures: list[Failure]) -> T | None:
-    """Attempts on one account (a 401 earns one refresh and a retry): the result, or None to move on."""
-    refreshed = False
-    while True:
-        outcome.attempts += 1
-        result = await attempt(account, slot)
-        if not isinstance(result, Failure):
-            return result
-        failures.append(result)
-        step = next_step(result, refreshed)
-        _log.info("upstream attempt failed", account=account.alias, status=result.status, code=result.code,
-                  next=step)
-        if step == "answer":
-            outcome.status, outcome.error_code = result.status or 400, result.code
-            raise client_error(result)
-        if step != "refresh":
-            return None
-        refreshed = True
-        try:
-            await up.refresher.refresh(account, "upstream 401")
-        except RefreshError:
-            return None
-
-
-async def fail_over(up: Upstream, keys: Sequence[str], outcome: Outcome, attempt: Attempt[T]) -> tuple[T, Slot]:
-    """`attempt` on the pool's accounts in turn, each in one of its stream slots, until one succeeds:
-    its result and the slot (the caller's to release). Raises the APIError the client should get."""
-    settings = up.settings
-    deadline = time.monotonic() + settings.failover_budget_s
-    tried = outcome.tried
-    failures: list[Failure] = []
-    while len(tried) < settings.failover_accounts and time.monotonic() < deadline:
-        try:
-            account, slot = await up.pool.admit(keys, tried, min(settings.queue_wait_s, deadline - time.monotonic()))
-        except APIError:
-            if failures:
-                break
-            raise
-        tried.add(account.id)
-        outcome.account = account
-        result = None
-        try:
-            result = await _on_account(up, account, slot, attempt, outcome, failures)
-        finally:
-            if result is None:
-                slot.release()
-        if result is not None:
-            return result, slot
-    # Nothing left to try: the pool's own answer when it has no account at all, else a retriable 502.
-    try:
-        up.pool.choose(keys, exclude=tried)
-    except APIError as pool_answer:
-        if pool_answer.status in (429, 503) and all(f.status in (401, 429) for f in failures):
-            raise pool_answer from None
-    raise exhausted(failures)
 
 
 async def open_stream(up: Upstream, payload: dict[str, Any], client_headers: Mapping[str, str],

@@ -1,4 +1,5 @@
-"""What to do after a failed attempt on one account, before the client has seen a byte.
+"""Failover across accounts until the first event (`fail_over`), and what to do after a failed attempt on
+one account, before the client has seen a byte:
 
 | Attempt ended with | Then |
 |---|---|
@@ -10,10 +11,21 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
+from codexlb import log
+from codexlb.account import Account
+from codexlb.admission.gate import Slot
+from codexlb.auth.refresh import RefreshError
 from codexlb.errors import APIError
+from codexlb.upstream.state import Outcome, Upstream
+
+_log = log.get("codexlb.proxy")
+T = TypeVar("T")
+# One try on one account, in one of its stream slots.
+Attempt = Callable[[Account, Slot], Awaitable["T | Failure"]]
 
 # First events that mean "this account or backend failed", not "your request is wrong".
 _RETRIABLE_CODES = frozenset({
@@ -77,3 +89,61 @@ def exhausted(failures: list[Failure]) -> APIError:
     summary = ", ".join(f"{f.status or f.reason}" + (f" {f.code}" if f.status else "") for f in failures[-3:])
     return APIError(502, f"Upstream failed on {len(failures)} attempt(s) ({summary}); retry the request.",
                     code="upstream_unavailable", type="server_error")
+
+
+async def _on_account(up: Upstream, account: Account, slot: Slot, attempt: Attempt[T], outcome: Outcome,
+                      failures: list[Failure]) -> T | None:
+    """Attempts on one account (a 401 earns one refresh and a retry): the result, or None to move on."""
+    refreshed = False
+    while True:
+        outcome.attempts += 1
+        result = await attempt(account, slot)
+        if not isinstance(result, Failure):
+            return result
+        failures.append(result)
+        step = next_step(result, refreshed)
+        _log.info("upstream attempt failed", account=account.alias, status=result.status, code=result.code,
+                  next=step)
+        if step == "answer":
+            outcome.status, outcome.error_code = result.status or 400, result.code
+            raise client_error(result)
+        if step != "refresh":
+            return None
+        refreshed = True
+        try:
+            await up.refresher.refresh(account, "upstream 401")
+        except RefreshError:
+            return None
+
+
+async def fail_over(up: Upstream, keys: Sequence[str], outcome: Outcome, attempt: Attempt[T]) -> tuple[T, Slot]:
+    """`attempt` on the pool's accounts in turn, each in one of its stream slots, until one succeeds:
+    its result and the slot (the caller's to release). Raises the APIError the client should get."""
+    settings = up.settings
+    deadline = time.monotonic() + settings.failover_budget_s
+    tried = outcome.tried
+    failures: list[Failure] = []
+    while len(tried) < settings.failover_accounts and time.monotonic() < deadline:
+        try:
+            account, slot = await up.pool.admit(keys, tried, min(settings.queue_wait_s, deadline - time.monotonic()))
+        except APIError:
+            if failures:
+                break
+            raise
+        tried.add(account.id)
+        outcome.account = account
+        result = None
+        try:
+            result = await _on_account(up, account, slot, attempt, outcome, failures)
+        finally:
+            if result is None:
+                slot.release()
+        if result is not None:
+            return result, slot
+    # Nothing left to try: the pool's own answer when it has no account at all, else a retriable 502.
+    try:
+        up.pool.choose(keys, exclude=tried)
+    except APIError as pool_answer:
+        if pool_answer.status in (429, 503) and all(f.status in (401, 429) for f in failures):
+            raise pool_answer from None
+    raise exhausted(failures)

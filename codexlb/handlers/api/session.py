@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from codexlb.admin_auth import SESSION_COOKIE, SESSION_TTL_S, over_tls
-from codexlb.api.admin import json_response, require_admin
 from codexlb.errors import APIError
-from codexlb.proxy.request import read_json
+from codexlb.handlers.api.admin import json_response, require_admin
+from codexlb.handlers.request_body import read_json
 from codexlb.services import ADMIN, STORE
 
 MIN_PASSWORD = 12

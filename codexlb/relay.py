@@ -1,22 +1,19 @@
 """Getting a stream to the client: keep-alives while the first event is awaited, whole frames as
-they arrive, a `response.failed` when it breaks, and one accounting record however it ends."""
+they arrive, a `response.failed` when it breaks. The handler accounts for it however it ends (`codexlb.accounting`)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from aiohttp import web
 
-from codexlb.client_auth import API_KEY
 from codexlb.errors import APIError
-from codexlb.metrics import METRICS
-from codexlb.proxy.headers import client_response_headers
-from codexlb.proxy.sse import Batch, encode
-from codexlb.proxy.upstream import Outcome, StreamBroken, Upstream, open_stream
-from codexlb.store import Store, UsageRecord
+from codexlb.upstream.headers import client_response_headers
+from codexlb.upstream.sse import Batch, encode
+from codexlb.upstream.state import Outcome, Upstream
+from codexlb.upstream.stream import StreamBroken, open_stream
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CODEX_KEEPALIVE = encode({"type": "codex.keepalive"})
@@ -32,27 +29,6 @@ def failed_event(outcome: Outcome, code: str, message: str) -> dict[str, Any]:
     response_id = outcome.response_id or f"resp_{uuid.uuid4().hex}"
     return {"type": "response.failed", "response": {
         "id": response_id, "object": "response", "status": "failed", "error": {"code": code, "message": message}}}
-
-
-def account_usage(store: Store, request: web.Request, outcome: Outcome, started: float) -> None:
-    usage = outcome.usage or {}
-    details = usage.get("input_tokens_details") or {}
-    output_details = usage.get("output_tokens_details") or {}
-    key = request.get(API_KEY)
-    duration_s = time.monotonic() - started
-    ttfb_s = None if outcome.first_event_at is None else outcome.first_event_at - started
-    request.app[METRICS].observe_request(request.path, outcome.status,
-                                         outcome.account.alias if outcome.account else None, ttfb_s, duration_s)
-    store.record_usage(UsageRecord(
-        ts=time.time(), account_id=outcome.account.id if outcome.account else None,
-        api_key_id=key.id if key is not None else None, route=request.path, model=outcome.model,
-        status=outcome.status, error_code=outcome.error_code,
-        input_tokens=int(usage.get("input_tokens") or 0), cached_tokens=int(details.get("cached_tokens") or 0),
-        output_tokens=int(usage.get("output_tokens") or 0),
-        reasoning_tokens=int(output_details.get("reasoning_tokens") or 0),
-        duration_ms=round(duration_s * 1000, 2),
-        ttfb_ms=None if ttfb_s is None else round(ttfb_s * 1000, 2),
-    ))
 
 
 class KeepAlive:

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from codexlb import errors, log
-from codexlb.client_auth import API_KEY
+from codexlb.keys import API_KEY
 from codexlb.trusted_proxies import client_address
 
 _log = log.get("codexlb.request")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from codexlb.api.admin import json_response, require_admin
+from codexlb.handlers.api.admin import json_response, require_admin
 from codexlb.services import GATES
 
 

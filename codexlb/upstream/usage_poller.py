@@ -9,8 +9,8 @@ import time
 import aiohttp
 
 from codexlb import log
+from codexlb.account import Account, Status
 from codexlb.auth.refresh import Refresher, RefreshError
-from codexlb.pool.account import Account, Status
 from codexlb.pool.quota import windows_from_usage
 from codexlb.pool.roster import Roster
 from codexlb.upstream.session import account_headers

@@ -1,4 +1,4 @@
-"""Reading and checking a client's Responses request before anything goes upstream.
+"""Checking a client's Responses request before anything goes upstream.
 
 This is the one boundary for client input on every route (HTTP, the HTTP bridge, the WebSocket relay):
 what passes it has the JSON types the deeper code reads (item ids are hashable strings, content parts
@@ -8,14 +8,11 @@ naming the parameter, never a 500 or a retriable 502.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from codexlb.errors import APIError
-from codexlb.request_body import read_body
 
 # Response ids look like `resp_<hex>`; any printable id of a sane length may be one, anything else never is.
 MAX_RESPONSE_ID = 256
@@ -26,15 +23,6 @@ _BODY_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
     ("prompt_cache_key", str, "a string"), ("stream", bool, "a boolean"), ("store", bool, "a boolean"),
     ("generate", bool, "a boolean"),
 )
-
-
-async def read_json(request: web.Request, max_bytes: int, *, too_large_status: int) -> dict[str, Any]:
-    """The body as a JSON object, or the 4xx the client should get.
-
-    `too_large_status` is 400 for the Codex CLI, which retries a 413 although the payload can never fit.
-    """
-    body = await read_body(request, max_bytes, functools.partial(_too_large, max_bytes, too_large_status))
-    return parse_json(body)
 
 
 def parse_json(body: bytes | bytearray | str) -> dict[str, Any]:
@@ -53,12 +41,6 @@ def parse_json(body: bytes | bytearray | str) -> dict[str, Any]:
     except orjson.JSONEncodeError:
         raise APIError(400, "The JSON body of your request is nested too deeply.", code="invalid_json") from None
     return payload
-
-
-def _too_large(max_bytes: int, status: int) -> APIError:
-    return APIError(status, f"Request body is larger than {max_bytes // (1024 * 1024)} MiB, the most this proxy "
-                    "accepts; start a new conversation or compact it.", code="payload_too_large",
-                    type="invalid_request_error")
 
 
 def _type_error(key: str, expected: str, value: Any) -> APIError:

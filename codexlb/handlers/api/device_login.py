@@ -16,10 +16,10 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from codexlb import log
-from codexlb.api.accounts import account_view
-from codexlb.api.admin import json_response, require_admin
 from codexlb.auth import authjson, oauth
 from codexlb.errors import APIError
+from codexlb.handlers.api.accounts import account_view
+from codexlb.handlers.api.admin import json_response, require_admin
 from codexlb.services import HTTP, ROSTER, SETTINGS
 
 MAX_PENDING = 8

@@ -7,11 +7,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from codexlb.api.admin import json_response, require_admin
 from codexlb.errors import APIError
-from codexlb.keys import KeyRecord, KeyRingError
-from codexlb.request_body import ADMIN_MAX_BYTES, admin_too_large, read_body
+from codexlb.handlers.api.admin import json_response, require_admin
+from codexlb.handlers.request_body import ADMIN_MAX_BYTES, admin_too_large, read_body
+from codexlb.keys import KeyRingError
 from codexlb.services import KEYS
+from codexlb.store.api_keys import KeyRecord
 
 # The one response holding a key must not linger in a cache.
 _NO_STORE = {"Cache-Control": "no-store"}
