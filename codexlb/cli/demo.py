@@ -36,16 +36,13 @@ codexlb demo is running: proxy {url}, simulated ChatGPT backend {sim_url}
 
 Dashboard (accounts, requests, usage, API keys): {url}/
 
-Codex CLI — put this in $CODEX_HOME/config.toml and `export CODEXLB_KEY=anything`:
+Codex CLI, with a throw-away CODEX_HOME (your ~/.codex is not touched):
 
-  model = "gpt-5.5"
-  model_provider = "codexlb"
+  CODEX_HOME=$(mktemp -d) CODEXLB_KEY=anything codex \\
+    -c model_provider=codexlb -c model=gpt-5.5 \\
+    -c 'model_providers.codexlb={{name="codexlb", base_url="{url}/backend-api/codex", wire_api="responses", env_key="CODEXLB_KEY"}}'
 
-  [model_providers.codexlb]
-  name = "codexlb"
-  base_url = "{url}/backend-api/codex"
-  wire_api = "responses"
-  env_key = "CODEXLB_KEY"
+To use codexlb for real, add it as a profile (README: First real run).
 
 curl:
 
