@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from yarl import URL
 
-from codexlb.host_check import check_allowed_hosts
+from codexlb.host_check import check_allowed_hosts, check_listen_host
 from codexlb.trusted_proxies import check_trusted_proxies
 
 ENV_PREFIX = "CODEXLB_"
@@ -82,7 +82,20 @@ def _check_url(value: str) -> None:
         raise ValueError("must be an http:// or https:// URL with a host")
 
 
+# The sections settings are grouped by in `codexlb serve --help`, in order, each with what it is about.
+SECTIONS: dict[str, str] = {
+    "listening": "who can reach codexlb, and how long a client connection may take",
+    "upstream": "the ChatGPT backend and the sign-in server, and failing over between accounts",
+    "pool": "how accounts are chosen and kept fresh",
+    "admission": "how much runs at once; past it requests wait a bounded time, then get 429",
+    "bridge": "the Codex CLI's conversations over upstream WebSockets, and their transcripts",
+    "storage": "the data dir, the sealing key and the request log",
+    "logging": "what is logged, and how",
+}
+
+
 def setting(
+    section: str,
     default: Any,
     help: str,
     *,
@@ -91,169 +104,181 @@ def setting(
     secret: bool = False,
     metavar: str | None = None,
 ) -> Any:
+    if section not in SECTIONS:
+        raise ValueError(f"unknown settings section {section!r}")
     return field(
         default=default,
-        metadata={"help": help, "choices": choices, "check": check, "secret": secret, "metavar": metavar},
+        metadata={"section": section, "help": help, "choices": choices, "check": check, "secret": secret, "metavar": metavar},
     )
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    host: str = setting("127.0.0.1", "Address to listen on.", metavar="ADDR")
-    port: int = setting(2455, "TCP port to listen on (0 picks a free one).", check=_check_port)
+    host: str = setting(
+        "listening", "127.0.0.1", "Address to listen on.", check=check_listen_host, metavar="ADDR")
+    port: int = setting(
+        "listening", 2455, "TCP port to listen on (0 picks a free one).", check=_check_port)
     allowed_hosts: tuple[str, ...] = setting(
+        "listening",
         (), "More names the dashboard, the admin API and (while no API key exists) the proxy routes answer to "
         "(Host header), besides localhost, IP addresses "
         "and the listen address: exact names, or *.example.com for every name under a domain; the port is not "
         "compared. Others get 421, against DNS rebinding.", check=check_allowed_hosts, metavar="NAME,...",
     )
     trusted_proxies: tuple[str, ...] = setting(
-        (), "Reverse proxies (IP addresses or networks such as 10.0.0.0/8) whose forwarding headers "
+        "listening", (), "Reverse proxies (IP addresses or networks such as 10.0.0.0/8) whose forwarding headers "
         "(X-Forwarded-For, Forwarded, X-Real-IP) name the client, for login limits and logs; from any other "
         "peer they are not believed.", check=check_trusted_proxies, metavar="ADDR,...",
     )
     allow_unauthenticated: bool = setting(
-        False, "While no API key exists, serve clients on any address, not just this machine; without it, "
+        "listening", False, "While no API key exists, serve clients on any address, not just this machine; without it, "
         "serve refuses to listen on a non-loopback address until a key exists.",
     )
     data_dir: Path = setting(
-        Path("~/.codexlb"),
+        "storage", Path("~/.codexlb"),
         "Where the database, secret key and config.toml live (created with mode 0700).",
         metavar="DIR",
     )
     upstream_base_url: str = setting(
-        "https://chatgpt.com/backend-api",
+        "upstream", "https://chatgpt.com/backend-api",
         "Base URL of the ChatGPT backend (or of `codexlb sim`).",
         check=_check_url,
         metavar="URL",
     )
     auth_base_url: str = setting(
-        "https://auth.openai.com", "Base URL of the OAuth server used for login and token refresh.",
+        "upstream", "https://auth.openai.com", "Base URL of the OAuth server used for login and token refresh.",
         check=_check_url, metavar="URL",
     )
     upstream_proxy: str = setting(
+        "upstream",
         "", "HTTP(S) proxy for calls to upstream and the OAuth server: empty follows HTTPS_PROXY / HTTP_PROXY / "
         "ALL_PROXY and NO_PROXY (never for this machine); a URL (user:password@ allowed) is used for every call; "
         "'direct' ignores the environment.", check=check_proxy_setting, metavar="URL",
     )
-    log_level: str = setting("info", "Lowest level that is logged.", choices=("debug", "info", "warning", "error"))
+    log_level: str = setting(
+        "logging", "info", "Lowest level that is logged.", choices=("debug", "info", "warning", "error"))
     log_format: str = setting(
-        "auto", "Log line format; auto is console on a terminal, JSON lines otherwise.",
+        "logging", "auto", "Log line format; auto is console on a terminal, JSON lines otherwise.",
         choices=("auto", "console", "json"),
     )
     secret_key_file: Path | None = setting(
-        None, "Key that seals tokens at rest (default: <data-dir>/secret.key, created on first start).",
+        "storage", None, "Key that seals tokens at rest (default: <data-dir>/secret.key, created on first start).",
         metavar="PATH",
     )
     strategy: str = setting(
-        "capacity", "How to pick an account: capacity (most remaining quota, earliest reset first), "
+        "pool", "capacity", "How to pick an account: capacity (most remaining quota, earliest reset first), "
         "round_robin, fill_first or least_used.",
         choices=STRATEGIES,
     )
     sticky_ttl_s: float = setting(
-        3600.0, "How long a conversation stays on its account after its last request.",
+        "pool", 3600.0, "How long a conversation stays on its account after its last request.",
         check=_check_non_negative, metavar="SECONDS",
     )
     refresh_margin_s: float = setting(
-        600.0, "Refresh an access token this long before it expires.", check=_check_non_negative,
+        "pool", 600.0, "Refresh an access token this long before it expires.", check=_check_non_negative,
         metavar="SECONDS",
     )
     usage_poll_interval_s: float = setting(
-        120.0, "How often each account's usage windows are read from upstream (0 turns polling off).",
+        "pool", 120.0, "How often each account's usage windows are read from upstream (0 turns polling off).",
         check=_check_non_negative, metavar="SECONDS",
     )
     max_body_mb: float = setting(
+        "listening",
         16.0, "Largest request body accepted, in MiB (the Codex CLI gets a 400 for more, since it retries 413s).",
         check=_check_positive, metavar="MIB",
     )
     upstream_connect_timeout_s: float = setting(
-        10.0, "Bound on connecting to upstream.", check=_check_positive, metavar="SECONDS",
+        "upstream", 10.0, "Bound on connecting to upstream.", check=_check_positive, metavar="SECONDS",
     )
     upstream_first_event_timeout_s: float = setting(
-        120.0, "Bound on waiting for upstream's first event; past it, the next account is tried.",
+        "upstream", 120.0, "Bound on waiting for upstream's first event; past it, the next account is tried.",
         check=_check_positive, metavar="SECONDS",
     )
     upstream_idle_timeout_s: float = setting(
-        300.0, "Bound on silence between upstream events once a stream runs.", check=_check_positive,
+        "upstream", 300.0, "Bound on silence between upstream events once a stream runs.", check=_check_positive,
         metavar="SECONDS",
     )
     failover_accounts: int = setting(
+        "upstream",
         3, "Most accounts one request is tried on before the client gets an error.", check=_check_at_least_one,
         metavar="N",
     )
     failover_budget_s: float = setting(
-        60.0, "Most time spent failing over before the client gets an error.", check=_check_positive,
+        "upstream", 60.0, "Most time spent failing over before the client gets an error.", check=_check_positive,
         metavar="SECONDS",
     )
     keepalive_s: float = setting(
-        10.0, "While the first event is awaited longer than this, send keep-alives this often (commits the "
+        "upstream", 10.0, "While the first event is awaited longer than this, send keep-alives this often (commits the "
         "answer: no failover after the first one).", check=_check_positive, metavar="SECONDS",
     )
     max_inflight: int = setting(
-        512, "Most proxied requests served at once (an open WebSocket counts as one); more wait in line.",
+        "admission", 512, "Most proxied requests served at once (an open WebSocket counts as one); more wait in line.",
         check=_check_at_least_one, metavar="N",
     )
     queue_wait_s: float = setting(
-        10.0, "Longest a request waits in line at a full gate before it gets 429 proxy_overloaded with "
+        "admission", 10.0, "Longest a request waits in line at a full gate before it gets 429 proxy_overloaded with "
         "Retry-After.", check=_check_non_negative, metavar="SECONDS",
     )
     max_queue: int = setting(
-        1024, "Most requests waiting in line at one gate; past it, a newcomer gets 429 at once.",
+        "admission", 1024, "Most requests waiting in line at one gate; past it, a newcomer gets 429 at once.",
         check=_check_non_negative, metavar="N",
     )
     account_max_streams: int = setting(
-        16, "Most streams at once on one account; a full account is passed over for another with room.",
+        "pool", 16, "Most streams at once on one account; a full account is passed over for another with room.",
         check=_check_at_least_one, metavar="N",
     )
     max_upstream_connects: int = setting(
+        "admission",
         32, "Most upstream WebSocket connects in progress at once.", check=_check_at_least_one, metavar="N",
     )
     max_refreshes: int = setting(
-        4, "Most token refreshes in progress at once.", check=_check_at_least_one, metavar="N",
+        "admission", 4, "Most token refreshes in progress at once.", check=_check_at_least_one, metavar="N",
     )
     http_bridge: bool = setting(
-        True, "Carry the Codex CLI's HTTP requests over one upstream WebSocket per conversation, sending "
+        "bridge", True, "Carry the Codex CLI's HTTP requests over one upstream WebSocket per conversation, sending "
         "only new items upstream (the CLI resends the whole conversation over HTTP).",
     )
     bridge_max_sessions: int = setting(
-        512, "Most conversations with an upstream WebSocket of their own; past it, the least recently used "
+        "bridge", 512, "Most conversations with an upstream WebSocket of their own; past it, the least recently used "
         "idle one is let go.", check=_check_at_least_one, metavar="N",
     )
     bridge_idle_ttl_s: float = setting(
-        600.0, "How long a conversation's upstream WebSocket is kept without a request.",
+        "bridge", 600.0, "How long a conversation's upstream WebSocket is kept without a request.",
         check=_check_positive, metavar="SECONDS",
     )
     transcript_max_mb: float = setting(
-        256.0, "Memory for the transcripts that let a WebSocket conversation go on when upstream lost its "
+        "bridge", 256.0, "Memory for the transcripts that let a WebSocket conversation go on when upstream lost its "
         "state (MiB, all conversations; the least recently used go first).", check=_check_positive, metavar="MIB",
     )
     transcript_conversation_max_mb: float = setting(
-        32.0, "Transcript memory for one conversation (MiB; its oldest responses go first).",
+        "bridge", 32.0, "Transcript memory for one conversation (MiB; its oldest responses go first).",
         check=_check_positive, metavar="MIB",
     )
     request_log_days: float = setting(
-        30.0, "Days the request log (one row per proxied request) is kept (0: no age limit).",
+        "storage", 30.0, "Days the request log (one row per proxied request) is kept (0: no age limit).",
         check=_check_non_negative, metavar="DAYS",
     )
     request_log_max_rows: int = setting(
-        1_000_000, "Most rows the request log keeps; the oldest go first (0: no limit).",
+        "storage", 1_000_000, "Most rows the request log keeps; the oldest go first (0: no limit).",
         check=_check_non_negative, metavar="N",
     )
     metrics_token: str | None = setting(
+        "listening",
         None, "A bearer token that lets a Prometheus on another machine scrape /metrics (and nothing else); "
         "unset, /metrics follows the admin API's rule.", secret=True, metavar="TOKEN",
     )
     header_timeout_s: float = setting(
+        "listening",
         60.0, "Longest a client connection may take to send a request's headers, counted from its opening or the "
         "end of its previous response (so also how long an idle keep-alive connection is kept); then it is closed.",
         check=_check_positive, metavar="SECONDS",
     )
     body_timeout_s: float = setting(
-        60.0, "Longest a request body may pause between two reads; then the request gets 408.",
+        "listening", 60.0, "Longest a request body may pause between two reads; then the request gets 408.",
         check=_check_positive, metavar="SECONDS",
     )
     drain_timeout_s: float = setting(
-        30.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.",
+        "listening", 30.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.",
         check=_check_non_negative, metavar="SECONDS",
     )
 

@@ -59,6 +59,16 @@ def check_allowed_hosts(entries: tuple[str, ...]) -> None:
                              "*.example.com, without scheme or port)")
 
 
+def check_listen_host(host: str) -> None:
+    """The `host` setting: an IP address, a host name, or empty for every address."""
+    name = host.lower().removesuffix(".")
+    labels = name.split(".")
+    # A name's last label is never all digits, so 999.1.1.1 is a mistyped address, not a name.
+    if host and not _is_address(host) and (not all(_LABEL.match(label) for label in labels)
+                                           or labels[-1].isdigit()):
+        raise ValueError(f"{host!r} is not an IP address or a host name")
+
+
 class AllowedHosts:
     def __init__(self, listen_host: str, allowed: tuple[str, ...]) -> None:
         names = {host_name(entry) for entry in allowed}

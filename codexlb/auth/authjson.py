@@ -15,6 +15,7 @@ from codexlb.account import Tokens
 from codexlb.auth import jwt
 
 MAX_BYTES = 1024 * 1024
+FILE_NAME = "auth.json"
 
 
 class AuthFileError(ValueError):
@@ -54,6 +55,12 @@ def from_tokens(access_token: str, refresh_token: str, id_token: str, *, account
 
 
 def read(path: Path) -> Login:
+    """An auth.json file, or the one in a directory (a Codex home such as ~/.codex)."""
+    if path.is_dir():
+        if not (path / FILE_NAME).is_file():
+            raise AuthFileError(f"{path}: a directory with no {FILE_NAME} in it; give the Codex CLI's "
+                                f"{FILE_NAME} file (e.g. ~/.codex/{FILE_NAME})")
+        path = path / FILE_NAME
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_BYTES + 1)
@@ -64,7 +71,10 @@ def read(path: Path) -> Login:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise AuthFileError(f"{path}: not valid JSON (truncated?)") from None
+        if raw.lstrip().startswith(b"{"):
+            raise AuthFileError(f"{path}: not valid JSON (truncated?)") from None
+        raise AuthFileError(f"{path}: not an auth.json (expected the JSON file the Codex CLI writes at sign-in, "
+                            f"e.g. ~/.codex/{FILE_NAME})") from None
     return parse(data, str(path))
 
 

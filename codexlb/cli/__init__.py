@@ -8,7 +8,7 @@ from typing import Sequence
 
 from codexlb import __version__
 from codexlb.cli import accounts, admin, config_cmd, demo, keys, serve, sim_cmd, version
-from codexlb.cli.common import CliError, HelpFormatter
+from codexlb.cli.common import CliError, HelpFormatter, Parser
 
 _EPILOG = """\
 examples:
@@ -25,12 +25,13 @@ examples:
 
 Every setting can come from <data-dir>/config.toml, an environment variable
 CODEXLB_<NAME>, or a flag --<name>; flags win over the environment, which wins
-over the file. Run `codexlb <command> --help` for a command's options.
+over the file. Run `codexlb <command> --help` for a command's options;
+`codexlb serve --help` lists every setting.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="codexlb",
         description="Load balancer and proxy that pools ChatGPT (Codex) accounts behind one "
         "OpenAI-compatible endpoint.",

@@ -23,7 +23,7 @@ from codexlb.auth.authjson import AuthFileError, Login
 from codexlb.cli.common import (
     CliError,
     HelpFormatter,
-    add_setting_flags,
+    add_server_flags,
     ago,
     load_settings,
 )
@@ -245,17 +245,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", dest="action", required=True)
 
-    def sub(name: str, help: str, run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    def sub(name: str, help: str, run: Callable[[argparse.Namespace], int],
+            settings: tuple[str, ...] = ()) -> argparse.ArgumentParser:
         p = actions.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=_EPILOG,
                                formatter_class=HelpFormatter)
-        add_setting_flags(p)
+        add_server_flags(p, *settings)
         p.set_defaults(run=run)
         return p
 
     p = sub("import", "import Codex CLI auth.json files (de-duplicated by account)", _with_target(_import))
     p.add_argument("paths", nargs="+", metavar="PATH", help="auth.json files (e.g. ~/.codex/auth.json)")
     p.add_argument("--alias", help="name for the account (default: from its email)")
-    p = sub("login", "sign in to a ChatGPT account and add it", _with_target(_login))
+    p = sub("login", "sign in to a ChatGPT account and add it", _with_target(_login),
+            ("auth_base_url", "upstream_proxy", "upstream_connect_timeout_s"))
     p.add_argument("--device", action="store_true",
                    help="sign in with a code on another device instead of a browser redirect")
     p.add_argument("--no-browser", action="store_true", help="only print the sign-in URL; do not open a browser")

@@ -10,7 +10,7 @@ import getpass
 import sys
 
 from codexlb.admin_auth import hash_password
-from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags
+from codexlb.cli.common import CliError, HelpFormatter, add_server_flags
 from codexlb.cli.target import AdminClient, open_store, running_server, with_target
 from codexlb.config import Settings
 from codexlb.handlers.api.session import MIN_PASSWORD
@@ -63,6 +63,6 @@ def register(commands: argparse._SubParsersAction) -> None:
                            f"{MIN_PASSWORD} characters; kept as a scrypt hash). Until one is set, the admin "
                            "API and dashboard answer this machine only.", epilog=_EPILOG,
                            formatter_class=HelpFormatter)
-    add_setting_flags(p)
+    add_server_flags(p)
     p.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
     p.set_defaults(run=with_target(_target, _set_password))

@@ -71,5 +71,5 @@ def register(commands: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     show_parser.add_argument("--json", action="store_true", help="print JSON instead of TOML")
-    add_setting_flags(show_parser)
+    add_setting_flags(show_parser, ("data_dir",), accept_all=True)
     show_parser.set_defaults(run=show)

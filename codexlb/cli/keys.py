@@ -18,7 +18,7 @@ import orjson
 from codexlb.cli.common import (
     CliError,
     HelpFormatter,
-    add_setting_flags,
+    add_server_flags,
     ago,
     load_settings,
 )
@@ -176,7 +176,7 @@ def register(commands: argparse._SubParsersAction) -> None:
             ) -> argparse.ArgumentParser:
         p = actions.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=_EPILOG,
                                formatter_class=HelpFormatter)
-        add_setting_flags(p)
+        add_server_flags(p)
         p.set_defaults(run=with_target(open_target, work))
         return p
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import signal
 from typing import Any, Callable, Coroutine
 
@@ -54,7 +56,7 @@ async def serve(
                                               header_timeout_s=settings.header_timeout_s)
     except OSError as exc:
         await runner.cleanup()
-        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+        raise StartupError(_listen_failure(settings.host, settings.port, exc)) from None
     host, port = listener.sockets[0].getsockname()[:2]
     url = f"http://{host}:{port}"
     _log.info("listening", url=url)
@@ -95,6 +97,14 @@ async def serve(
             # Under run_until_stopped what is left is teardown: a late signal may not break into it.
             signal.signal(sig, signal.SIG_IGN if handler is _exit_quietly else handler)
     _log.info("stopped")
+
+
+def _listen_failure(host: str, port: int, exc: OSError) -> str:
+    # The bind error's own text repeats the address; its errno says all there is.
+    if exc.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {host}:{port}: address already in use; pick another port with --port "
+                "(or stop the process using it)")
+    return f"cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc}"
 
 
 def run_until_stopped(main: Coroutine[Any, Any, None]) -> int:
