@@ -1,8 +1,8 @@
 """`codexlb accounts`: import, log in, list, pause, resume and remove upstream accounts.
 
-When a codexlb server is running on the configured host and port, the command
-goes through its admin API, so the running pool sees the change at once;
-otherwise it works on the data dir directly.
+When a codexlb server is running on the data dir, the command goes through
+its admin API, so the running pool sees the change at once; otherwise it works
+on the data dir directly.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class RemoteTarget(Target):
 
 
 async def open_target(settings: Settings) -> Target:
-    """The running server if one answers on host:port, else the data dir."""
+    """The server running on the data dir, else the data dir itself."""
     admin = await running_server(settings)
     return RemoteTarget(admin) if admin is not None else await LocalTarget.open(settings)
 

@@ -1,6 +1,6 @@
 """`codexlb admin set-password`: the password the dashboard and remote admin calls log in with.
 
-Through the running server when one answers (its sessions end at once), else into the data dir.
+Through the server running on the data dir (its sessions end at once), else into the data dir.
 """
 
 from __future__ import annotations
