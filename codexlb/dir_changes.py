@@ -1,8 +1,8 @@
-"""What a command added to a directory, taken back when the command fails.
+"""What a command added to a data dir, taken back when the command fails.
 
 A command that fails must leave the data dir as it found it: no database, key or token made on the way to
-an error. The data dir is held while this runs (a server's lock, or no server at all), so what is new in it
-is this process's own. Blocking: call it off the event loop.
+an error. Only a data dir without a database is taken back: in one that has a database, a new journal file
+may hold another process's writes. Blocking: call it off the event loop.
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ from pathlib import Path
 
 
 class DirChanges:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, database: str) -> None:
         self.path = path
         self.existed = path.is_dir()
         self.before = set(os.listdir(path)) if self.existed else set()
+        self.in_use = database in self.before
 
     def undo(self) -> None:
         """Remove what appeared in the directory since, and the directory itself if it is new."""
+        if self.in_use:
+            return
         if not self.existed:
             shutil.rmtree(self.path, ignore_errors=True)
             return

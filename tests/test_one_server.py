@@ -149,3 +149,11 @@ async def test_failed_commands_leave_the_data_dir_as_it_was(tmp_path):
     rc, _ = await bounded("serve", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(data),
                           "--secret-key-file", str(tmp_path / "elsewhere.key"), *OFFLINE)
     assert rc == 1 and sorted(os.listdir(data)) == kept
+
+
+async def test_listing_a_data_dir_that_does_not_exist_makes_none(tmp_path):
+    data = tmp_path / "fresh"
+    for args in (("keys", "list"), ("accounts", "list")):
+        rc, err = await bounded(*args, "--data-dir", str(data))
+        assert rc == 0, err
+        assert not data.exists(), args

@@ -27,7 +27,7 @@ from codexlb.cli.common import (
     ago,
     load_settings,
 )
-from codexlb.cli.target import AdminClient, open_store, running_server, with_target
+from codexlb.cli.target import AdminClient, open_store, reads_only, running_server, with_target
 from codexlb.config import Settings
 from codexlb.handlers.api.accounts import account_view
 from codexlb.pool.roster import Roster, RosterError
@@ -142,6 +142,7 @@ def render_table(views: list[dict[str, Any]], now: float) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+@reads_only
 async def _list(target: Target, args: argparse.Namespace) -> int:
     views = await target.list()
     if args.json:

@@ -21,7 +21,7 @@ from codexlb.cli.common import (
     add_setting_flags,
     ago,
 )
-from codexlb.cli.target import AdminClient, open_store, running_server, with_target
+from codexlb.cli.target import AdminClient, open_store, reads_only, running_server, with_target
 from codexlb.config import Settings
 from codexlb.handlers.api.keys import key_view
 from codexlb.keys import KeyRing, KeyRingError
@@ -148,6 +148,7 @@ def render_table(views: list[dict[str, Any]], now: float) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+@reads_only
 async def _list(target: KeysTarget, args: argparse.Namespace) -> int:
     views = await target.list()
     if args.json:

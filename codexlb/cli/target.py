@@ -22,7 +22,7 @@ from codexlb.cli.common import CliError, load_settings
 from codexlb.config import Settings
 from codexlb.dir_changes import DirChanges
 from codexlb.services import ensure_data_dir
-from codexlb.store import DatabaseError, SecretKeyError, Store
+from codexlb.store import DB_FILE_NAME, DatabaseError, SecretKeyError, Store
 
 
 # A live server answers /health/live at once; one stopped or wedged must not hold the command for long.
@@ -34,6 +34,7 @@ class Closable(Protocol):
 
 
 T = TypeVar("T", bound=Closable)
+W = TypeVar("W", bound=Callable[..., Awaitable[int]])
 
 
 class AdminClient:
@@ -85,17 +86,24 @@ async def running_server(settings: Settings) -> AdminClient | None:
     return AdminClient(http, server, token)
 
 
-# What the command found in the data dir before opening it itself: taken back if the command fails.
+# What the command found in the data dir before opening it itself: taken back if the command fails (or
+# only read: a list on a data dir that does not exist yet must not make one).
 _local_changes: ContextVar[DirChanges | None] = ContextVar("local_changes", default=None)
 
 
 async def open_store(settings: Settings) -> Store:
-    _local_changes.set(await asyncio.to_thread(DirChanges, settings.data_dir))
+    _local_changes.set(await asyncio.to_thread(DirChanges, settings.data_dir, DB_FILE_NAME))
     ensure_data_dir(settings)
     try:
         return await Store.open(settings.data_dir, settings.secret_key_file)
     except (SecretKeyError, DatabaseError) as exc:
         raise CliError(str(exc), exit_code=1) from None
+
+
+def reads_only(work: W) -> W:
+    """Marks a command's work as reading only: what opening the data dir made for it is taken back."""
+    setattr(work, "reads_only", True)
+    return work
 
 
 def with_target(open_target: Callable[[Settings], Awaitable[T]],
@@ -117,7 +125,7 @@ def with_target(open_target: Callable[[Settings], Awaitable[T]],
                     await target.close()
             finally:
                 changes = _local_changes.get()
-                if done != 0 and changes is not None:
+                if changes is not None and (done != 0 or getattr(work, "reads_only", False)):
                     await asyncio.to_thread(changes.undo)
             return done
 

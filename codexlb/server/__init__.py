@@ -16,7 +16,7 @@ from codexlb.dir_changes import DirChanges
 from codexlb.handlers import health
 from codexlb.server import limits as server_limits
 from codexlb.services import StartupError, ensure_data_dir
-from codexlb.store import DatabaseError, SecretKeyError
+from codexlb.store import DB_FILE_NAME, DatabaseError, SecretKeyError
 
 __all__ = ["StartupError", "serve", "run_until_stopped"]
 
@@ -61,7 +61,7 @@ async def serve(
 
 
 def _hold(settings: Settings) -> tuple[DirChanges, server_record.Hold]:
-    changes = DirChanges(settings.data_dir)
+    changes = DirChanges(settings.data_dir, DB_FILE_NAME)
     try:
         ensure_data_dir(settings)
         return changes, server_record.acquire(settings.data_dir)
