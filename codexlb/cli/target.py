@@ -77,7 +77,7 @@ async def running_server(settings: Settings) -> AdminClient | None:
     if not live:
         await http.close()
         raise CliError(f"data dir {settings.data_dir} is held by a codexlb server ({server.describe()}) that does "
-                       "not answer; changes made behind its back would be lost: wait until it listens, or stop it",
+                       "not answer; changes made behind its back would be lost: wait until it answers, or stop it",
                        exit_code=1)
     try:
         token: str | None = (settings.data_dir / TOKEN_FILE).read_text().strip()
