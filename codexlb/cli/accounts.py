@@ -1,8 +1,8 @@
 """`codexlb accounts`: import, log in, list, pause, resume and remove upstream accounts.
 
-When a codexlb server is running on the configured host and port, the command
-goes through its admin API, so the running pool sees the change at once;
-otherwise it works on the data dir directly.
+When a codexlb server is running on the data dir, the command goes through
+its admin API, so the running pool sees the change at once; otherwise it works
+on the data dir directly.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from codexlb.cli.common import (
     ago,
     load_settings,
 )
-from codexlb.cli.target import AdminClient, open_store, running_server, with_target
+from codexlb.cli.target import AdminClient, open_store, reads_only, running_server, with_target
 from codexlb.config import Settings
 from codexlb.handlers.api.accounts import account_view
 from codexlb.pool.roster import Roster, RosterError
@@ -112,7 +112,7 @@ class RemoteTarget(Target):
 
 
 async def open_target(settings: Settings) -> Target:
-    """The running server if one answers on host:port, else the data dir."""
+    """The server running on the data dir, else the data dir itself."""
     admin = await running_server(settings)
     return RemoteTarget(admin) if admin is not None else await LocalTarget.open(settings)
 
@@ -142,6 +142,7 @@ def render_table(views: list[dict[str, Any]], now: float) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+@reads_only
 async def _list(target: Target, args: argparse.Namespace) -> int:
     views = await target.list()
     if args.json:

@@ -1,6 +1,6 @@
 """`codexlb admin set-password`: the password the dashboard and remote admin calls log in with.
 
-Through the running server when one answers (its sessions end at once), else into the data dir.
+Through the server running on the data dir (its sessions end at once), else into the data dir.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ async def _set_password(target: AdminClient | Store, args: argparse.Namespace) -
     password = _read_password(args)
     if isinstance(target, AdminClient):
         await target.call("POST", "/api/admin/password", {"password": password})
-        where = "the running server (its sessions ended)"
+        where = f"the running server at {target.base} (its sessions ended)"
     else:
         await target.set_admin_password(hash_password(password))
         where = "the data dir (the server reads it when it starts)"

@@ -1,7 +1,7 @@
 """`codexlb keys`: create, list and revoke the API keys clients use to reach the proxy.
 
-Like `codexlb accounts`, it goes through a running server's admin API when one answers on the configured
-host and port (a new or revoked key takes effect at once), else it works on the data dir.
+Like `codexlb accounts`, it goes through the admin API of the server running on the data dir (a new or
+revoked key takes effect at once), else it works on the data dir.
 A key is printed once, when it is created; codexlb keeps only its hash.
 """
 
@@ -20,9 +20,8 @@ from codexlb.cli.common import (
     HelpFormatter,
     add_server_flags,
     ago,
-    load_settings,
 )
-from codexlb.cli.target import AdminClient, open_store, running_server, with_target
+from codexlb.cli.target import AdminClient, open_store, reads_only, running_server, with_target
 from codexlb.config import Settings
 from codexlb.handlers.api.keys import key_view
 from codexlb.keys import KeyRing, KeyRingError
@@ -49,18 +48,25 @@ class KeysTarget:
     async def revoke(self, ref: str) -> dict[str, Any]:
         raise NotImplementedError
 
+    def client_url(self) -> str:
+        """Where clients send requests with a key: the running server's address, else the configured one."""
+        raise NotImplementedError
+
     async def close(self) -> None:
         pass
 
 
 class LocalKeys(KeysTarget):
-    def __init__(self, store: Store, ring: KeyRing) -> None:
-        self.store, self.ring = store, ring
+    def __init__(self, store: Store, ring: KeyRing, settings: Settings) -> None:
+        self.store, self.ring, self.settings = store, ring, settings
 
     @classmethod
     async def open(cls, settings: Settings) -> "LocalKeys":
         store = await open_store(settings)
-        return cls(store, await KeyRing.load(store))
+        return cls(store, await KeyRing.load(store), settings)
+
+    def client_url(self) -> str:
+        return _client_url(self.settings.host, self.settings.port)
 
     async def list(self) -> list[dict[str, Any]]:
         return [key_view(r) for r in await self.ring.list()]
@@ -96,6 +102,11 @@ class RemoteKeys(KeysTarget):
     async def revoke(self, ref: str) -> dict[str, Any]:
         return (await self.admin.call("DELETE", f"/api/keys/{quote(ref, safe='')}"))["api_key"]
 
+    def client_url(self) -> str:
+        server = self.admin.server
+        assert server.host is not None and server.port is not None
+        return _client_url(server.host, server.port)
+
     async def close(self) -> None:
         await self.admin.close()
 
@@ -105,10 +116,10 @@ async def open_target(settings: Settings) -> KeysTarget:
     return RemoteKeys(admin) if admin is not None else await LocalKeys.open(settings)
 
 
-def _client_url(settings: Settings) -> str:
+def _client_url(host: str, port: int) -> str:
     # Listening on every address, the right host depends on where the client is.
-    host = "<this-machine>" if settings.host in ("0.0.0.0", "", "::") else settings.host
-    return f"http://{host}:{settings.port}/v1"
+    host = "<this-machine>" if host in ("0.0.0.0", "", "::") else f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}/v1"
 
 
 async def _create(target: KeysTarget, args: argparse.Namespace) -> int:
@@ -116,7 +127,7 @@ async def _create(target: KeysTarget, args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(orjson.dumps({"key": key, "api_key": view}, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
-    url = _client_url(load_settings(args).settings)
+    url = target.client_url()
     print(f"Created API key {view['name']!r} ({view['id']}). Copy it now; it cannot be shown again:\n\n"
           f"  {key}\n\n"
           f"Clients send it as `Authorization: Bearer <key>` (or the `x-api-key` header), e.g.\n"
@@ -137,6 +148,7 @@ def render_table(views: list[dict[str, Any]], now: float) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+@reads_only
 async def _list(target: KeysTarget, args: argparse.Namespace) -> int:
     views = await target.list()
     if args.json:

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         logger.info("wrote auth.json files", count=len(paths), directory=str(Path(args.write_auth).expanduser()))
     settings = dataclasses.replace(Settings(), host=args.host, port=args.port, drain_timeout_s=1.0)
     logger.info("simulated accounts", accounts=[a.account_id for a in backend.accounts])
-    return run_server(server.serve(settings, create_sim_app(backend)))
+    return run_server(server.serve(settings, create_sim_app(backend), hold_data_dir=False))
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -6,17 +6,19 @@ import asyncio
 import errno
 import os
 import signal
+import time
 from typing import Any, Callable, Coroutine
 
 from aiohttp import web
 
-from codexlb import log
+from codexlb import log, server_record
 from codexlb.app import create_app
 from codexlb.config import Settings
+from codexlb.dir_changes import DirChanges
 from codexlb.handlers import health
 from codexlb.server import limits as server_limits
-from codexlb.services import StartupError
-from codexlb.store import DatabaseError, SecretKeyError
+from codexlb.services import StartupError, ensure_data_dir
+from codexlb.store import DB_FILE_NAME, DatabaseError, SecretKeyError
 
 __all__ = ["StartupError", "serve", "run_until_stopped"]
 
@@ -31,13 +33,57 @@ async def serve(
     settings: Settings,
     app: web.Application | None = None,
     on_listening: Callable[[str], None] | None = None,
+    *,
+    hold_data_dir: bool = True,
 ) -> None:
     """Serve until the first SIGTERM/SIGINT, then drain within `drain_timeout_s`.
 
     A second signal while draining stops waiting for in-flight requests.
-    `app` defaults to `create_app(settings)`; `on_listening` gets the bound URL.
+    `app` defaults to `create_app(settings)`; `on_listening` gets the bound URL. With `hold_data_dir`
+    (not for the simulated backend, which keeps nothing there) the data dir is this server's alone while it
+    runs, and records where it listens (`server_record`); a start that fails leaves the data dir as it was.
     """
     app = app or create_app(settings)
+    if not hold_data_dir:
+        await _serve(settings, app, on_listening, None)
+        return
+    changes, hold = await asyncio.to_thread(_hold, settings)
+    listening = False
+
+    def listened(url: str) -> None:
+        nonlocal listening
+        listening = True
+        if on_listening is not None:
+            on_listening(url)
+
+    try:
+        await _serve(settings, app, listened, hold)
+    finally:
+        await asyncio.to_thread(_let_go, hold, None if listening else changes)
+
+
+def _hold(settings: Settings) -> tuple[DirChanges, server_record.Hold]:
+    changes = DirChanges(settings.data_dir, DB_FILE_NAME)
+    try:
+        ensure_data_dir(settings)
+        return changes, server_record.acquire(settings.data_dir)
+    except server_record.HeldError as exc:
+        changes.undo()
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        changes.undo()
+        raise StartupError(f"cannot prepare data dir {settings.data_dir}: {exc.strerror or exc}") from None
+
+
+def _let_go(hold: server_record.Hold, undo: DirChanges | None) -> None:
+    if undo is not None:
+        undo.undo()
+    hold.release()
+
+
+async def _serve(settings: Settings, app: web.Application, on_listening: Callable[[str], None] | None,
+                 hold: server_record.Hold | None) -> None:
+    started_at = time.time()
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -59,6 +105,13 @@ async def serve(
         raise StartupError(_listen_failure(settings.host, settings.port, exc)) from None
     host, port = listener.sockets[0].getsockname()[:2]
     url = f"http://{host}:{port}"
+    if hold is not None:
+        try:
+            await asyncio.to_thread(hold.listening, host, port, started_at)
+        except OSError as exc:
+            listener.close()
+            await runner.cleanup()
+            raise StartupError(f"cannot record the server in {settings.data_dir}: {exc.strerror or exc}") from None
     _log.info("listening", url=url)
     if on_listening is not None:
         on_listening(url)

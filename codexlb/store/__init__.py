@@ -26,7 +26,7 @@ from codexlb.store.secrets import (
     load_or_create_key,
 )
 
-__all__ = ["Store", "UsageRecord", "DatabaseError", "SecretKeyError"]
+__all__ = ["Store", "UsageRecord", "DatabaseError", "SecretKeyError", "DB_FILE_NAME"]
 
 _log = log.get("codexlb.store")
 _KEY_CHECK = "key_check"

@@ -79,7 +79,8 @@ def test_serve_with_wrong_key_exits_with_one_line(tmp_path):
     data = tmp_path / "d"
     data.mkdir(mode=0o700)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
-    first = subprocess.run([sys.executable, "-m", "codexlb", "accounts", "list", "--data-dir", str(data)],
+    # A command that writes makes the database (a list leaves a data dir as it found it).
+    first = subprocess.run([sys.executable, "-m", "codexlb", "keys", "create", "--data-dir", str(data)],
                            env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     bad = tmp_path / "bad.key"
