@@ -258,3 +258,9 @@ async def test_cli_sets_the_password_on_the_running_server(settings):
     async with serving(settings, app) as port:
         assert "running server" in await set_with_cli(dataclasses.replace(settings, port=int(port)))
         assert app[ADMIN].password_hash is not None and verify_password(PASSWORD, app[ADMIN].password_hash)
+
+
+async def test_a_mistyped_field_is_refused_by_name(client):
+    resp = await client.post("/api/admin/password", json={"password": PASSWORD, "confirm": PASSWORD})
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["param"] == "confirm" and "confirm" in body["error"]["message"]

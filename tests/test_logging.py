@@ -152,3 +152,30 @@ async def test_a_client_that_hangs_up_mid_request_is_not_an_error(settings):
         log.configure("info", "json", io.StringIO())
     text = stream.getvalue()
     assert "Traceback" not in text and '"level":"error"' not in text
+
+
+async def test_a_bridge_session_not_made_says_why(aiohttp_client, settings):
+    """The log names the error's code and message (no_accounts here), not only `APIError`."""
+    stream = io.StringIO()
+    log.configure("info", "json", stream)
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.post("/backend-api/codex/responses", json={"model": "gpt-5.1-codex", "input": "hi"},
+                             headers={"session-id": "0190f0f0-0000-7000-8000-000000000001"})
+    await resp.read()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    [line] = [line for line in lines if line["event"] == "bridge session not made"]
+    assert line["code"] == "no_accounts" and "account" in line["reason"], line
+
+
+async def test_a_failed_usage_poll_names_the_host(aiohttp_client, settings, sim):
+    from codexlb.services import USAGE
+
+    stream = io.StringIO()
+    log.configure("info", "json", stream)
+    client = await aiohttp_client(create_app(settings))  # upstream 127.0.0.1:9 refuses at once
+    resp = await client.post("/api/accounts", json=sim.backend.accounts[0].auth_json())
+    assert resp.status == 201
+    await client.app[USAGE].poll_all()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    [line] = [line for line in lines if line["event"] == "usage poll failed"]
+    assert line["host"] == "127.0.0.1" and "127.0.0.1:9" in line["reason"], line

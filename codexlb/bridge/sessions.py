@@ -136,7 +136,9 @@ class Sessions:
         try:
             sock, slot = await open_socket(self._up, headers, keys, Outcome())
         except Exception as exc:  # noqa: BLE001 - any failure just means: no bridge for this request
-            _log.info("bridge session not made", error=type(exc).__name__)
+            # Say why: an APIError's code and message (e.g. no_accounts), or the exception's own text.
+            _log.info("bridge session not made", error=type(exc).__name__, code=getattr(exc, "code", None),
+                      reason=str(exc)[:200])
             return None
         slot.release()  # a session holds no stream slot while idle; each request takes one
         session = self._by_key[key] = Session(self._up, key, sock, headers)

@@ -1,10 +1,13 @@
 """Choosing the account for a request: stickiness first, then the strategy; or the pool's answer
 when no account can take it.
 
+No usable account is a 400, not a 5xx: retrying cannot heal it (an operator must act), and the Codex CLI
+retries every 5xx for ~26 s before it shows the message, while it stops at once on a 400 and prints it.
+
 | Accounts that could serve (not paused, not needing re-login, not deactivated) | Answer |
 |---|---|
-| none configured | 503 `no_accounts` ("no accounts configured") |
-| none, all paused / need re-login / deactivated | 503 `no_accounts` saying which |
+| none configured | 400 `no_accounts` ("no accounts configured") |
+| none, all paused / need re-login / deactivated | 400 `no_accounts` saying which |
 | some, but every one is out of quota | 429 `usage_limit_reached` with the earliest `resets_at` |
 | some, every one out of quota or rate-limited | 429 `rate_limit_error` + `Retry-After` (earliest reset) |
 """
@@ -27,22 +30,22 @@ from codexlb.pool.selection import make_strategy
 from codexlb.pool.sticky import StickyTable
 
 _OUT_OF_ROTATION = {
-    Status.PAUSED: "paused",
+    Status.PAUSED: "paused (`codexlb accounts resume`)",
     Status.REAUTH_REQUIRED: "waiting for a new login (`codexlb accounts login`)",
-    Status.DEACTIVATED: "deactivated upstream",
+    Status.DEACTIVATED: "deactivated upstream (add another: `codexlb accounts login`)",
 }
 
 
 def unavailable(accounts: Sequence[Account], now: float) -> APIError:
     """The pool's answer when no account is usable: exact shapes, see the module table."""
     if not accounts:
-        return APIError(503, "No accounts are configured; add one with `codexlb accounts import` or "
-                        "`codexlb accounts login`.", code="no_accounts", type="server_error")
+        return APIError(400, "No accounts are configured; add one with `codexlb accounts import` or "
+                        "`codexlb accounts login`.", code="no_accounts", type="invalid_request_error")
     waiting = [a for a in accounts if a.status not in _OUT_OF_ROTATION]
     if not waiting:
         reasons = sorted({_OUT_OF_ROTATION[a.status] for a in accounts})
-        return APIError(503, f"No usable account: every account is {' or '.join(reasons)}.",
-                        code="no_accounts", type="server_error")
+        return APIError(400, f"No usable account: every account is {' or '.join(reasons)}.",
+                        code="no_accounts", type="invalid_request_error")
     reset_at = min(a.status_until or now for a in waiting)
     seconds = max(1, math.ceil(reset_at - now))
     if all(a.status is Status.QUOTA_EXCEEDED for a in waiting):

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import aiohttp
+from yarl import URL
 
 from codexlb import log
 from codexlb.account import Account, Status
@@ -26,6 +27,7 @@ class UsagePoller:
         self._refresher = refresher
         self._http = http
         self._url = upstream_base_url.rstrip("/") + "/wham/usage"
+        self._host = URL(self._url).host
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def poll(self, account: Account, *, retried: bool = False) -> bool:
@@ -36,11 +38,12 @@ class UsagePoller:
                     await self._refresher.refresh(account, "usage poll got 401")
                     return await self.poll(account, retried=True)
                 if resp.status != 200:
-                    _log.warning("usage poll failed", account=account.alias, status=resp.status)
+                    _log.warning("usage poll failed", account=account.alias, host=self._host, status=resp.status)
                     return False
                 body = await resp.json(content_type=None)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, RefreshError) as exc:
-            _log.warning("usage poll failed", account=account.alias, error=type(exc).__name__)
+            _log.warning("usage poll failed", account=account.alias, host=self._host, error=type(exc).__name__,
+                         reason=str(exc)[:200])
             return False
         windows = windows_from_usage(body, time.time())
         self._roster.note_windows(account, windows, time.time())

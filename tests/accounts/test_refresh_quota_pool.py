@@ -100,7 +100,7 @@ async def test_reused_refresh_token_marks_reauth_required(roster, sim, upstream,
     pool = Pool(roster)
     with pytest.raises(APIError) as outcome:
         pool.choose()
-    assert outcome.value.status == 503 and outcome.value.code == "no_accounts"
+    assert outcome.value.status == 400 and outcome.value.code == "no_accounts"
     assert "waiting for a new login" in outcome.value.message
 
 
@@ -186,15 +186,15 @@ async def test_every_account_out_of_quota_is_usage_limit_reached(roster, sim):
 async def test_no_accounts_outcomes(roster, sim):
     with pytest.raises(APIError) as outcome:
         Pool(roster).choose()
-    assert (outcome.value.status, outcome.value.code) == (503, "no_accounts")
+    assert (outcome.value.status, outcome.value.code) == (400, "no_accounts")
     assert "No accounts are configured" in outcome.value.message
     accounts = await filled(roster, sim, 2)
     for account in accounts:
         await roster.pause(account.alias)
     with pytest.raises(APIError) as outcome:
         Pool(roster).choose()
-    assert outcome.value.message == "No usable account: every account is paused."
-    assert outcome.value.body()["error"]["type"] == "server_error"
+    assert outcome.value.message == "No usable account: every account is paused (`codexlb accounts resume`)."
+    assert outcome.value.body()["error"]["type"] == "invalid_request_error"
 
 
 async def test_stickiness_by_previous_response_and_session(roster, sim):

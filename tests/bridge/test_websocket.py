@@ -146,11 +146,11 @@ async def test_a_handshake_that_cannot_be_admitted_is_an_http_429(aiohttp_server
     assert (logged["route"], logged["error_code"]) == ("/backend-api/codex/responses", "proxy_overloaded")
 
 
-async def test_no_account_is_an_http_503_at_the_handshake(aiohttp_server, settings, sim, http):
+async def test_no_account_is_an_http_400_at_the_handshake(aiohttp_server, settings, sim, http):
     proxy = await start_proxy(aiohttp_server, settings, sim, accounts=0)
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await connect(http, proxy)
-    assert refused.value.status == 503
+    assert refused.value.status == 400
     await settled(proxy)
 
 

@@ -44,6 +44,8 @@ async def test_create_list_revoke(client, app):
     (b'{"name": "has space"}', "invalid_value"),
     (b'{"max_concurrency": 0}', "invalid_value"),
     (b'{"max_concurrency": "3"}', "invalid_value"),
+    (b'{"rpm": "abc"}', "unknown_parameter"),
+    (b'{"name": "k", "max_concurency": 2}', "unknown_parameter"),
 ])
 async def test_bad_creates_are_refused(client, body, code):
     resp = await client.post("/api/keys", data=body)

@@ -169,11 +169,11 @@ async def test_every_account_out_of_quota_reaches_the_client_as_usage_limit(prox
     assert all(a.status is Status.QUOTA_EXCEEDED for a in proxy.roster.all())
 
 
-async def test_no_accounts_is_503(aiohttp_server, settings, sim, http):
+async def test_no_accounts_is_400(aiohttp_server, settings, sim, http):
     proxy = await start_proxy(aiohttp_server, settings, sim, accounts=0)
     resp, error = await post(http, proxy, body(user("hi")))
-    assert resp.status == 503 and error["error"]["code"] == "no_accounts"
-    assert error["error"]["type"] == "server_error"
+    assert resp.status == 400 and error["error"]["code"] == "no_accounts"
+    assert error["error"]["type"] == "invalid_request_error"
 
 
 async def test_upstream_down_is_a_retriable_502(aiohttp_server, settings, sim, http):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection, Mapping
 
 import orjson
 from aiohttp import web
 
+from codexlb.errors import APIError
 from codexlb.services import ADMIN
 
 
@@ -17,3 +18,11 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 def require_admin(request: web.Request) -> None:
     """The operator only: see `codexlb.admin_auth` for who that is."""
     request.app[ADMIN].check(request)
+
+
+def only_fields(body: Mapping[str, Any], allowed: Collection[str]) -> None:
+    """A mistyped or unknown field is refused by name: taken silently, it looks applied when it was not."""
+    for field in body:
+        if field not in allowed:
+            raise APIError(400, f"Unknown field {field!r}; this call takes: {', '.join(sorted(allowed))}.",
+                           code="unknown_parameter", param=field)

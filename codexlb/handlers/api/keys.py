@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 
 from codexlb.errors import APIError
-from codexlb.handlers.api.admin import json_response, require_admin
+from codexlb.handlers.api.admin import json_response, only_fields, require_admin
 from codexlb.handlers.request_body import ADMIN_MAX_BYTES, admin_too_large, read_body
 from codexlb.keys import KeyRingError
 from codexlb.services import KEYS
@@ -46,6 +46,7 @@ async def create_key(request: web.Request) -> web.Response:
         raise APIError(400, "Body is not valid JSON.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "Body must be a JSON object.", code="invalid_type")
+    only_fields(data, ("name", "max_concurrency"))
     name, limit = data.get("name"), data.get("max_concurrency")
     if name is not None and not isinstance(name, str):
         raise APIError(400, "name must be a string.", code="invalid_type", param="name")

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from codexlb.admin_auth import SESSION_COOKIE, SESSION_TTL_S, over_tls
 from codexlb.errors import APIError
-from codexlb.handlers.api.admin import json_response, require_admin
+from codexlb.handlers.api.admin import json_response, only_fields, require_admin
 from codexlb.handlers.request_body import read_json
 from codexlb.services import ADMIN, STORE
 
@@ -16,6 +16,7 @@ _MAX_BODY = 64 * 1024
 
 async def _password(request: web.Request) -> str:
     body = await read_json(request, _MAX_BODY, too_large_status=413)
+    only_fields(body, ("password",))
     password = body.get("password")
     if not isinstance(password, str) or not password:
         raise APIError(400, "Send {\"password\": \"...\"}.", code="missing_required_parameter", param="password")

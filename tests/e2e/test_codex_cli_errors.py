@@ -1,0 +1,36 @@
+"""The real Codex CLI stops at once on what retrying cannot heal, and the message says what to do."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from codexlb.services import ROSTER
+from tests.e2e.test_codex_cli_sim import CodexHome
+from tests.proxy.conftest import Proxy, start_proxy
+
+
+async def assert_stops_at_once(codex_bin, tmp_path, sim, proxy: Proxy, websockets: bool, advice: str) -> None:
+    codex = CodexHome(codex_bin, tmp_path, sim, websockets=websockets, base_url=proxy.codex_base_url,
+                      api_key="sk-anything")
+    started = time.monotonic()
+    run = await codex.run("exec", "--skip-git-repo-check", "hello")
+    took = time.monotonic() - started
+    assert run.rc == 1 and advice in run.stderr, run.describe()
+    assert "Reconnecting" not in run.stderr and took < 2.0, (took, run.describe())
+
+
+@pytest.mark.parametrize("websockets", [False, True], ids=["http", "websocket"])
+async def test_no_accounts_stops_the_cli_at_once(codex_bin, tmp_path, aiohttp_server, settings, sim, websockets):
+    proxy = await start_proxy(aiohttp_server, settings, sim, accounts=0)
+    await assert_stops_at_once(codex_bin, tmp_path, sim, proxy, websockets, "codexlb accounts login")
+
+
+@pytest.mark.parametrize("websockets", [False, True], ids=["http", "websocket"])
+async def test_every_account_needing_a_new_login_stops_the_cli_at_once(codex_bin, tmp_path, aiohttp_server,
+                                                                       settings, sim, websockets):
+    proxy = await start_proxy(aiohttp_server, settings, sim, accounts=2)
+    for account in proxy.app[ROSTER].all():
+        proxy.app[ROSTER].mark_reauth_required(account, "refresh refused: test")
+    await assert_stops_at_once(codex_bin, tmp_path, sim, proxy, websockets, "codexlb accounts login")
