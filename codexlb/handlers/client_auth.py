@@ -20,7 +20,17 @@ from codexlb.services import KEYS, SETTINGS
 
 PROXY_PREFIXES = ("/backend-api/", "/v1/", "/api/codex/")
 
-_HOW = "Send a codexlb API key as `Authorization: Bearer <key>` or in the `x-api-key` header."
+_HOW = ("Send a codexlb API key as `Authorization: Bearer <key>` or in the `x-api-key` header (make one on "
+        "the server with `codexlb keys create`).")
+# The Codex CLI's route. The CLI retries a 401 six times (about 7 s) before it shows the message, and stops at
+# once on a 400; a key retrying cannot fix gets the 400 there. OpenAI SDKs (`/v1/`) keep their 401.
+_CODEX_PREFIX = "/backend-api/codex/"
+
+
+def _refusal(request: web.Request, message: str) -> APIError:
+    if request.path.startswith(_CODEX_PREFIX):
+        return APIError(400, message, code="invalid_api_key")
+    return APIError(401, message, code="invalid_api_key")
 
 
 def _presented(request: web.Request) -> tuple[str, ...]:
@@ -43,10 +53,8 @@ async def client_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         if is_local_request(request.remote, request.headers) or request.app[SETTINGS].allow_unauthenticated:
             return await handler(request)
         via = forwarded(request.headers)
-        raise APIError(401, "This codexlb has no API keys, so it serves clients on its own machine only"
-                       + (f", and this request came through a proxy ({via})" if via else "") + ". "
-                       "Create a key on the server with `codexlb keys create` and send it: " + _HOW,
-                       code="invalid_api_key")
+        raise _refusal(request, "This codexlb has no API keys, so it serves clients on its own machine only"
+                       + (f", and this request came through a proxy ({via})" if via else "") + ". " + _HOW)
     presented = _presented(request)
     record = None
     for key in presented:
@@ -55,6 +63,6 @@ async def client_auth(request: web.Request, handler: Handler) -> web.StreamRespo
             break
     if record is None:
         message = "Incorrect API key provided (unknown or revoked). " if presented else "No API key provided. "
-        raise APIError(401, message + _HOW, code="invalid_api_key")
+        raise _refusal(request, message + _HOW)
     request[API_KEY] = record
     return await handler(request)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from codexlb.services import ROSTER
+from codexlb.services import KEYS, ROSTER
 from tests.e2e.test_codex_cli_sim import CodexHome
 from tests.proxy.conftest import Proxy, start_proxy
 
@@ -34,3 +34,13 @@ async def test_every_account_needing_a_new_login_stops_the_cli_at_once(codex_bin
     for account in proxy.app[ROSTER].all():
         proxy.app[ROSTER].mark_reauth_required(account, "refresh refused: test")
     await assert_stops_at_once(codex_bin, tmp_path, sim, proxy, websockets, "codexlb accounts login")
+
+
+@pytest.mark.parametrize("websockets", [False, True], ids=["http", "websocket"])
+async def test_a_wrong_or_revoked_key_stops_the_cli_at_once(codex_bin, tmp_path, aiohttp_server, settings, sim,
+                                                            websockets):
+    proxy = await start_proxy(aiohttp_server, settings, sim, accounts=1)
+    _key, record = await proxy.app[KEYS].create("laptop")
+    await proxy.app[KEYS].revoke(record.id)
+    await proxy.app[KEYS].create("another")  # keys exist, and the one the CLI sends is not among them
+    await assert_stops_at_once(codex_bin, tmp_path, sim, proxy, websockets, "codexlb keys create")
