@@ -11,11 +11,12 @@ from tests.e2e.test_codex_cli_sim import CodexHome
 from tests.proxy.conftest import Proxy, start_proxy
 
 
-async def assert_stops_at_once(codex_bin, tmp_path, sim, proxy: Proxy, websockets: bool, advice: str) -> None:
+async def assert_stops_at_once(codex_bin, tmp_path, sim, proxy: Proxy, websockets: bool, advice: str,
+                               *options: str) -> None:
     codex = CodexHome(codex_bin, tmp_path, sim, websockets=websockets, base_url=proxy.codex_base_url,
                       api_key="sk-anything")
     started = time.monotonic()
-    run = await codex.run("exec", "--skip-git-repo-check", "hello")
+    run = await codex.run(*options, "exec", "--skip-git-repo-check", "hello")
     took = time.monotonic() - started
     assert run.rc == 1 and advice in run.stderr, run.describe()
     assert "Reconnecting" not in run.stderr and took < 2.0, (took, run.describe())
@@ -44,3 +45,11 @@ async def test_a_wrong_or_revoked_key_stops_the_cli_at_once(codex_bin, tmp_path,
     await proxy.app[KEYS].revoke(record.id)
     await proxy.app[KEYS].create("another")  # keys exist, and the one the CLI sends is not among them
     await assert_stops_at_once(codex_bin, tmp_path, sim, proxy, websockets, "codexlb keys create")
+
+
+@pytest.mark.parametrize("websockets", [False, True], ids=["http", "websocket"])
+async def test_a_model_upstream_does_not_serve_stops_the_cli_at_once(codex_bin, tmp_path, aiohttp_server, settings,
+                                                                     sim, websockets):
+    proxy = await start_proxy(aiohttp_server, settings, sim, accounts=1)
+    await assert_stops_at_once(codex_bin, tmp_path, sim, proxy, websockets, "model is not supported",
+                               "-c", 'model="gpt-nope"')
