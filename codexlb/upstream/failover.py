@@ -144,6 +144,7 @@ async def fail_over(up: Upstream, keys: Sequence[str], outcome: Outcome, attempt
     try:
         up.pool.choose(keys, exclude=tried)
     except APIError as pool_answer:
-        if pool_answer.status in (429, 503) and all(f.status in (401, 429) for f in failures):
+        # Only the pool's verdicts (no_accounts, quota, rate limits) come from here: its answer says what to do.
+        if all(f.status in (401, 429) for f in failures):
             raise pool_answer from None
     raise exhausted(failures)

@@ -267,3 +267,16 @@ async def test_an_unknown_anchor_is_retriable_twice_then_the_canonical_400_once(
             statuses.append((resp.status, error["code"]))
     assert statuses == [(502, "upstream_unavailable"), (502, "upstream_unavailable"),
                         (400, "previous_response_not_found"), (502, "upstream_unavailable")]
+
+
+async def test_the_last_account_needing_a_new_login_mid_request_is_the_pools_400(aiohttp_server, settings, sim_one,
+                                                                                 http):
+    """Upstream refuses the token and the refresh is refused for good: the client learns what to do (a new
+    login), not a retriable 502 that the Codex CLI would retry for ~24 s."""
+    proxy = await start_proxy(aiohttp_server, settings, sim_one)
+    async with http.post(f"{sim_one.url}/__sim/accounts/1/expire") as resp:
+        assert resp.status == 200
+    sim_one.backend.refresh(sim_one.backend.accounts[0].refresh_token)  # rotated elsewhere: ours is spent
+    resp, error = await post(http, proxy, body(user("hi")))
+    assert resp.status == 400 and error["error"]["code"] == "no_accounts", error
+    assert "codexlb accounts login" in error["error"]["message"]
