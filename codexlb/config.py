@@ -52,6 +52,18 @@ def check_proxy_setting(value: str) -> None:
             raise ValueError(f"{exc}, or 'direct'") from None
 
 
+def check_database_url(value: str) -> None:
+    if not value:
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname or "host=" in parts.query):
+        raise ValueError("must be empty (the SQLite file in the data dir) or a postgresql://user:password@host/db URL")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError("has a port that is not a number") from None
+
+
 class ConfigError(Exception):
     """A setting could not be read; the message names it and fits on one line."""
 
@@ -160,6 +172,11 @@ class Settings:
     log_format: str = setting(
         "logging", "auto", "Log line format; auto is console on a terminal, JSON lines otherwise.",
         choices=("auto", "console", "json"),
+    )
+    database_url: str = setting(
+        "storage", "", "Where durable state lives: empty is the SQLite file in the data dir; a "
+        "postgresql://user:password@host:port/db URL shares it between replicas (see Running several replicas).",
+        check=check_database_url, metavar="URL",
     )
     secret_key_file: Path | None = setting(
         "storage", None, "Key that seals tokens at rest (default: <data-dir>/secret.key, created on first start).",
