@@ -178,6 +178,11 @@ class Settings:
         "postgresql://user:password@host:port/db URL shares it between replicas (see Running several replicas).",
         check=check_database_url, metavar="URL",
     )
+    secret_key: str | None = setting(
+        "storage", None, "The key that seals tokens at rest, base64 (32 bytes), instead of a key file: give every "
+        "replica of a fleet the same one. Best set in the environment, not on the command line.",
+        secret=True, metavar="BASE64",
+    )
     secret_key_file: Path | None = setting(
         "storage", None, "Key that seals tokens at rest (default: <data-dir>/secret.key, created on first start).",
         metavar="PATH",

@@ -4,7 +4,6 @@ session, and the background refresh and usage loops (one aiohttp cleanup context
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from typing import AsyncIterator
 
@@ -71,7 +70,7 @@ async def keep_request_log(store: Store, settings: Settings, interval_s: float =
     while True:
         try:
             deleted = await store.prune_usage(*retention_limits(settings, time.time()))
-        except (sqlite3.Error, DatabaseError) as exc:
+        except DatabaseError as exc:
             _log.error("request log retention failed", error=str(exc))
         else:
             if deleted:
@@ -90,7 +89,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         _log.warning("proxy from the environment not used; upstream calls go direct", reason=via.ignored)
     if via.proxy is not None:
         _log.info("upstream calls go through a proxy", proxy=str(via.proxy), source=via.source)
-    store = await Store.open(settings.data_dir, settings.secret_key_file)
+    store = await Store.open_for(settings)
     http = make_session(via, settings.upstream_connect_timeout_s)
     try:
         keys = await KeyRing.load(store)

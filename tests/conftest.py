@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,11 +12,41 @@ from codexlb.app import create_app
 from codexlb.config import Settings
 
 
+# The engine the suite runs on: "sqlite" (the default) or "postgres" (a fresh database per test).
+ENGINE = os.environ.get("CODEXLB_TEST_ENGINE", "sqlite")
+_databases = itertools.count(1)
+
+
+def pytest_collection_modifyitems(items):
+    if ENGINE == "postgres":
+        skip = pytest.mark.skip(reason="checks what SQLite keeps in the data dir")
+        for item in items:
+            if item.get_closest_marker("sqlite_only"):
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def database_url(request, monkeypatch):
+    """Empty on SQLite; on PostgreSQL a fresh database for this test, also in CODEXLB_DATABASE_URL so that a
+    `codexlb` the test starts uses it too."""
+    if ENGINE != "postgres":
+        yield ""
+        return
+    admin = os.environ["CODEXLB_TEST_PG"]
+    name = f"t{os.getpid()}_{next(_databases)}"
+    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True)
+    url = admin.rsplit("/", 1)[0] + "/" + name
+    monkeypatch.setenv("CODEXLB_DATABASE_URL", url)
+    yield url
+    subprocess.run(["psql", admin, "-qc", f"DROP DATABASE {name} WITH (FORCE)"], check=True)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, database_url: str) -> Settings:
     # Nothing in a test may reach the real ChatGPT backend: port 9 (discard) refuses at once.
     return dataclasses.replace(Settings(), data_dir=tmp_path / "data", port=0, upstream_base_url="http://127.0.0.1:9",
-                               auth_base_url="http://127.0.0.1:9", usage_poll_interval_s=0)
+                               auth_base_url="http://127.0.0.1:9", usage_poll_interval_s=0,
+                               database_url=database_url)
 
 
 @pytest.fixture
@@ -24,10 +57,8 @@ async def client(aiohttp_client, settings):
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
     """No CODEXLB_* from the developer's shell, and a home with no ~/.codexlb."""
-    import os
-
     for name in list(os.environ):
-        if name.startswith("CODEXLB_"):
+        if name.startswith("CODEXLB_") and name != "CODEXLB_DATABASE_URL":
             monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
@@ -51,12 +82,12 @@ async def http():
 
 
 @pytest.fixture
-async def store(tmp_path):
-    """A real Store (SQLite and key) in a fresh data dir."""
+async def store(tmp_path, database_url):
+    """A real Store (the test's engine, and a key) in a fresh data dir."""
     from codexlb.store import Store
 
     data = tmp_path / "store-data"
     data.mkdir(mode=0o700)
-    opened = await Store.open(data)
+    opened = await Store.open(data, database_url=database_url)
     yield opened
     await opened.close()

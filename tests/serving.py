@@ -28,9 +28,16 @@ async def serving(settings: Settings, app: web.Application) -> AsyncIterator[str
         await asyncio.wait_for(task, 10)
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment without the developer's CODEXLB_* settings, but with the test's database (the
+    PostgreSQL one when the suite runs on that engine), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_") or k == "CODEXLB_DATABASE_URL"}
+    return {**env, **extra}
+
+
 async def codexlb(*args: str) -> tuple[int, str, str]:
     """`codexlb ARGS` as a subprocess (not blocking the loop that serves it); rc, stdout, stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    env = child_env()
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "codexlb", *args, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)

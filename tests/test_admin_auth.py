@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import sys
 
 import pytest
@@ -21,7 +20,7 @@ from codexlb.services import ADMIN
 from codexlb.store import Store
 from codexlb.trusted_proxies import TRUSTED_PROXIES, TrustedProxies
 from tests.keys.conftest import keyed_app
-from tests.serving import serving
+from tests.serving import child_env, serving
 
 REMOTE = {"x-test-remote": "203.0.113.7"}
 PASSWORD = "correct horse battery"
@@ -238,7 +237,7 @@ async def set_with_cli(settings) -> str:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "codexlb", "admin", "set-password", "--password-stdin", "--port", str(settings.port),
         "--data-dir", str(settings.data_dir), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")})
+        stderr=asyncio.subprocess.PIPE, env=child_env())
     out, err = await asyncio.wait_for(proc.communicate(PASSWORD.encode() + b"\n"), 60)
     assert proc.returncode == 0, err.decode()
     return out.decode()
@@ -246,7 +245,7 @@ async def set_with_cli(settings) -> str:
 
 async def test_cli_sets_the_password_in_the_data_dir(settings):
     assert "data dir" in await set_with_cli(dataclasses.replace(settings, port=9))
-    store = await Store.open(settings.data_dir)
+    store = await Store.open_for(settings)
     try:
         assert verify_password(PASSWORD, await store.admin_password())
     finally:

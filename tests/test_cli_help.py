@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -10,11 +9,12 @@ import sys
 import pytest
 
 from codexlb.cli import build_parser
+from tests.serving import child_env
 
 
 def codexlb(*args: str) -> subprocess.CompletedProcess[str]:
     """The real `codexlb` entry point, in an 80-column terminal's width, with no CODEXLB_* from the outside."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    env = child_env()
     env["COLUMNS"] = "80"
     return subprocess.run([sys.executable, "-m", "codexlb", *args], env=env, capture_output=True,
                           text=True, timeout=60, stdin=subprocess.DEVNULL)

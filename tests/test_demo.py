@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
 import urllib.request
+from tests.serving import child_env
 
 
 def test_demo_serves_and_stops_cleanly(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    env = child_env()
     env["HOME"] = str(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "codexlb", "demo", "--port", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import aiohttp
+import pytest
 
 from codexlb.server_record import LOCK_FILE, RECORD_FILE
-from tests.serving import codexlb
+from tests.serving import child_env, codexlb
 
 KEY = re.compile(r"sk-clb-[A-Za-z0-9_-]{43}")
 # Nothing upstream answers: these tests are about the data dir, not the pool.
@@ -25,7 +26,7 @@ OFFLINE = ("--upstream-base-url", "http://127.0.0.1:9", "--auth-base-url", "http
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    return child_env()
 
 
 @asynccontextmanager
@@ -125,6 +126,7 @@ async def test_a_server_holding_the_data_dir_but_not_answering_is_not_written_be
         assert rc == 0 and "behind" not in out, err
 
 
+@pytest.mark.sqlite_only
 async def test_failed_commands_leave_the_data_dir_as_it_was(tmp_path):
     data = tmp_path / "fresh"
     not_json = tmp_path / "README.md"
@@ -151,6 +153,7 @@ async def test_failed_commands_leave_the_data_dir_as_it_was(tmp_path):
     assert rc == 1 and sorted(os.listdir(data)) == kept
 
 
+@pytest.mark.sqlite_only
 async def test_listing_a_data_dir_that_does_not_exist_makes_none(tmp_path):
     data = tmp_path / "fresh"
     for args in (("keys", "list"), ("accounts", "list")):

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from codexlb import server
 from codexlb.app import create_app
+from tests.serving import child_env
 
 
 def slow_app(settings, entered: asyncio.Event, release: asyncio.Event) -> web.Application:
@@ -112,7 +113,7 @@ async def test_port_in_use_is_a_startup_error(settings):
 def test_serve_process_sigterm_exits_zero(tmp_path):
     """The real command: data dir made private, ready answers, SIGTERM exits 0."""
     data_dir = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    env = child_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "codexlb", "serve", "--port", "0", "--data-dir", str(data_dir),
          "--log-format", "json"],
@@ -157,7 +158,7 @@ async def test_repeat_signal_within_grace_does_not_cut_the_drain(settings):
 
 def test_late_duplicate_sigterm_after_drain_still_exits_zero(tmp_path):
     """systemd, or the launcher, may signal again while a drained process exits: still a clean stop."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    env = child_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "codexlb", "serve", "--port", "0", "--data-dir", str(tmp_path / "d"),
          "--log-format", "json"],

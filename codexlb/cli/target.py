@@ -92,10 +92,13 @@ _local_changes: ContextVar[DirChanges | None] = ContextVar("local_changes", defa
 
 
 async def open_store(settings: Settings) -> Store:
-    _local_changes.set(await asyncio.to_thread(DirChanges, settings.data_dir, DB_FILE_NAME))
+    # With PostgreSQL the database outlives the command (its key check names the key made here), so a
+    # failed command must keep the key it made.
+    if not settings.database_url:
+        _local_changes.set(await asyncio.to_thread(DirChanges, settings.data_dir, DB_FILE_NAME))
     ensure_data_dir(settings)
     try:
-        return await Store.open(settings.data_dir, settings.secret_key_file)
+        return await Store.open_for(settings)
     except (SecretKeyError, DatabaseError) as exc:
         raise CliError(str(exc), exit_code=1) from None
 

@@ -1,32 +1,35 @@
-"""Durable state: accounts (tokens sealed), client API keys (digests only) and usage records, in SQLite,
-off the event loop.
+"""Durable state: accounts (tokens sealed), client API keys (digests only) and usage records, in SQLite or
+PostgreSQL (`store/engine`), off the event loop.
 
-Reads happen once at start-up; the running process serves from memory. Account
-writes are committed one by one (an account is never lost); usage records are
-batched and flushed every `flush_interval_s` (a crash loses at most that batch).
+Reads happen at start-up (and when another replica changed something); the running process serves from
+memory. Account writes are committed one by one (an account is never lost); usage records are batched and
+queued every `flush_interval_s` (a crash loses at most that batch).
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import base64
+import binascii
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from codexlb import log
 from codexlb.account import Account
+from codexlb.config import Settings
 from codexlb.store import accounts as account_rows
 from codexlb.store import api_keys as key_rows
 from codexlb.store.api_keys import KeyRecord
-from codexlb.store.db import DB_FILE_NAME, Database, DatabaseError
+from codexlb.store.engine import DatabaseError, DatabaseUnavailable, Engine
 from codexlb.store.secrets import (
     KEY_FILE_NAME,
     SecretBox,
     SecretKeyError,
     load_or_create_key,
 )
+from codexlb.store.sqlite import DB_FILE_NAME, SQLiteEngine
 
-__all__ = ["Store", "UsageRecord", "DatabaseError", "SecretKeyError", "DB_FILE_NAME"]
+__all__ = ["Store", "UsageRecord", "DatabaseError", "DatabaseUnavailable", "SecretKeyError", "DB_FILE_NAME"]
 
 _log = log.get("codexlb.store")
 _KEY_CHECK = "key_check"
@@ -34,6 +37,9 @@ _REQUEST_COLUMNS = ("id", "ts", "account_id", "api_key_id", "route", "model", "s
                     "cached_tokens", "output_tokens", "reasoning_tokens", "duration_ms", "ttfb_ms")
 _FILTERABLE = frozenset({"account_id", "api_key_id", "model", "status", "error_code"})
 _ADMIN_PASSWORD = "admin_password"
+_META = "SELECT value FROM meta WHERE key = ?"
+# Time buckets for charts: the two engines floor a float differently.
+_BUCKET = {"sqlite": "CAST(ts / ? AS INTEGER) * ?", "postgres": "CAST(FLOOR(ts / ?) * ? AS BIGINT)"}
 
 
 class UsageRecord(NamedTuple):
@@ -60,64 +66,40 @@ _INSERT_USAGE = (
 )
 
 
-def _insert_usage(conn: sqlite3.Connection, batch: list[UsageRecord]) -> None:
-    # One transaction per batch: in autocommit mode every row would be a commit of its own (~20x the cost).
-    conn.execute("BEGIN")
+def _key_from_text(text: str, source: str) -> bytes:
     try:
-        conn.executemany(_INSERT_USAGE, batch)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise SecretKeyError(f"{source} is not base64") from None
+    if len(key) != 32:
+        raise SecretKeyError(f"{source} does not hold a 256-bit key")
+    return key
 
 
-def _prune_batch(conn: sqlite3.Connection, before_ts: float | None, max_rows: int | None, batch: int) -> int:
-    """One batch of the oldest records that are too old or beyond the newest `max_rows`."""
-    floor = 0
-    if max_rows is not None:
-        row = conn.execute("SELECT id FROM usage ORDER BY id DESC LIMIT 1 OFFSET ?", (max_rows,)).fetchone()
-        floor = row[0] if row else 0
-    cursor = conn.execute(
-        "DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE id <= ? OR ts < ? ORDER BY id LIMIT ?)",
-        (floor, before_ts if before_ts is not None else float("-inf"), batch))
-    return cursor.rowcount
+async def _open_engine(data_dir: Path, database_url: str) -> Engine:
+    if database_url:
+        from codexlb.store.postgres import PostgresEngine  # asyncpg is only loaded by those who use it
 
-
-def _check_key(conn: sqlite3.Connection, box: SecretBox, path: Path) -> None:
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_KEY_CHECK,)).fetchone()
-    if row is None:
-        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (_KEY_CHECK, box.seal(_KEY_CHECK, _KEY_CHECK)))
-        return
-    try:
-        box.open(row[0], _KEY_CHECK)
-    except SecretKeyError:
-        raise SecretKeyError(
-            f"the secret key does not match {path}: start with the key file it was created with "
-            f"(CODEXLB_SECRET_KEY_FILE), or move the database aside to start empty"
-        ) from None
+        return await PostgresEngine.open(database_url)
+    return await SQLiteEngine.open(data_dir / DB_FILE_NAME)
 
 
 class Store:
-    def __init__(self, db: Database, box: SecretBox, flush_interval_s: float) -> None:
-        self._db = db
+    def __init__(self, db: Engine, box: SecretBox, flush_interval_s: float) -> None:
+        self.db = db
         self._box = box
         self._flush_interval_s = flush_interval_s
         self._usage: list[UsageRecord] = []
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, data_dir: Path, key_file: Path | None = None, *, flush_interval_s: float = 1.0) -> "Store":
-        """Open (creating if needed) the database and key in `data_dir`; raises SecretKeyError or DatabaseError."""
-        key_path = key_file or data_dir / KEY_FILE_NAME
-        db_path = data_dir / DB_FILE_NAME
-        # A new key is only right beside a new database: a lost key must not silently start a second one.
-        fresh = not db_path.exists()
-        key = await asyncio.get_running_loop().run_in_executor(None, load_or_create_key, key_path, fresh)
-        box = SecretBox(key)
-        db = Database(db_path)
+    async def open(cls, data_dir: Path, key_file: Path | None = None, *, database_url: str = "",
+                   secret_key: str | None = None, flush_interval_s: float = 1.0) -> "Store":
+        """Open (creating and migrating if needed) the database, and the key that seals its tokens: `secret_key`
+        (base64), else `key_file`, else <data-dir>/secret.key. Raises SecretKeyError or DatabaseError."""
+        db = await _open_engine(data_dir, database_url)
         try:
-            await db.open()
-            await db.call(lambda conn: _check_key(conn, box, db_path))
+            box = await _open_box(db, data_dir, key_file, secret_key)
         except BaseException:
             await db.close()
             raise
@@ -125,50 +107,58 @@ class Store:
         store._flusher = asyncio.create_task(store._flush_forever(), name="codexlb-usage-flush")
         return store
 
+    @classmethod
+    async def open_for(cls, settings: Settings) -> "Store":
+        return await cls.open(settings.data_dir, settings.secret_key_file, database_url=settings.database_url,
+                              secret_key=settings.secret_key)
+
     async def load_accounts(self) -> list[Account]:
-        return await self._db.call(lambda conn: account_rows.load_all(conn, self._box))
+        rows = await self.db.fetch(account_rows.SELECT_ALL)
+        return [account_rows.from_row(row, self._box) for row in rows]
 
     async def save_account(self, account: Account) -> None:
         """Commit now: for changes that must be durable before the caller goes on (a rotated refresh token)."""
-        row = account_rows.to_row(account, self._box)
-        await self._db.call(lambda conn: account_rows.upsert(conn, row))
+        await self.db.execute(account_rows.UPSERT, account_rows.to_row(account, self._box))
 
     def save_account_soon(self, account: Account) -> None:
         """Queue the write (status, usage windows); queued writes land in order."""
-        row = account_rows.to_row(account, self._box)
-        self._db.submit(lambda conn: account_rows.upsert(conn, row))
+        self.db.submit(account_rows.UPSERT, account_rows.to_row(account, self._box))
 
     async def delete_account(self, account_id: str) -> bool:
-        return await self._db.call(lambda conn: account_rows.delete(conn, account_id))
+        return await self.db.execute(account_rows.DELETE, (account_id,)) > 0
 
     async def create_api_key(self, record: KeyRecord) -> None:
-        await self._db.call(lambda conn: key_rows.insert(conn, record))
+        await self.db.execute(key_rows.INSERT, key_rows.to_row(record))
 
     async def list_api_keys(self) -> list[KeyRecord]:
-        return await self._db.call(lambda conn: key_rows.load(conn, active_only=False))
+        return [key_rows.from_row(row) for row in await self.db.fetch(key_rows.SELECT_ALL)]
 
     async def load_active_api_keys(self) -> list[KeyRecord]:
-        return await self._db.call(lambda conn: key_rows.load(conn, active_only=True))
+        return [key_rows.from_row(row) for row in await self.db.fetch(key_rows.SELECT_ACTIVE)]
 
     async def revoke_api_key(self, key_id: str, at: float) -> bool:
-        return await self._db.call(lambda conn: key_rows.revoke(conn, key_id, at))
+        return await self.db.execute(key_rows.REVOKE, (at, key_id)) > 0
 
     def touch_api_key_soon(self, key_id: str, at: float) -> None:
         """Queue a key's last use; the caller keeps this to about once a minute per key."""
-        self._db.submit(lambda conn: key_rows.touch(conn, key_id, at))
+        self.db.submit(key_rows.TOUCH, (at, key_id, at))
 
     def record_usage(self, record: UsageRecord) -> None:
         self._usage.append(record)
 
+    def _queue_usage(self) -> None:
+        if self._usage:
+            batch, self._usage = self._usage, []
+            self.db.submit_many(_INSERT_USAGE, batch)
+
     async def flush_usage(self) -> None:
-        if not self._usage:
-            return
-        batch, self._usage = self._usage, []
-        await self._db.call(lambda conn: _insert_usage(conn, batch))
+        """Write the records gathered so far and wait until they have landed."""
+        self._queue_usage()
+        await self.db.barrier()
 
     async def usage_rows(self, account_id: str | None = None) -> list[tuple]:
         query = "SELECT * FROM usage" + (" WHERE account_id = ?" if account_id else "") + " ORDER BY id"
-        return await self._db.call(lambda conn: conn.execute(query, (account_id,) if account_id else ()).fetchall())
+        return await self.db.fetch(query, (account_id,) if account_id else ())
 
     async def requests(self, filters: dict[str, Any], limit: int, before_id: int | None) -> list[dict[str, Any]]:
         """The request log, newest first: rows matching every filter (column -> value), older than `before_id`."""
@@ -179,36 +169,41 @@ class Store:
             params.append(before_id)
         query = (f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM usage" + (" WHERE " + " AND ".join(where) if where else "")
                  + " ORDER BY id DESC LIMIT ?")
-        rows = await self._db.call(lambda conn: conn.execute(query, (*params, limit)).fetchall())
+        rows = await self.db.fetch(query, (*params, limit))
         return [dict(zip(_REQUEST_COLUMNS, row)) for row in rows]
 
     async def token_series(self, by: str, since: float, bucket_s: int) -> list[dict[str, Any]]:
         """Tokens per `bucket_s` seconds since `since`, per account (`by="account_id"`) or API key."""
         if by not in ("account_id", "api_key_id"):
             raise ValueError(by)
-        query = (f"SELECT CAST(ts / ? AS INTEGER) * ? AS t, {by}, SUM(input_tokens), SUM(cached_tokens), "
+        query = (f"SELECT {_BUCKET[self.db.dialect]} AS t, {by}, SUM(input_tokens), SUM(cached_tokens), "
                  f"SUM(output_tokens), COUNT(*) FROM usage WHERE ts >= ? GROUP BY t, {by} ORDER BY t")
-        rows = await self._db.call(lambda conn: conn.execute(query, (bucket_s, bucket_s, since)).fetchall())
-        return [{"t": t, "who": who, "input_tokens": i, "cached_tokens": c, "output_tokens": o, "requests": n}
-                for t, who, i, c, o, n in rows]
+        rows = await self.db.fetch(query, (bucket_s, bucket_s, since))
+        return [{"t": t, "who": who, "input_tokens": int(i), "cached_tokens": int(c), "output_tokens": int(o),
+                 "requests": n} for t, who, i, c, o, n in rows]
 
     async def admin_password(self) -> str | None:
         """The admin password's hash (`codexlb.admin_auth`), if one is set."""
-        row = await self._db.call(lambda conn: conn.execute(
-            "SELECT value FROM meta WHERE key = ?", (_ADMIN_PASSWORD,)).fetchone())
-        return None if row is None else bytes(row[0]).decode()
+        rows = await self.db.fetch(_META, (_ADMIN_PASSWORD,))
+        return bytes(rows[0][0]).decode() if rows else None
 
     async def set_admin_password(self, password_hash: str) -> None:
-        await self._db.call(lambda conn: conn.execute(
+        await self.db.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (_ADMIN_PASSWORD, password_hash.encode())))
+            (_ADMIN_PASSWORD, password_hash.encode()))
 
     async def prune_usage(self, before_ts: float | None, max_rows: int | None, batch: int = 10_000) -> int:
         """Drop usage records older than `before_ts` and past the newest `max_rows`; returns how many.
-        In batches, each its own call on the database thread, so other writes go between them."""
+        In batches, each a statement of its own, so other writes go between them."""
         deleted = 0
         while True:
-            n = await self._db.call(lambda conn: _prune_batch(conn, before_ts, max_rows, batch))
+            floor = 0
+            if max_rows is not None:
+                rows = await self.db.fetch("SELECT id FROM usage ORDER BY id DESC LIMIT 1 OFFSET ?", (max_rows,))
+                floor = rows[0][0] if rows else 0
+            n = await self.db.execute(
+                "DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE id <= ? OR ts < ? ORDER BY id LIMIT ?)",
+                (floor, before_ts if before_ts is not None else float("-inf"), batch))
             deleted += n
             if n < batch:
                 return deleted
@@ -216,10 +211,7 @@ class Store:
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(self._flush_interval_s)
-            try:
-                await self.flush_usage()
-            except sqlite3.Error as exc:
-                _log.error("usage flush failed", error=str(exc))
+            self._queue_usage()
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -228,5 +220,34 @@ class Store:
                 await self._flusher
             except asyncio.CancelledError:
                 pass
-        await self.flush_usage()
-        await self._db.close()
+        self._queue_usage()
+        await self.db.close()
+
+
+async def _open_box(db: Engine, data_dir: Path, key_file: Path | None, secret_key: str | None) -> SecretBox:
+    """The key, checked against the value sealed when the database was made: a wrong key is refused before
+    any token is read. A new key is only made beside a new database: a lost key must not start a second one."""
+    rows = await db.fetch(_META, (_KEY_CHECK,))
+    key_path = key_file or data_dir / KEY_FILE_NAME
+    if secret_key:
+        key = _key_from_text(secret_key, "CODEXLB_SECRET_KEY")
+        source = "CODEXLB_SECRET_KEY"
+    else:
+        key = await asyncio.get_running_loop().run_in_executor(None, load_or_create_key, key_path, not rows)
+        source = f"the key file {key_path}"
+    box = SecretBox(key)
+    if not rows:
+        # Replicas starting together on a new database: the first check stored wins, the others compare to it.
+        await db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                         (_KEY_CHECK, box.seal(_KEY_CHECK, _KEY_CHECK)))
+        rows = await db.fetch(_META, (_KEY_CHECK,))
+    try:
+        box.open(bytes(rows[0][0]), _KEY_CHECK)
+    except SecretKeyError:
+        hint = ("every replica needs the same key (CODEXLB_SECRET_KEY or secret_key_file)"
+                if db.dialect == "postgres" else
+                "start with the key file it was created with (CODEXLB_SECRET_KEY_FILE), or move the database "
+                "aside to start empty")
+        raise SecretKeyError(f"the secret key does not match {db.where}: {source} is not the one it was sealed "
+                             f"with; {hint}") from None
+    return box

@@ -1,8 +1,7 @@
-"""Accounts as rows: the mapping, with every token sealed. Functions run on the database thread."""
+"""Accounts as rows: the mapping, with every token sealed, and the statements that read and write them."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
@@ -16,10 +15,12 @@ _COLUMNS = (
     "secondary_used_percent", "secondary_window_minutes", "secondary_reset_at",
     "created_at", "updated_at",
 )
-_UPSERT = (
+UPSERT = (
     f"INSERT INTO accounts ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
     f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:] if c != 'created_at')}"
 )
+SELECT_ALL = f"SELECT {', '.join(_COLUMNS)} FROM accounts ORDER BY created_at, id"
+DELETE = "DELETE FROM accounts WHERE id = ?"
 
 
 def _window(window: Window | None) -> tuple[Any, Any, Any]:
@@ -38,33 +39,18 @@ def to_row(account: Account, box: SecretBox) -> tuple[Any, ...]:
     )
 
 
-def upsert(conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-    conn.execute(_UPSERT, row)
-
-
-def delete(conn: sqlite3.Connection, account_id: str) -> bool:
-    return conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,)).rowcount > 0
-
-
-def load_all(conn: sqlite3.Connection, box: SecretBox) -> list[Account]:
-    conn.row_factory = sqlite3.Row
-    try:
-        rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM accounts ORDER BY created_at, id").fetchall()
-    finally:
-        conn.row_factory = None
-    accounts = []
-    for r in rows:
-        windows = []
-        for name in ("primary", "secondary"):
-            used = r[f"{name}_used_percent"]
-            windows.append(None if used is None else Window(used, r[f"{name}_window_minutes"], r[f"{name}_reset_at"]))
-        accounts.append(Account(
-            id=r["id"], alias=r["alias"], email=r["email"], plan=r["plan"],
-            tokens=Tokens(
-                box.open(r["access_token"], f"{r['id']}:access"), box.open(r["refresh_token"], f"{r['id']}:refresh"),
-                box.open(r["id_token"], f"{r['id']}:id"), r["access_expires_at"], r["last_refresh"],
-            ),
-            status=Status(r["status"]), status_until=r["status_until"], status_reason=r["status_reason"],
-            primary=windows[0], secondary=windows[1], created_at=r["created_at"],
-        ))
-    return accounts
+def from_row(row: tuple[Any, ...], box: SecretBox) -> Account:
+    r = dict(zip(_COLUMNS, row))
+    windows = []
+    for name in ("primary", "secondary"):
+        used = r[f"{name}_used_percent"]
+        windows.append(None if used is None else Window(used, r[f"{name}_window_minutes"], r[f"{name}_reset_at"]))
+    return Account(
+        id=r["id"], alias=r["alias"], email=r["email"], plan=r["plan"],
+        tokens=Tokens(
+            box.open(r["access_token"], f"{r['id']}:access"), box.open(r["refresh_token"], f"{r['id']}:refresh"),
+            box.open(r["id_token"], f"{r['id']}:id"), r["access_expires_at"], r["last_refresh"],
+        ),
+        status=Status(r["status"]), status_until=r["status_until"], status_reason=r["status_reason"],
+        primary=windows[0], secondary=windows[1], created_at=r["created_at"],
+    )

@@ -1,8 +1,7 @@
-"""Client API keys as rows: digests, never the keys themselves. Functions run on the database thread."""
+"""Client API keys as rows: digests, never the keys themselves, and the statements that read and write them."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 
@@ -22,28 +21,20 @@ class KeyRecord:
         return "active" if self.revoked_at is None else "revoked"
 
 
-_COLUMNS = ("id", "name", "prefix", "hash", "created_at", "last_used_at", "revoked_at", "max_concurrency")
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM api_keys"
+COLUMNS = ("id", "name", "prefix", "hash", "created_at", "last_used_at", "revoked_at", "max_concurrency")
+INSERT = f"INSERT INTO api_keys ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+SELECT_ALL = f"SELECT {', '.join(COLUMNS)} FROM api_keys ORDER BY created_at, id"
+SELECT_ACTIVE = f"SELECT {', '.join(COLUMNS)} FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id"
+REVOKE = "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
+# Queued writes land in order, but never let an older time replace a newer one.
+TOUCH = ("UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)")
 
 
-def insert(conn: sqlite3.Connection, record: KeyRecord) -> None:
-    conn.execute(
-        f"INSERT INTO api_keys ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-        tuple(getattr(record, c) for c in _COLUMNS),
-    )
+def to_row(record: KeyRecord) -> tuple:
+    return tuple(getattr(record, c) for c in COLUMNS)
 
 
-def load(conn: sqlite3.Connection, *, active_only: bool) -> list[KeyRecord]:
-    where = " WHERE revoked_at IS NULL" if active_only else ""
-    rows = conn.execute(f"{_SELECT}{where} ORDER BY created_at, id").fetchall()
-    return [KeyRecord(*row) for row in rows]
-
-
-def revoke(conn: sqlite3.Connection, key_id: str, at: float) -> bool:
-    return conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                        (at, key_id)).rowcount > 0
-
-
-def touch(conn: sqlite3.Connection, key_id: str, at: float) -> None:
-    # max(): queued writes land in order, but never let an older time replace a newer one.
-    conn.execute("UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?", (at, key_id))
+def from_row(row: tuple) -> KeyRecord:
+    record = KeyRecord(*row)
+    record.hash = bytes(record.hash)
+    return record

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import sys
 
 import pytest
+from tests.serving import child_env
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 async def start_login(tmp_path, sim, *args: str) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    env = child_env()
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "codexlb", "accounts", "login", *args, "--auth-base-url", sim.url,
         "--data-dir", str(tmp_path / "d"), "--port", "9", "--timeout", "60",
@@ -32,7 +32,7 @@ async def read_until(proc: asyncio.subprocess.Process, pattern: str) -> re.Match
 
 
 async def accounts_in(tmp_path) -> list[dict]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    env = child_env()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "codexlb", "accounts", "list", "--json", "--data-dir", str(tmp_path / "d"),
         "--port", "9", env=env, stdout=asyncio.subprocess.PIPE)

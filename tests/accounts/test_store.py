@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -14,8 +13,10 @@ import pytest
 from codexlb.account import Status, Window
 from codexlb.pool.roster import Roster
 from codexlb.store import SecretKeyError, Store, UsageRecord
-from codexlb.store import db as db_module
+from codexlb.store import schema as db_module
+from codexlb.store.engine import DatabaseError
 from tests.accounts.conftest import login_of
+from tests.serving import child_env
 
 
 async def test_restart_keeps_accounts_statuses_and_resets(tmp_path, sim):
@@ -45,6 +46,7 @@ async def test_restart_keeps_accounts_statuses_and_resets(tmp_path, sim):
     await reopened.close()
 
 
+@pytest.mark.sqlite_only
 async def test_files_are_private_and_tokens_sealed(tmp_path, sim):
     data = tmp_path / "d"
     data.mkdir(mode=0o700)
@@ -78,7 +80,7 @@ async def test_wrong_key_is_a_clear_error(tmp_path, sim):
 def test_serve_with_wrong_key_exits_with_one_line(tmp_path):
     data = tmp_path / "d"
     data.mkdir(mode=0o700)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    env = child_env()
     # A command that writes makes the database (a list leaves a data dir as it found it).
     first = subprocess.run([sys.executable, "-m", "codexlb", "keys", "create", "--data-dir", str(data)],
                            env=env, capture_output=True, text=True, timeout=60)
@@ -92,6 +94,7 @@ def test_serve_with_wrong_key_exits_with_one_line(tmp_path):
     assert proc.stderr.count("\n") == 1
 
 
+@pytest.mark.sqlite_only
 async def test_migration_takes_a_backup_first(tmp_path, monkeypatch):
     data = tmp_path / "d"
     data.mkdir(mode=0o700)
@@ -110,6 +113,7 @@ async def test_migration_takes_a_backup_first(tmp_path, monkeypatch):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == shipped
 
 
+@pytest.mark.sqlite_only
 async def test_a_version_1_database_gains_api_keys_and_keeps_its_accounts(tmp_path, monkeypatch, sim):
     """An upgrade from the release before API keys: accounts (tokens still sealed) survive migration 2."""
     data = tmp_path / "d"
@@ -141,13 +145,14 @@ async def test_a_version_1_database_gains_api_keys_and_keeps_its_accounts(tmp_pa
     assert len(list(data.glob("codexlb.db.v1-*.bak"))) == 1
 
 
+@pytest.mark.sqlite_only
 async def test_newer_schema_is_refused(tmp_path):
     data = tmp_path / "d"
     data.mkdir(mode=0o700)
     await (await Store.open(data)).close()
     with sqlite3.connect(data / "codexlb.db") as conn:
         conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(db_module.DatabaseError, match="newer than this codexlb"):
+    with pytest.raises(DatabaseError, match="newer than this codexlb"):
         await Store.open(data)
 
 
@@ -160,28 +165,29 @@ async def test_usage_records_flush_in_batches(store):
     assert [row[8] for row in await store.usage_rows()] == [0, 1, 2]
 
 
+@pytest.mark.sqlite_only
 async def test_a_flush_is_one_transaction(store):
     """Autocommit would make each record a commit of its own: ~25 µs a row instead of ~3 on the db thread."""
     statements: list[str] = []
-    await store._db.call(lambda conn: conn.set_trace_callback(statements.append))
+    await store.db.call(lambda conn: conn.set_trace_callback(statements.append))
     for i in range(50):
         store.record_usage(UsageRecord(ts=time.time(), account_id="a", api_key_id=None, route="/r", model="m",
                                        status=200, error_code=None, input_tokens=i))
     await store.flush_usage()
-    await store._db.call(lambda conn: conn.set_trace_callback(None))
+    await store.db.call(lambda conn: conn.set_trace_callback(None))
     assert [s for s in statements if not s.startswith("INSERT")] == ["BEGIN", "COMMIT"]
     assert len(await store.usage_rows()) == 50
 
 
 KILL_SCRIPT = """
-import asyncio, sys
+import asyncio, os, sys
 from pathlib import Path
 from codexlb.auth.authjson import read
 from codexlb.pool.roster import Roster
 from codexlb.store import Store
 
 async def main():
-    store = await Store.open(Path(sys.argv[1]))
+    store = await Store.open(Path(sys.argv[1]), database_url=os.environ.get("CODEXLB_DATABASE_URL", ""))
     roster = await Roster.load(store)
     for path in sys.argv[2:]:
         await roster.add_login(read(Path(path)))
@@ -214,7 +220,7 @@ def test_kill_9_after_import_loses_no_account(tmp_path):
         proc.kill()
     listed = subprocess.run([sys.executable, "-m", "codexlb", "accounts", "list", "--json", "--data-dir", str(data)],
                             capture_output=True, text=True, timeout=60,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")})
+                            env=child_env())
     ids = [a["id"] for a in orjson.loads(listed.stdout)["accounts"]]
     assert ids == [a.account_id for a in backend.accounts]
 

@@ -32,6 +32,7 @@ import aiohttp
 import orjson
 from hypothesis import HealthCheck, settings
 from yarl import URL
+from tests.serving import child_env
 
 T = TypeVar("T")
 EXAMPLES_ENV = "CODEXLB_FUZZ_EXAMPLES"
@@ -129,7 +130,7 @@ class LogLines:
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    return child_env()
 
 
 def _spawn(*args: str) -> tuple[subprocess.Popen[str], LogLines]:

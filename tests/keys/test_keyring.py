@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
 
 import pytest
 
@@ -36,13 +35,13 @@ async def test_create_stores_a_digest_and_a_prefix_never_the_key(ring, store, tm
     assert KEY_FORMAT.match(key)
     assert record.name == "laptop" and record.max_concurrency == 3 and record.status == "active"
     assert record.prefix == key[:11] and record.hash == hashlib.sha256(key.encode()).digest()
+    rows = [tuple(row) for row in await store.db.fetch("SELECT * FROM api_keys")]
+    assert [(r[0], r[1], r[2], bytes(r[3])) for r in rows] == [(record.id, "laptop", key[:11], record.hash)]
+    assert key not in repr(rows) and key[11:] not in repr(rows)
     await store.close()
     for path in (tmp_path / "store-data").iterdir():
         raw = path.read_bytes()
         assert key.encode() not in raw and key[11:].encode() not in raw, path
-    with sqlite3.connect(tmp_path / "store-data" / "codexlb.db") as conn:
-        assert conn.execute("SELECT id, name, prefix, hash FROM api_keys").fetchall() == [
-            (record.id, "laptop", key[:11], record.hash)]
 
 
 async def test_verify(ring):
@@ -126,8 +125,9 @@ async def test_verify_never_calls_the_database(ring, store, monkeypatch):
     def no_db(*_args, **_kwargs):
         raise AssertionError("database call on the request path")
 
-    monkeypatch.setattr(store._db, "call", no_db)
-    monkeypatch.setattr(store._db, "submit", lambda fn: None)  # the once-a-minute queued write is allowed
+    for name in ("fetch", "execute", "transaction", "barrier"):
+        monkeypatch.setattr(store.db, name, no_db)
+    monkeypatch.setattr(store.db, "submit", lambda *_: None)  # the once-a-minute queued write is allowed
     for _ in range(1000):
         assert ring.verify(key) is not None
         assert ring.verify("sk-clb-" + "x" * 43) is None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,8 +12,9 @@ import urllib.request
 import pytest
 
 from codexlb.loopback import is_loopback_host, is_loopback_remote
+from tests.serving import child_env
 
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+ENV = child_env()
 
 
 def serve(data_dir, *extra: str) -> subprocess.Popen:

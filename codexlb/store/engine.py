@@ -1,0 +1,52 @@
+"""What the store asks of a database engine; `store/sqlite` and `store/postgres` are the two that answer.
+
+Statements are written once, with `?` placeholders; an engine adapts them to its driver. Writes are
+ordered: a write (queued with `submit` or awaited with `execute`) never lands before one issued earlier, and
+a read sees every write issued before it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+Params = Sequence[Any]
+Statement = tuple[str, Params]
+
+
+class DatabaseError(Exception):
+    """The database cannot be used; the message is for the operator."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database did not answer within its bound (it is down or unreachable); a retry may succeed."""
+
+
+class Engine(Protocol):
+    dialect: str  # "sqlite" or "postgres": picks the schema's types and the few statements that differ
+    where: str    # the database, for messages (a path, or the URL without credentials)
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]: ...
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one write and wait for it; returns the rows it touched."""
+        ...
+
+    async def transaction(self, statements: Sequence[Statement]) -> list[int]:
+        """Run the writes in one transaction and wait; returns the rows each touched."""
+        ...
+
+    def submit(self, sql: str, params: Params = ()) -> None:
+        """Queue a write without waiting; a failure is logged, since nobody awaits it."""
+        ...
+
+    def submit_many(self, sql: str, rows: Sequence[Params]) -> None:
+        """Queue one statement over many rows, in one transaction."""
+        ...
+
+    async def barrier(self) -> None:
+        """Wait until every write queued before this call has landed (or failed)."""
+        ...
+
+    async def close(self) -> None:
+        """Land the queued writes, then close."""
+        ...

@@ -1,0 +1,278 @@
+"""The PostgreSQL engine (asyncpg): a bounded pool, migrations under an advisory lock, ordered writes that
+outlive a lost connection.
+
+Writes go through one writer task in the order they were issued; when the server is unreachable the writer
+keeps them (up to `max_queued`, the oldest queued-only writes dropped past it, counted) and retries with
+backoff, so a restart of PostgreSQL loses nothing that was only queued. A caller that awaits a write or a
+read waits at most `wait_s`, then gets DatabaseUnavailable. asyncpg was chosen by measurement (see
+tests/bench/bench_pg_driver.py and the commit that added it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from codexlb import log
+from codexlb.store import schema
+from codexlb.store.engine import DatabaseError, DatabaseUnavailable, Params, Statement
+
+_log = log.get("codexlb.store")
+# pg_advisory_lock key for migrations: "codexlb" in ASCII, so it is recognisable in pg_locks.
+MIGRATION_LOCK = 0x636F6465786C62
+_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+@lru_cache(maxsize=512)
+def adapt(sql: str) -> str:
+    """`?` placeholders as asyncpg's `$1, $2, ...` (no statement of ours has a `?` inside a string)."""
+    counter = iter(range(1, 10_000))
+    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+def public_url(url: str) -> str:
+    """The URL without its credentials, for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def transient(exc: BaseException) -> bool:
+    """A lost or refused connection (worth a retry), as against an error in the statement itself."""
+    if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)):
+        return True
+    # Class 08: connection exception; 57: operator intervention (shutdown, restart).
+    return isinstance(exc, asyncpg.PostgresError) and str(getattr(exc, "sqlstate", "")).startswith(("08", "57"))
+
+
+def _rowcount(status: str) -> int:
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+def _start_error(where: str, exc: BaseException) -> DatabaseError:
+    """One line naming the problem with the database at start."""
+    if isinstance(exc, (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)):
+        return DatabaseError(f"PostgreSQL at {where} refused the credentials: {exc}")
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return DatabaseError(f"PostgreSQL at {where}: {exc}; create it first (createdb)")
+    if isinstance(exc, asyncio.TimeoutError):
+        return DatabaseError(f"PostgreSQL at {where} did not answer in time")
+    if isinstance(exc, OSError):
+        return DatabaseError(f"cannot reach PostgreSQL at {where}: {exc.strerror or exc}")
+    if isinstance(exc, (ValueError, asyncpg.ClientConfigurationError)):
+        return DatabaseError(f"database_url is not usable: {exc}")
+    return DatabaseError(f"PostgreSQL at {where}: {exc}")
+
+
+async def _migrate(conn: asyncpg.Connection, where: str) -> None:
+    # Replicas starting together: one migrates under the lock, the others then find the schema current.
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+        if current > schema.SCHEMA_VERSION:
+            raise DatabaseError(f"PostgreSQL at {where} has schema version {current}, newer than this codexlb "
+                                f"({schema.SCHEMA_VERSION}); upgrade codexlb")
+        for version in range(current + 1, schema.SCHEMA_VERSION + 1):
+            async with conn.transaction():
+                for statement in schema.render(schema.MIGRATIONS[version - 1], "postgres"):
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+            if current:
+                _log.info("database migrated", from_version=version - 1, to_version=version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+
+@dataclass(slots=True, eq=False)
+class _Write:
+    statements: Sequence[Statement] | None  # one transaction of single statements...
+    many: tuple[str, Sequence[Params]] | None  # ...or one statement over many rows
+    seq: int
+    result: asyncio.Future[list[int]] | None = field(default=None)
+
+
+class PostgresEngine:
+    dialect = "postgres"
+
+    def __init__(self, pool: asyncpg.Pool, where: str, *, wait_s: float, max_queued: int) -> None:
+        self.where = where
+        self._pool = pool
+        self._wait_s = wait_s
+        self._max_queued = max_queued
+        self._queue: deque[_Write] = deque()
+        self._wake = asyncio.Event()
+        self._issued = 0
+        self._landed = 0
+        self._progress = asyncio.Condition()
+        self.dropped = 0  # queued-only writes dropped while the server was away: for /metrics
+        self._writer = asyncio.create_task(self._write_forever(), name="codexlb-db-writer")
+
+    @classmethod
+    async def open(cls, url: str, *, pool_size: int = 4, connect_timeout_s: float = 10.0, wait_s: float = 5.0,
+                   max_queued: int = 100_000) -> "PostgresEngine":
+        where = public_url(url)
+        try:
+            pool = await asyncpg.create_pool(dsn=url, min_size=1, max_size=pool_size, timeout=connect_timeout_s,
+                                             command_timeout=60)
+        except Exception as exc:
+            raise _start_error(where, exc) from None
+        try:
+            async with pool.acquire() as conn:
+                await _migrate(conn, where)
+        except DatabaseError:
+            await pool.close()
+            raise
+        except Exception as exc:
+            pool.terminate()
+            raise _start_error(where, exc) from None
+        return cls(pool, where, wait_s=wait_s, max_queued=max_queued)
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        await self._wait_landed(self._issued)
+        rows = await self._retrying(lambda conn: conn.fetch(adapt(sql), *params))
+        return [tuple(row) for row in rows]
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return (await self.transaction([(sql, params)]))[0]
+
+    async def transaction(self, statements: Sequence[Statement]) -> list[int]:
+        write = self._enqueue(statements, None, asyncio.get_running_loop().create_future())
+        assert write.result is not None
+        done, _ = await asyncio.wait([write.result], timeout=self._wait_s)
+        if not done:
+            write.result.cancel()  # the writer skips it: a caller told "unavailable" must not see it land later
+            raise DatabaseUnavailable(f"PostgreSQL at {self.where} did not answer within {self._wait_s:g} s")
+        return write.result.result()
+
+    def submit(self, sql: str, params: Params = ()) -> None:
+        self._enqueue([(sql, params)], None, None)
+
+    def submit_many(self, sql: str, rows: Sequence[Params]) -> None:
+        self._enqueue(None, (sql, rows), None)
+
+    async def barrier(self) -> None:
+        await self._wait_landed(self._issued)
+
+    def _enqueue(self, statements: Sequence[Statement] | None, many: tuple[str, Sequence[Params]] | None,
+                 result: asyncio.Future[list[int]] | None) -> _Write:
+        self._issued += 1
+        write = _Write(statements, many, self._issued, result)
+        self._queue.append(write)
+        if len(self._queue) > self._max_queued:
+            self._drop_oldest_queued()
+        self._wake.set()
+        return write
+
+    def _drop_oldest_queued(self) -> None:
+        for i, queued in enumerate(self._queue):
+            if queued.result is None:
+                del self._queue[i]
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 10_000 == 0:
+                    _log.warning("database away: queued writes dropped", dropped=self.dropped)
+                return
+
+    async def _wait_landed(self, seq: int) -> None:
+        async with self._progress:
+            try:
+                await asyncio.wait_for(self._progress.wait_for(lambda: self._landed >= seq), self._wait_s)
+            except asyncio.TimeoutError:
+                raise DatabaseUnavailable(
+                    f"PostgreSQL at {self.where} did not answer within {self._wait_s:g} s") from None
+
+    async def _retrying(self, work: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_s
+        for attempt in range(1_000_000):
+            try:
+                async with self._pool.acquire(timeout=max(0.01, deadline - loop.time())) as conn:
+                    return await work(conn)
+            except Exception as exc:
+                if not transient(exc):
+                    raise DatabaseError(f"PostgreSQL at {self.where}: {exc}") from exc
+                pause = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
+                if loop.time() + pause >= deadline:
+                    raise DatabaseUnavailable(f"PostgreSQL at {self.where} is unreachable: {exc}") from None
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    async def _write_forever(self) -> None:
+        attempt = 0
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            write = self._queue[0]
+            if write.result is not None and write.result.done():
+                self._queue.popleft()
+                await self._landed_up_to(write.seq)
+                continue
+            try:
+                async with self._pool.acquire() as conn:
+                    counts = await self._apply(conn, write)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if transient(exc):
+                    if attempt == 0:
+                        _log.warning("database unreachable; writes are kept and retried", error=str(exc))
+                    await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+                    attempt += 1
+                    continue
+                self._queue.popleft()
+                error = DatabaseError(f"PostgreSQL at {self.where}: {exc}")
+                if write.result is None:
+                    _log.error("queued database write failed", error=str(exc))
+                elif not write.result.done():
+                    write.result.set_exception(error)
+            else:
+                if attempt:
+                    _log.info("database reachable again", retries=attempt)
+                attempt = 0
+                self._queue.popleft()
+                if write.result is not None and not write.result.done():
+                    write.result.set_result(counts)
+            await self._landed_up_to(write.seq)
+
+    @staticmethod
+    async def _apply(conn: asyncpg.Connection, write: _Write) -> list[int]:
+        async with conn.transaction():
+            if write.many is not None:
+                sql, rows = write.many
+                await conn.executemany(adapt(sql), rows)
+                return [len(rows)]
+            assert write.statements is not None
+            return [_rowcount(await conn.execute(adapt(sql), *params)) for sql, params in write.statements]
+
+    async def _landed_up_to(self, seq: int) -> None:
+        async with self._progress:
+            self._landed = seq
+            self._progress.notify_all()
+
+    async def close(self) -> None:
+        """Land what is queued (bounded by `wait_s`), then close the pool."""
+        try:
+            await self._wait_landed(self._issued)
+        except DatabaseUnavailable:
+            _log.error("database away at shutdown: queued writes lost", queued=len(self._queue))
+        self._writer.cancel()
+        try:
+            await self._writer
+        except asyncio.CancelledError:
+            pass
+        try:
+            await asyncio.wait_for(self._pool.close(), self._wait_s)
+        except asyncio.TimeoutError:
+            self._pool.terminate()
