@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import os
+import socket
 from pathlib import Path
+from secrets import token_hex
 from typing import Any, NamedTuple
 
 from codexlb import log
@@ -78,7 +81,9 @@ def _key_from_text(text: str, source: str) -> bytes:
 
 async def _open_engine(data_dir: Path, database_url: str) -> Engine:
     if database_url:
-        from codexlb.store.postgres import PostgresEngine  # asyncpg is only loaded by those who use it
+        from codexlb.store.postgres import (
+            PostgresEngine,  # asyncpg is only loaded by those who use it
+        )
 
         return await PostgresEngine.open(database_url)
     return await SQLiteEngine.open(data_dir / DB_FILE_NAME)
@@ -87,6 +92,8 @@ async def _open_engine(data_dir: Path, database_url: str) -> Engine:
 class Store:
     def __init__(self, db: Engine, box: SecretBox, flush_interval_s: float) -> None:
         self.db = db
+        # This process among the replicas sharing the database: names what it writes and what it holds.
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{token_hex(3)}"
         self._box = box
         self._flush_interval_s = flush_interval_s
         self._usage: list[UsageRecord] = []

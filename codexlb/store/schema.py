@@ -66,6 +66,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE usage ADD COLUMN ttfb_ms {real};
     """,
+    # 4: running as a fleet. `changes` is the change feed processes on one SQLite file follow (PostgreSQL
+    # replicas are told by NOTIFY instead); `leases` are held by one replica at a time, for a while (background
+    # jobs, a token refresh); `sticky` is the conversation -> account map; `owners` says which replica holds a
+    # conversation's upstream socket, fenced by an epoch; `admin_sessions` are dashboard logins (a digest of
+    # the cookie, never the cookie).
+    """
+    CREATE TABLE changes (id {serial_pk}, ts {real} NOT NULL, origin TEXT NOT NULL, kind TEXT NOT NULL,
+                          ref TEXT NOT NULL);
+    CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until {real} NOT NULL);
+    CREATE TABLE sticky (key TEXT PRIMARY KEY, account_id TEXT NOT NULL, seen {real} NOT NULL);
+    CREATE INDEX sticky_seen ON sticky (seen);
+    CREATE TABLE owners (conversation TEXT PRIMARY KEY, replica TEXT NOT NULL, epoch INTEGER NOT NULL,
+                         seen {real} NOT NULL);
+    CREATE TABLE admin_sessions (digest {blob} PRIMARY KEY, csrf TEXT NOT NULL, expires_at {real} NOT NULL);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
