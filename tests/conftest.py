@@ -25,20 +25,31 @@ def pytest_collection_modifyitems(items):
                 item.add_marker(skip)
 
 
+def _fresh_pg_database():
+    """A new, empty PostgreSQL database (dropped when the generator ends): its URL."""
+    admin = os.environ["CODEXLB_TEST_PG"]
+    name = f"t{os.getpid()}_{next(_databases)}"
+    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True)
+    yield admin.rsplit("/", 1)[0] + "/" + name
+    subprocess.run(["psql", admin, "-qc", f"DROP DATABASE {name} WITH (FORCE)"], check=True)
+
+
+@pytest.fixture
+def pg_database():
+    """A fresh PostgreSQL database for a test that needs one whatever the suite's engine (the fleet)."""
+    yield from _fresh_pg_database()
+
+
 @pytest.fixture(autouse=True)
-def database_url(request, monkeypatch):
+def database_url(monkeypatch):
     """Empty on SQLite; on PostgreSQL a fresh database for this test, also in CODEXLB_DATABASE_URL so that a
     `codexlb` the test starts uses it too."""
     if ENGINE != "postgres":
         yield ""
         return
-    admin = os.environ["CODEXLB_TEST_PG"]
-    name = f"t{os.getpid()}_{next(_databases)}"
-    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True)
-    url = admin.rsplit("/", 1)[0] + "/" + name
-    monkeypatch.setenv("CODEXLB_DATABASE_URL", url)
-    yield url
-    subprocess.run(["psql", admin, "-qc", f"DROP DATABASE {name} WITH (FORCE)"], check=True)
+    for url in _fresh_pg_database():
+        monkeypatch.setenv("CODEXLB_DATABASE_URL", url)
+        yield url
 
 
 @pytest.fixture
