@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import time
@@ -73,6 +74,12 @@ class SimAccount:
     valid_access: dict[str, float] = field(default_factory=dict)
     used_refresh: set[str] = field(default_factory=set)
     revoked: bool = False
+    refreshes: int = 0  # refresh_token grants served
+    # Set by `expire` with `hold_401`: the expired token's 401s after the first wait until a newer token of
+    # the account has been used, so a request sent with the old token gets its 401 after the client's refresh.
+    renewed: asyncio.Event | None = None
+    first_401_sent: bool = False
+    late_401s: int = 0  # 401s so held
 
     def issue_tokens(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
