@@ -39,5 +39,8 @@ def make_session(via: Via = Via(), connect_timeout_s: float = 15.0) -> aiohttp.C
         )
 
 
-def account_headers(account: Account) -> dict[str, str]:
-    return {"Authorization": f"Bearer {account.tokens.access_token}", "chatgpt-account-id": account.id}
+def account_headers(account: Account, access_token: str | None = None) -> dict[str, str]:
+    """The account's credentials: its current access token, or the one given (a caller that must tell a 401
+    for the token it sent from one for a newer token reads the token first)."""
+    token = account.tokens.access_token if access_token is None else access_token
+    return {"Authorization": f"Bearer {token}", "chatgpt-account-id": account.id}

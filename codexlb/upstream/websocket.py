@@ -38,7 +38,8 @@ class UpstreamSocket:
 async def connect(up: Upstream, account: Account, client_headers: Mapping[str, str],
                   turn_state: str | None) -> UpstreamSocket | Failure:
     """One handshake on one account; `turn_state` lands it on the backend that holds the conversation."""
-    headers = upstream_request_headers(client_headers, account_headers(account))
+    token = account.tokens.access_token
+    headers = upstream_request_headers(client_headers, account_headers(account, token))
     if "openai-beta" not in headers:
         headers["openai-beta"] = WS_BETA
     if turn_state:
@@ -48,7 +49,7 @@ async def connect(up: Upstream, account: Account, client_headers: Mapping[str, s
             ws = await up.http.ws_connect(up.responses_url, headers=headers, heartbeat=HEARTBEAT_S,
                                           max_msg_size=MAX_FRAME, timeout=_TIMEOUT)
     except aiohttp.WSServerHandshakeError as exc:
-        failure = Failure(exc.status, {}, exc.headers or {}, reason="handshake refused")
+        failure = Failure(exc.status, {}, exc.headers or {}, reason="handshake refused", token=token)
         verdict = verdict_for_error(exc.status, {}, failure.headers, time.time())
         if verdict is not None:
             up.roster.note_verdict(account, verdict)

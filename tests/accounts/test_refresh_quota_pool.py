@@ -60,7 +60,7 @@ async def test_refresh_after_401(roster, sim, upstream):
         assert resp.status == 200
     first = await call_sim(upstream, sim, account)
     assert first.status == 401
-    await refresher.refresh(account, "upstream 401")
+    await refresher.refresh(account, account.tokens.access_token, "upstream 401")
     assert (await call_sim(upstream, sim, account)).status == 200
     assert account.status is Status.ACTIVE
 
@@ -68,18 +68,30 @@ async def test_refresh_after_401(roster, sim, upstream):
 async def test_concurrent_refreshes_are_one_flight(roster, sim, upstream):
     [account, *_] = await filled(roster, sim, 1)
     refresher = Refresher(roster, upstream, sim.url)
-    results = await asyncio.gather(*(refresher.refresh(account, "401") for _ in range(8)))
+    seen = account.tokens.access_token
+    results = await asyncio.gather(*(refresher.refresh(account, seen, "401") for _ in range(8)))
     # One rotation: a second one would have reused the old refresh token and been refused.
     assert len({r.refresh_token for r in results}) == 1
     assert account.status is Status.ACTIVE
     assert account.tokens.refresh_token == sim.backend.accounts[0].refresh_token
 
 
+async def test_a_401_for_a_token_already_replaced_is_not_refreshed_again(roster, sim, upstream):
+    [account, *_] = await filled(roster, sim, 1)
+    refresher = Refresher(roster, upstream, sim.url)
+    old = account.tokens.access_token
+    first = await refresher.refresh(account, old, "upstream 401")
+    # A request sent with the old token got its 401 after that refresh had finished.
+    late = await refresher.refresh(account, old, "upstream 401")
+    assert late is first is account.tokens
+    assert sim.backend.accounts[0].refreshes == 1
+
+
 async def test_a_cancelled_waiter_does_not_cancel_the_refresh(roster, sim, upstream):
     [account, *_] = await filled(roster, sim, 1)
     refresher = Refresher(roster, upstream, sim.url)
-    impatient = asyncio.create_task(refresher.refresh(account, "401"))
-    patient = asyncio.create_task(refresher.refresh(account, "401"))
+    impatient = asyncio.create_task(refresher.refresh(account, account.tokens.access_token, "401"))
+    patient = asyncio.create_task(refresher.refresh(account, account.tokens.access_token, "401"))
     await asyncio.sleep(0)
     impatient.cancel()
     tokens = await asyncio.wait_for(patient, 10)
@@ -93,7 +105,7 @@ async def test_reused_refresh_token_marks_reauth_required(roster, sim, upstream,
     sim.backend.refresh(sim.backend.accounts[0].refresh_token)
     refresher = Refresher(roster, upstream, sim.url)
     with pytest.raises(RefreshError) as caught:
-        await refresher.refresh(account, "expiring")
+        await refresher.refresh(account, account.tokens.access_token, "expiring")
     assert caught.value.permanent
     assert account.status is Status.REAUTH_REQUIRED
     assert "refresh_token_reused" in account.status_reason
@@ -108,7 +120,7 @@ async def test_transient_refresh_failure_keeps_the_account(roster, sim, upstream
     [account, *_] = await filled(roster, sim, 1)
     refresher = Refresher(roster, upstream, "http://127.0.0.1:9")
     with pytest.raises(RefreshError) as caught:
-        await refresher.refresh(account, "expiring")
+        await refresher.refresh(account, account.tokens.access_token, "expiring")
     assert not caught.value.permanent and account.status is Status.ACTIVE
 
 
