@@ -75,11 +75,12 @@ class SimAccount:
     used_refresh: set[str] = field(default_factory=set)
     revoked: bool = False
     refreshes: int = 0  # refresh_token grants served
-    # Set by `expire` with `hold_401`: the expired token's 401s after the first wait until a newer token of
-    # the account has been used, so a request sent with the old token gets its 401 after the client's refresh.
+    # Set by `expire` with `hold_stale`: answers to stale credentials (the expired token's 401s after the first,
+    # refusals of a reused refresh token) wait until a newer access token of the account has been used, so
+    # they arrive after the client's refresh finished.
     renewed: asyncio.Event | None = None
     first_401_sent: bool = False
-    late_401s: int = 0  # 401s so held
+    held: int = 0  # answers so held
 
     def issue_tokens(self, now: float | None = None) -> None:
         now = time.time() if now is None else now

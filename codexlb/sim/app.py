@@ -182,7 +182,7 @@ async def oauth_token(request: web.Request) -> web.Response:
         token = form.get("refresh_token")
         if not isinstance(token, str) or not token:
             raise bad_request("Missing required parameter: 'refresh_token'.", "invalid_request", "refresh_token")
-        account = backend.refresh(token)
+        account = await backend.redeem(token)
     else:
         raise bad_request(f"Unsupported grant type: {grant_type!r}", "unsupported_grant_type", "grant_type")
     return _json(200, {

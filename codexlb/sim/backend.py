@@ -33,8 +33,8 @@ BASE_INSTRUCTIONS = "You are a coding agent answering through the codexlb simula
 )
 # A stalled stream still ends some day, so a forgotten fault cannot pin a task forever.
 STALL_LIMIT_S = 3600.0
-# A held 401 (`expire` with `hold_401`) goes out after this at the latest, renewed or not.
-HOLD_401_LIMIT_S = 60.0
+# A held answer (`expire` with `hold_stale`) goes out after this at the latest, renewed or not.
+HOLD_LIMIT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +184,10 @@ class Backend:
             if account.revoked:
                 break
             if expires <= now:
-                await self._late_401(account)
+                # The first 401 goes out at once: it is what makes the client refresh.
+                if account.first_401_sent:
+                    await self._held(account)
+                account.first_401_sent = True
                 raise SimError(401, "Provided authentication token is expired. Please try signing in again.",
                                code="token_expired")
             claimed = headers.get("chatgpt-account-id")
@@ -198,18 +201,15 @@ class Backend:
                        code="token_invalidated")
 
     @staticmethod
-    async def _late_401(account: SimAccount) -> None:
-        """Hold an expired token's 401 while `expire` asked for it (`hold_401`): the first goes out at once,
-        so the client can refresh; the others once a newer token of the account has been used."""
+    async def _held(account: SimAccount) -> None:
+        """Hold an answer to stale credentials while `expire` asked for it (`hold_stale`), until a newer access
+        token of the account has been used."""
         renewed = account.renewed
         if renewed is None:
             return
-        if not account.first_401_sent:
-            account.first_401_sent = True
-            return
-        account.late_401s += 1
+        account.held += 1
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(HOLD_401_LIMIT_S):
+            async with asyncio.timeout(HOLD_LIMIT_S):
                 await renewed.wait()
 
     def refresh(self, refresh_token: str) -> SimAccount:
@@ -223,6 +223,17 @@ class Backend:
                 raise SimError(401, "Your refresh token has already been used to generate a new access token. "
                                "Please try signing in again.", code="refresh_token_reused")
         raise SimError(401, "Your refresh token is invalid or has been revoked.", code="refresh_token_invalidated")
+
+    async def redeem(self, refresh_token: str) -> SimAccount:
+        """The token endpoint's refresh_token grant: `refresh`, with the refusal of a reused token held while
+        `expire` asked for it (`hold_stale`): it then comes after the winner's new token was used."""
+        try:
+            return self.refresh(refresh_token)
+        except SimError as exc:
+            spent = next((a for a in self.accounts if refresh_token in a.used_refresh), None)
+            if exc.code == "refresh_token_reused" and spent is not None:
+                await self._held(spent)
+            raise
 
     # --- responses --------------------------------------------------------------------------
 

@@ -4,8 +4,9 @@
 |---|---|
 | `GET /__sim/accounts` | accounts with their current tokens and usage |
 | `POST /__sim/accounts/{id}/usage` `{"primary_used_percent", "secondary_used_percent"}` | set usage (100 = exhausted) |
-| `POST /__sim/accounts/{id}/expire` `{"hold_401"?}` | the current access token expires now; `hold_401`: its \
-401s after the first wait until a newer token of the account is used (a 401 that arrives after the refresh) |
+| `POST /__sim/accounts/{id}/expire` `{"hold_stale"?}` | the current access token expires now; `hold_stale`: \
+its 401s after the first, and refusals of a reused refresh token, wait until a newer access token of the account \
+is used (they arrive after the client's refresh) |
 | `POST /__sim/accounts/{id}/revoke` | every token of the account stops working |
 | `GET/POST/DELETE /__sim/faults`, `DELETE /__sim/faults/{id}` | list, add (a `Fault` as JSON), clear |
 | `POST /__sim/state/drop` `{"account"?, "response_id"?}` | forget conversation state (genuine not-found) |
@@ -87,9 +88,9 @@ async def set_usage(request: web.Request) -> web.Response:
 
 async def expire_token(request: web.Request) -> web.Response:
     account = _account(request)
-    hold = (await _body(request)).get("hold_401", False)
+    hold = (await _body(request)).get("hold_stale", False)
     if not isinstance(hold, bool):
-        raise APIError(400, "hold_401 must be true or false.", code="invalid_value", param="hold_401")
+        raise APIError(400, "hold_stale must be true or false.", code="invalid_value", param="hold_stale")
     if hold:
         account.renewed, account.first_401_sent = asyncio.Event(), False
     now = time.time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import aiohttp
 import pytest
@@ -114,6 +115,26 @@ async def test_reused_refresh_token_marks_reauth_required(roster, sim, upstream,
         pool.choose()
     assert outcome.value.status == 400 and outcome.value.code == "no_accounts"
     assert "waiting for a new login" in outcome.value.message
+
+
+async def test_a_refresh_that_loses_the_race_adopts_the_winners_tokens(roster, sim, upstream):
+    """Two refreshers on one roster (standing in for two replicas) spend the same refresh token: the sim serves one
+    and refuses the other as reused, after the winner's tokens were stored and used (`hold_stale`). The loser
+    adopts them; the account stays active."""
+    [account, *_] = await filled(roster, sim, 1)
+    async with upstream.post(f"{sim.url}/__sim/accounts/1/expire", json={"hold_stale": True}) as resp:
+        assert resp.status == 200
+    seen = account.tokens.access_token
+    refreshers = [Refresher(roster, upstream, sim.url), Refresher(roster, upstream, sim.url)]
+    racing = [asyncio.create_task(r.refresh(account, seen, "upstream 401")) for r in refreshers]
+    done, pending = await asyncio.wait(racing, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    winner = done.pop().result()
+    assert (await call_sim(upstream, sim, account)).status == 200  # the winner's token, used: the refusal goes
+    loser = await asyncio.wait_for(pending.pop(), 10)
+    assert loser is winner is account.tokens
+    assert account.status is Status.ACTIVE
+    assert sim.backend.accounts[0].refreshes == 1 and sim.backend.accounts[0].held == 1
+    assert sum((r.results for r in refreshers), Counter()) == Counter(ok=1, adopted=1)
 
 
 async def test_transient_refresh_failure_keeps_the_account(roster, sim, upstream):

@@ -865,16 +865,16 @@ async def test_expire_makes_the_account_token_answer_401_token_expired(sim, http
     await http_completes(http, sim, number=2)
 
 
-async def test_expire_with_hold_401_answers_the_old_tokens_401s_after_a_newer_token_is_used(sim, http):
+async def test_expire_with_hold_stale_answers_the_old_tokens_401s_after_a_newer_token_is_used(sim, http):
     """A request sent with the old token gets its 401 only after the client's refresh: the first 401 goes out at
     once (so the client refreshes), the others once the new token has been used."""
     account = sim.backend.accounts[0]
-    assert (await control(http, sim, "POST", "/accounts/1/expire", {"hold_401": True}))[0] == 200
+    assert (await control(http, sim, "POST", "/accounts/1/expire", {"hold_stale": True}))[0] == 200
     first, error = await post_responses(http, sim, body(user("hi")))
     assert first.status == 401 and error["error"]["code"] == "token_expired"
     late = asyncio.create_task(post_responses(http, sim, body(user("sent with the old token"))))
     async with asyncio.timeout(5):
-        while account.late_401s == 0:
+        while account.held == 0:
             await asyncio.sleep(0.01)
     grant = {"client_id": "app_EMoamEEZ73f0CkXaXp7hrann", "grant_type": "refresh_token",
              "refresh_token": account.refresh_token}
@@ -886,8 +886,8 @@ async def test_expire_with_hold_401_answers_the_old_tokens_401s_after_a_newer_to
     await http_completes(http, sim)
     resp, error = await asyncio.wait_for(late, 5)
     assert resp.status == 401 and error["error"]["code"] == "token_expired"
-    status, error = await control(http, sim, "POST", "/accounts/1/expire", {"hold_401": "yes"})
-    assert status == 400 and error["error"]["param"] == "hold_401"
+    status, error = await control(http, sim, "POST", "/accounts/1/expire", {"hold_stale": "yes"})
+    assert status == 400 and error["error"]["param"] == "hold_stale"
 
 
 async def test_revoke_makes_every_token_of_the_account_answer_401(sim, http):
