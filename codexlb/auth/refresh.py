@@ -126,7 +126,7 @@ class Refresher:
             code = _error_code(data)
             permanent = status in (400, 401, 403) and code in PERMANENT
             if permanent and account.tokens.refresh_token != used:
-                # Rotated meanwhile by another refresh: ours lost the race, the account is fine.
+                # Rotated meanwhile (another refresh, a new login): ours lost the race, the account is fine.
                 self.results["adopted"] += 1
                 _log.info("token refreshed elsewhere meanwhile; adopted", account=account.alias, reason=reason,
                           refused=code)

@@ -94,9 +94,9 @@ def exhausted(failures: list[Failure]) -> APIError:
 
 
 async def renewed(up: Upstream, account: Account, failure: Failure) -> bool:
-    """After a 401: whether the account has tokens worth one more try. The refresher decides if that takes a
-    refresh: not when the token refused is no longer the account's current one (a 401 that arrived after a
-    refresh), only then the current one was refused."""
+    """After a 401: whether the account has tokens worth one more try. The refresher decides whether that takes
+    a refresh: only when the token refused is still the account's current one; a 401 for a token a refresh
+    already replaced is retried with the current one."""
     try:
         await up.refresher.refresh(account, failure.token, "upstream 401")
     except RefreshError:
