@@ -1,8 +1,10 @@
 """Keeping access tokens fresh: before they expire, and at once when upstream answers 401.
 
-One refresh per account at a time (single flight); the rotated refresh token is
-stored before anything can use it; a refresh token upstream refuses for good
-takes the account out of rotation as reauth_required.
+One refresh per account at a time (single flight), and none for a caller whose access token is no
+longer the account's current one (a 401 that arrives after a refresh); the rotated refresh token is
+stored before anything can use it; a refresh token upstream refuses for good takes the account out of
+rotation as reauth_required, unless the account's refresh token changed meanwhile (someone else
+rotated it): then the refusal only means our refresh lost the race, and the new tokens are adopted.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class Refresher:
         self._jitter_s = jitter_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._flights: SingleFlight[Tokens] = SingleFlight()
-        self.results: Counter[str] = Counter()  # "ok", "failed", "refused" (for good): for /metrics
+        # "ok", "failed", "refused" (for good), "adopted" (lost the race to another refresh): for /metrics
+        self.results: Counter[str] = Counter()
         # Bounds refreshes at once across accounts (a pool coming back from sleep refreshes all together).
         self._gate = gate or Gates(Settings()).refreshes
 
@@ -70,20 +73,25 @@ class Refresher:
         jitter = (zlib.crc32(account.id.encode()) % 1000) / 1000 * self._jitter_s
         return account.tokens.access_expires_at - now <= self._margin_s + jitter
 
-    async def refresh(self, account: Account, reason: str) -> Tokens:
-        """Refresh now (joined with a refresh already running for this account)."""
+    async def refresh(self, account: Account, seen: str, reason: str) -> Tokens:
+        """Fresh tokens for a caller that found the access token `seen` wanting (expiring, or refused with a
+        401). When the account's access token is no longer `seen`, its tokens moved on since (another
+        refresh): the current ones at once, no refresh. Else a refresh, joined with one already running."""
+        if account.tokens.access_token != seen:
+            return account.tokens
         return await self._flights.do(account.id, lambda: self._refresh(account, reason))
 
     async def ensure_fresh(self, account: Account) -> Tokens:
         if self.due(account, time.time()):
-            return await self.refresh(account, "expiring")
+            return await self.refresh(account, account.tokens.access_token, "expiring")
         return account.tokens
 
     async def refresh_due(self, now: float | None = None) -> int:
         """One sweep of the proactive loop: refresh every account that is due; returns how many were."""
         now = time.time() if now is None else now
         due = [a for a in self._roster.all() if self.due(a, now)]
-        results = await asyncio.gather(*(self.refresh(a, "expiring") for a in due), return_exceptions=True)
+        results = await asyncio.gather(*(self.refresh(a, a.tokens.access_token, "expiring") for a in due),
+                                       return_exceptions=True)
         for account, result in zip(due, results):
             if isinstance(result, RefreshError) and not result.permanent:
                 _log.warning("token refresh failed; will retry", account=account.alias, error=str(result))
@@ -117,6 +125,12 @@ class Refresher:
         if status != 200 or not isinstance(data, dict):
             code = _error_code(data)
             permanent = status in (400, 401, 403) and code in PERMANENT
+            if permanent and account.tokens.refresh_token != used:
+                # Rotated meanwhile (another refresh, a new login): ours lost the race, the account is fine.
+                self.results["adopted"] += 1
+                _log.info("token refreshed elsewhere meanwhile; adopted", account=account.alias, reason=reason,
+                          refused=code)
+                return account.tokens
             if permanent:
                 self._roster.mark_reauth_required(account, f"refresh refused: {code}")
             self.results["refused" if permanent else "failed"] += 1

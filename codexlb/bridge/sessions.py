@@ -18,7 +18,7 @@ from codexlb.bridge.anchor import Anchor
 from codexlb.singleflight import SingleFlight
 from codexlb.upstream.failover import Failure
 from codexlb.upstream.state import Outcome, Upstream
-from codexlb.upstream.websocket import UpstreamSocket, connect, open_socket
+from codexlb.upstream.websocket import UpstreamSocket, open_socket, reconnect
 
 _log = log.get("codexlb.bridge.sessions")
 # What the reader puts in a request's inbox when the upstream socket ends under it.
@@ -62,7 +62,7 @@ class Session:
 
     async def reconnect(self) -> Failure | None:
         """A new socket on the same account and turn state, where the conversation's state lives."""
-        result = await connect(self.up, self.account, self.headers, self.turn_state)
+        result = await reconnect(self.up, self.account, self.headers, self.turn_state)
         if isinstance(result, Failure):
             return result
         self._attach(result)

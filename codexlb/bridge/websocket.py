@@ -32,7 +32,7 @@ from codexlb.store import Store
 from codexlb.transcript import without_account_items
 from codexlb.upstream.failover import next_step, refusal
 from codexlb.upstream.state import Outcome, Upstream, observe
-from codexlb.upstream.websocket import UpstreamSocket, connect, open_socket
+from codexlb.upstream.websocket import UpstreamSocket, open_socket, reconnect
 
 _log = log.get("codexlb.bridge.ws")
 _CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
@@ -296,7 +296,7 @@ class Bridge:
 
     async def _reconnect(self, why: str) -> bool:
         """A new upstream socket on the same account and turn state (the backend holding the conversation)."""
-        result = await connect(self._up, self._account, self._request.headers, self._turn_state)
+        result = await reconnect(self._up, self._account, self._request.headers, self._turn_state)
         if not isinstance(result, UpstreamSocket):
             _log.info("upstream reconnect failed", account=self._account.alias, why=why, status=result.status,
                       reason=result.reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import time
@@ -73,6 +74,13 @@ class SimAccount:
     valid_access: dict[str, float] = field(default_factory=dict)
     used_refresh: set[str] = field(default_factory=set)
     revoked: bool = False
+    refreshes: int = 0  # refresh_token grants served
+    # Set by `expire` with `hold_stale`: answers to stale credentials (the expired token's 401s after the first,
+    # refusals of a reused refresh token) wait until a newer access token of the account has been used, so
+    # they arrive after the client's refresh finished.
+    renewed: asyncio.Event | None = None
+    first_401_sent: bool = False
+    held: int = 0  # answers so held
 
     def issue_tokens(self, now: float | None = None) -> None:
         now = time.time() if now is None else now

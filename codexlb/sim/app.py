@@ -89,7 +89,7 @@ async def responses_http(request: web.Request) -> web.StreamResponse:
     account = None
     peer = request.transport.get_extra_info("peername") if request.transport else None
     try:
-        account = backend.authenticate(request.headers)
+        account = await backend.authenticate(request.headers)
         payload = validate.parse_json(await request.read())
         items = validate.check_payload(payload, backend.models, http=True)
         turn_state = request.headers.get("x-codex-turn-state") or backend.new_turn_state()
@@ -118,7 +118,7 @@ async def responses_http(request: web.Request) -> web.StreamResponse:
 
 async def responses_ws(request: web.Request) -> web.StreamResponse:
     backend = request.app[BACKEND]
-    account = backend.authenticate(request.headers)
+    account = await backend.authenticate(request.headers)
     await backend.handshake(account)
     turn_state = request.headers.get("x-codex-turn-state") or backend.new_turn_state()
     ws = web.WebSocketResponse(max_msg_size=MAX_BODY)
@@ -150,13 +150,13 @@ async def responses_ws(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
-    backend.authenticate(request.headers)
+    await backend.authenticate(request.headers)
     backend.catalog_requests += 1
     return _json(200, backend.model_catalog())
 
 
 async def usage(request: web.Request) -> web.Response:
-    account = request.app[BACKEND].authenticate(request.headers)
+    account = await request.app[BACKEND].authenticate(request.headers)
     return _json(200, account.usage_view(time.time()))
 
 
@@ -182,7 +182,7 @@ async def oauth_token(request: web.Request) -> web.Response:
         token = form.get("refresh_token")
         if not isinstance(token, str) or not token:
             raise bad_request("Missing required parameter: 'refresh_token'.", "invalid_request", "refresh_token")
-        account = backend.refresh(token)
+        account = await backend.redeem(token)
     else:
         raise bad_request(f"Unsupported grant type: {grant_type!r}", "unsupported_grant_type", "grant_type")
     return _json(200, {

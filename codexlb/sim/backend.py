@@ -8,6 +8,7 @@ whose events the transport plays out (faults included).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections import deque
@@ -32,6 +33,8 @@ BASE_INSTRUCTIONS = "You are a coding agent answering through the codexlb simula
 )
 # A stalled stream still ends some day, so a forgotten fault cannot pin a task forever.
 STALL_LIMIT_S = 3600.0
+# A held answer (`expire` with `hold_stale`) goes out after this at the latest, renewed or not.
+HOLD_LIMIT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +173,7 @@ class Backend:
                 return account
         return None
 
-    def authenticate(self, headers: Mapping[str, str]) -> SimAccount:
+    async def authenticate(self, headers: Mapping[str, str]) -> SimAccount:
         auth = headers.get("authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         now = time.time()
@@ -181,25 +184,56 @@ class Backend:
             if account.revoked:
                 break
             if expires <= now:
+                # The first 401 goes out at once: it is what makes the client refresh.
+                if account.first_401_sent:
+                    await self._held(account)
+                account.first_401_sent = True
                 raise SimError(401, "Provided authentication token is expired. Please try signing in again.",
                                code="token_expired")
             claimed = headers.get("chatgpt-account-id")
             if claimed is not None and claimed != account.account_id:
                 raise SimError(403, "The account id does not match the access token.", code="account_mismatch")
+            if account.renewed is not None and token == account.access_token:
+                account.renewed.set()
+                account.renewed = None
             return account
         raise SimError(401, "Your authentication token has been invalidated. Please try signing in again.",
                        code="token_invalidated")
+
+    @staticmethod
+    async def _held(account: SimAccount) -> None:
+        """Hold an answer to stale credentials while `expire` asked for it (`hold_stale`), until a newer access
+        token of the account has been used."""
+        renewed = account.renewed
+        if renewed is None:
+            return
+        account.held += 1
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HOLD_LIMIT_S):
+                await renewed.wait()
 
     def refresh(self, refresh_token: str) -> SimAccount:
         """The refresh_token grant: rotate, and refuse a token that was already used."""
         for account in self.accounts:
             if refresh_token == account.refresh_token and not account.revoked:
                 account.issue_tokens()
+                account.refreshes += 1
                 return account
             if refresh_token in account.used_refresh:
                 raise SimError(401, "Your refresh token has already been used to generate a new access token. "
                                "Please try signing in again.", code="refresh_token_reused")
         raise SimError(401, "Your refresh token is invalid or has been revoked.", code="refresh_token_invalidated")
+
+    async def redeem(self, refresh_token: str) -> SimAccount:
+        """The token endpoint's refresh_token grant: `refresh`, with the refusal of a reused token held while
+        `expire` asked for it (`hold_stale`): it then comes after the winner's new token was used."""
+        try:
+            return self.refresh(refresh_token)
+        except SimError as exc:
+            spent = next((a for a in self.accounts if refresh_token in a.used_refresh), None)
+            if exc.code == "refresh_token_reused" and spent is not None:
+                await self._held(spent)
+            raise
 
     # --- responses --------------------------------------------------------------------------
 

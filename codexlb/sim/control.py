@@ -4,7 +4,9 @@
 |---|---|
 | `GET /__sim/accounts` | accounts with their current tokens and usage |
 | `POST /__sim/accounts/{id}/usage` `{"primary_used_percent", "secondary_used_percent"}` | set usage (100 = exhausted) |
-| `POST /__sim/accounts/{id}/expire` | the current access token expires now |
+| `POST /__sim/accounts/{id}/expire` `{"hold_stale"?}` | the current access token expires now; `hold_stale`: \
+its 401s after the first, and refusals of a reused refresh token, wait until a newer access token of the account \
+is used (they arrive after the client's refresh) |
 | `POST /__sim/accounts/{id}/revoke` | every token of the account stops working |
 | `GET/POST/DELETE /__sim/faults`, `DELETE /__sim/faults/{id}` | list, add (a `Fault` as JSON), clear |
 | `POST /__sim/state/drop` `{"account"?, "response_id"?}` | forget conversation state (genuine not-found) |
@@ -20,6 +22,7 @@ rotation goes on from it), or the OAuth `error` (e.g. `access_denied`) the next 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -61,6 +64,7 @@ def account_view(account: SimAccount) -> dict[str, Any]:
         "number": account.index + 1, "account_id": account.account_id, "email": account.email,
         "plan": account.plan, "access_token": account.access_token, "refresh_token": account.refresh_token,
         "id_token": account.id_token, "access_expires_at": account.access_expires_at, "revoked": account.revoked,
+        "refreshes": account.refreshes,
         "usage": account.usage_view(now),
     }
 
@@ -84,6 +88,11 @@ async def set_usage(request: web.Request) -> web.Response:
 
 async def expire_token(request: web.Request) -> web.Response:
     account = _account(request)
+    hold = (await _body(request)).get("hold_stale", False)
+    if not isinstance(hold, bool):
+        raise APIError(400, "hold_stale must be true or false.", code="invalid_value", param="hold_stale")
+    if hold:
+        account.renewed, account.first_401_sent = asyncio.Event(), False
     now = time.time()
     account.valid_access = {token: min(expires, now) for token, expires in account.valid_access.items()}
     account.access_expires_at = min(account.access_expires_at, now)

@@ -3,7 +3,7 @@ one account, before the client has seen a byte:
 
 | Attempt ended with | Then |
 |---|---|
-| 401 from upstream | refresh the token, retry once on the same account; again 401 → next account |
+| 401 from upstream | retry once on the same account with renewed tokens (`renewed`); again 401 → next account |
 | 429, 5xx, 403 deactivated, connect error, timeout, stream cut before the first event, an `error` / `response.failed` first event with a server-side code | next account (at most `failover_accounts`, within `failover_budget_s`) |
 | any other 4xx | the client's own error: answer it as upstream did |
 | every try failed | the pool's answer when no account is left, else 502 `upstream_unavailable` |
@@ -42,6 +42,8 @@ class Failure:
     error: dict[str, Any] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     reason: str = ""
+    # The access token the attempt sent (set with every upstream status): what a 401 refused.
+    token: str = ""
 
     @property
     def code(self) -> str:
@@ -91,9 +93,20 @@ def exhausted(failures: list[Failure]) -> APIError:
                     code="upstream_unavailable", type="server_error")
 
 
+async def renewed(up: Upstream, account: Account, failure: Failure) -> bool:
+    """After a 401: whether the account has tokens worth one more try. The refresher decides whether that takes
+    a refresh: only when the token refused is still the account's current one; a 401 for a token a refresh
+    already replaced is retried with the current one."""
+    try:
+        await up.refresher.refresh(account, failure.token, "upstream 401")
+    except RefreshError:
+        return False
+    return True
+
+
 async def _on_account(up: Upstream, account: Account, slot: Slot, attempt: Attempt[T], outcome: Outcome,
                       failures: list[Failure]) -> T | None:
-    """Attempts on one account (a 401 earns one refresh and a retry): the result, or None to move on."""
+    """Attempts on one account (a 401 earns one retry with renewed tokens): the result, or None to move on."""
     refreshed = False
     while True:
         outcome.attempts += 1
@@ -110,9 +123,7 @@ async def _on_account(up: Upstream, account: Account, slot: Slot, attempt: Attem
         if step != "refresh":
             return None
         refreshed = True
-        try:
-            await up.refresher.refresh(account, "upstream 401")
-        except RefreshError:
+        if not await renewed(up, account, result):
             return None
 
 

@@ -39,5 +39,8 @@ def make_session(via: Via = Via(), connect_timeout_s: float = 15.0) -> aiohttp.C
         )
 
 
-def account_headers(account: Account) -> dict[str, str]:
-    return {"Authorization": f"Bearer {account.tokens.access_token}", "chatgpt-account-id": account.id}
+def account_headers(account: Account, access_token: str | None = None) -> dict[str, str]:
+    """The account's credentials upstream: `access_token` when given (a caller that keeps the token it sent, to
+    tell a 401 for it from one for a newer token), else the current one."""
+    token = account.tokens.access_token if access_token is None else access_token
+    return {"Authorization": f"Bearer {token}", "chatgpt-account-id": account.id}

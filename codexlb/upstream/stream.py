@@ -154,7 +154,8 @@ async def _attempt(up: Upstream, account: Account, slot: Slot, body: bytes, clie
     response: aiohttp.ClientResponse | None = None
     result: Stream | Failure | None = None
     try:
-        headers = upstream_request_headers(client_headers, account_headers(account))
+        token = account.tokens.access_token
+        headers = upstream_request_headers(client_headers, account_headers(account, token))
         headers["Content-Type"] = "application/json"
         headers["Accept"] = "text/event-stream"
         first_event_s = max(0.01, min(settings.upstream_first_event_timeout_s, deadline - time.monotonic()))
@@ -164,7 +165,7 @@ async def _attempt(up: Upstream, account: Account, slot: Slot, body: bytes, clie
             now = time.time()
             up.roster.note_windows(account, windows_from_headers(response.headers, now), now)
             if response.status != 200:
-                result = Failure(response.status, await _read_error(response), response.headers)
+                result = Failure(response.status, await _read_error(response), response.headers, token=token)
                 verdict = verdict_for_error(result.status, result.error, result.headers, now)
                 if verdict is not None:
                     up.roster.note_verdict(account, verdict)

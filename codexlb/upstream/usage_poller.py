@@ -32,10 +32,12 @@ class UsagePoller:
 
     async def poll(self, account: Account, *, retried: bool = False) -> bool:
         """Read one account's windows; True when they were updated."""
+        token = account.tokens.access_token
         try:
-            async with self._http.get(self._url, headers=account_headers(account), timeout=self._timeout) as resp:
+            async with self._http.get(self._url, headers=account_headers(account, token),
+                                      timeout=self._timeout) as resp:
                 if resp.status == 401 and not retried:
-                    await self._refresher.refresh(account, "usage poll got 401")
+                    await self._refresher.refresh(account, token, "usage poll got 401")
                     return await self.poll(account, retried=True)
                 if resp.status != 200:
                     _log.warning("usage poll failed", account=account.alias, host=self._host, status=resp.status)

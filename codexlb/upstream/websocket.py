@@ -1,6 +1,6 @@
-"""Opening a Responses WebSocket upstream: on one account (`connect`), or on the first of the pool's
-accounts that accepts the handshake (`open_socket`), each handshake bounded in time and behind the
-`upstream_connects` gate."""
+"""Opening a Responses WebSocket upstream: on one account (`connect`, and `reconnect` where a conversation
+lives), or on the first of the pool's accounts that accepts the handshake (`open_socket`), each handshake
+bounded in time and behind the `upstream_connects` gate."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import aiohttp
 from codexlb.account import Account
 from codexlb.admission.gate import Slot
 from codexlb.pool.quota import verdict_for_error, windows_from_headers
-from codexlb.upstream.failover import Failure, fail_over
+from codexlb.upstream.failover import Failure, fail_over, renewed
 from codexlb.upstream.headers import upstream_request_headers
 from codexlb.upstream.session import account_headers
 from codexlb.upstream.state import Outcome, Upstream
@@ -38,7 +38,8 @@ class UpstreamSocket:
 async def connect(up: Upstream, account: Account, client_headers: Mapping[str, str],
                   turn_state: str | None) -> UpstreamSocket | Failure:
     """One handshake on one account; `turn_state` lands it on the backend that holds the conversation."""
-    headers = upstream_request_headers(client_headers, account_headers(account))
+    token = account.tokens.access_token
+    headers = upstream_request_headers(client_headers, account_headers(account, token))
     if "openai-beta" not in headers:
         headers["openai-beta"] = WS_BETA
     if turn_state:
@@ -48,7 +49,7 @@ async def connect(up: Upstream, account: Account, client_headers: Mapping[str, s
             ws = await up.http.ws_connect(up.responses_url, headers=headers, heartbeat=HEARTBEAT_S,
                                           max_msg_size=MAX_FRAME, timeout=_TIMEOUT)
     except aiohttp.WSServerHandshakeError as exc:
-        failure = Failure(exc.status, {}, exc.headers or {}, reason="handshake refused")
+        failure = Failure(exc.status, {}, exc.headers or {}, reason="handshake refused", token=token)
         verdict = verdict_for_error(exc.status, {}, failure.headers, time.time())
         if verdict is not None:
             up.roster.note_verdict(account, verdict)
@@ -60,6 +61,16 @@ async def connect(up: Upstream, account: Account, client_headers: Mapping[str, s
     now = time.time()
     up.roster.note_windows(account, windows_from_headers(answer, now), now)
     return UpstreamSocket(ws, account, answer.get("x-codex-turn-state") or turn_state)
+
+
+async def reconnect(up: Upstream, account: Account, client_headers: Mapping[str, str],
+                    turn_state: str | None) -> UpstreamSocket | Failure:
+    """`connect` again on the account and turn state that hold a conversation; a 401 earns one more handshake
+    with renewed tokens, as in failover (the conversation cannot move to another account here)."""
+    result = await connect(up, account, client_headers, turn_state)
+    if isinstance(result, Failure) and result.status == 401 and await renewed(up, account, result):
+        result = await connect(up, account, client_headers, turn_state)
+    return result
 
 
 async def open_socket(up: Upstream, client_headers: Mapping[str, str], keys: Sequence[str],

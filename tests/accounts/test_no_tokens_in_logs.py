@@ -33,7 +33,7 @@ async def test_account_life_cycle_logs_no_token(roster, sim):
         await refresher.refresh_due(now=first.tokens.access_expires_at)
         sim.backend.refresh(sim.backend.accounts[2].refresh_token)
         try:
-            await refresher.refresh(third, "expiring")
+            await refresher.refresh(third, third.tokens.access_token, "expiring")
         except RefreshError:
             pass
         async with http.post(f"{sim.url}/__sim/accounts/2/usage", json={"primary_used_percent": 100}):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import aiohttp
 import pytest
@@ -60,7 +61,7 @@ async def test_refresh_after_401(roster, sim, upstream):
         assert resp.status == 200
     first = await call_sim(upstream, sim, account)
     assert first.status == 401
-    await refresher.refresh(account, "upstream 401")
+    await refresher.refresh(account, account.tokens.access_token, "upstream 401")
     assert (await call_sim(upstream, sim, account)).status == 200
     assert account.status is Status.ACTIVE
 
@@ -68,18 +69,30 @@ async def test_refresh_after_401(roster, sim, upstream):
 async def test_concurrent_refreshes_are_one_flight(roster, sim, upstream):
     [account, *_] = await filled(roster, sim, 1)
     refresher = Refresher(roster, upstream, sim.url)
-    results = await asyncio.gather(*(refresher.refresh(account, "401") for _ in range(8)))
+    seen = account.tokens.access_token
+    results = await asyncio.gather(*(refresher.refresh(account, seen, "401") for _ in range(8)))
     # One rotation: a second one would have reused the old refresh token and been refused.
     assert len({r.refresh_token for r in results}) == 1
     assert account.status is Status.ACTIVE
     assert account.tokens.refresh_token == sim.backend.accounts[0].refresh_token
 
 
+async def test_a_401_for_a_token_already_replaced_is_not_refreshed_again(roster, sim, upstream):
+    [account, *_] = await filled(roster, sim, 1)
+    refresher = Refresher(roster, upstream, sim.url)
+    old = account.tokens.access_token
+    first = await refresher.refresh(account, old, "upstream 401")
+    # A request sent with the old token got its 401 after that refresh had finished.
+    late = await refresher.refresh(account, old, "upstream 401")
+    assert late is first is account.tokens
+    assert sim.backend.accounts[0].refreshes == 1
+
+
 async def test_a_cancelled_waiter_does_not_cancel_the_refresh(roster, sim, upstream):
     [account, *_] = await filled(roster, sim, 1)
     refresher = Refresher(roster, upstream, sim.url)
-    impatient = asyncio.create_task(refresher.refresh(account, "401"))
-    patient = asyncio.create_task(refresher.refresh(account, "401"))
+    impatient = asyncio.create_task(refresher.refresh(account, account.tokens.access_token, "401"))
+    patient = asyncio.create_task(refresher.refresh(account, account.tokens.access_token, "401"))
     await asyncio.sleep(0)
     impatient.cancel()
     tokens = await asyncio.wait_for(patient, 10)
@@ -93,7 +106,7 @@ async def test_reused_refresh_token_marks_reauth_required(roster, sim, upstream,
     sim.backend.refresh(sim.backend.accounts[0].refresh_token)
     refresher = Refresher(roster, upstream, sim.url)
     with pytest.raises(RefreshError) as caught:
-        await refresher.refresh(account, "expiring")
+        await refresher.refresh(account, account.tokens.access_token, "expiring")
     assert caught.value.permanent
     assert account.status is Status.REAUTH_REQUIRED
     assert "refresh_token_reused" in account.status_reason
@@ -104,11 +117,31 @@ async def test_reused_refresh_token_marks_reauth_required(roster, sim, upstream,
     assert "waiting for a new login" in outcome.value.message
 
 
+async def test_a_refresh_that_loses_the_race_adopts_the_winners_tokens(roster, sim, upstream):
+    """Two refreshers on one roster (standing in for two replicas) spend the same refresh token: the sim serves one
+    and refuses the other as reused, after the winner's tokens were stored and used (`hold_stale`). The loser
+    adopts them; the account stays active."""
+    [account, *_] = await filled(roster, sim, 1)
+    async with upstream.post(f"{sim.url}/__sim/accounts/1/expire", json={"hold_stale": True}) as resp:
+        assert resp.status == 200
+    seen = account.tokens.access_token
+    refreshers = [Refresher(roster, upstream, sim.url), Refresher(roster, upstream, sim.url)]
+    racing = [asyncio.create_task(r.refresh(account, seen, "upstream 401")) for r in refreshers]
+    done, pending = await asyncio.wait(racing, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    winner = done.pop().result()
+    assert (await call_sim(upstream, sim, account)).status == 200  # the winner's token, used: the refusal goes
+    loser = await asyncio.wait_for(pending.pop(), 10)
+    assert loser is winner is account.tokens
+    assert account.status is Status.ACTIVE
+    assert sim.backend.accounts[0].refreshes == 1 and sim.backend.accounts[0].held == 1
+    assert sum((r.results for r in refreshers), Counter()) == Counter(ok=1, adopted=1)
+
+
 async def test_transient_refresh_failure_keeps_the_account(roster, sim, upstream):
     [account, *_] = await filled(roster, sim, 1)
     refresher = Refresher(roster, upstream, "http://127.0.0.1:9")
     with pytest.raises(RefreshError) as caught:
-        await refresher.refresh(account, "expiring")
+        await refresher.refresh(account, account.tokens.access_token, "expiring")
     assert not caught.value.permanent and account.status is Status.ACTIVE
 
 

@@ -83,6 +83,22 @@ async def test_closed_between_turns_reconnects_unseen(proxy, http):
     assert seen[1]["previous_response_id"] == seen[0]["response_id"] and seen[1]["n_input"] == 1
 
 
+async def test_a_reconnect_refused_with_401_renews_the_token_and_keeps_the_session(proxy, http):
+    """The token expired while the session's socket was open; it closes between turns and the reconnect is refused
+    with a 401: the token is refreshed and the session goes on, anchored, on a new socket (not the plain way)."""
+    await add_fault(http, proxy.sim, transport="ws", action="close_after_response", times=1)
+    talk = Conversation(http, proxy)
+    assert completed(*await talk.say("one"))
+    account_id = records(proxy)[0]["account_id"]
+    async with http.post(f"{proxy.sim.url}/__sim/accounts/{account_id}/expire") as resp:
+        assert resp.status == 200
+    assert completed(*await talk.say("two"))
+    seen = records(proxy)
+    assert [r["transport"] for r in seen] == ["ws", "ws"]
+    assert seen[1]["previous_response_id"] == seen[0]["response_id"] and seen[1]["n_input"] == 1
+    assert proxy.sim.backend.account(account_id).refreshes == 1
+
+
 @pytest.mark.parametrize("anchored", [False, True], ids=["first-request", "anchored"])
 async def test_lost_before_the_first_byte_is_one_clean_response(proxy, http, anchored):
     talk = Conversation(http, proxy)

@@ -106,6 +106,28 @@ async def test_socket_closed_between_turns_is_reconnected_unseen(proxy, http):
     await settled(proxy)
 
 
+def last_id(answers: list[list[dict]]) -> str:
+    return terminal(answers[-1])["response"]["id"]
+
+
+async def test_a_reconnect_refused_with_401_renews_the_token_and_goes_on(proxy, http):
+    """The account's token expired while its socket was open; the socket closes between turns and the reconnect is
+    refused with a 401: the token is refreshed and the socket reopened on the same account and turn state, unseen."""
+    await add_fault(http, proxy, action="close_after_response", anchored=True, times=1)
+    async with await connect(http, proxy) as ws:
+        answers = [await ws_turn(ws, PREWARM)]
+        answers.append(await ws_turn(ws, body(user("turn 0"), previous_response_id=last_id(answers))))
+        account_id = proxy.sim.backend.records_view()[0]["account_id"]
+        async with http.post(f"{proxy.sim.url}/__sim/accounts/{account_id}/expire") as resp:
+            assert resp.status == 200
+        answers.append(await ws_turn(ws, body(user("turn 1"), previous_response_id=last_id(answers))))
+    assert [terminal(a)["type"] for a in answers] == ["response.completed"] * 3
+    records = proxy.sim.backend.records_view()
+    assert len({(r["account_id"], r["turn_state"]) for r in records}) == 1
+    assert proxy.sim.backend.account(account_id).refreshes == 1
+    await settled(proxy)
+
+
 @pytest.mark.parametrize("after_events", [0, 1])
 async def test_socket_lost_before_the_client_saw_a_byte_is_resent(proxy, http, after_events):
     """`close` after 0 events: nothing reached us. After 1 event the client would have it, so only 0

@@ -865,6 +865,31 @@ async def test_expire_makes_the_account_token_answer_401_token_expired(sim, http
     await http_completes(http, sim, number=2)
 
 
+async def test_expire_with_hold_stale_answers_the_old_tokens_401s_after_a_newer_token_is_used(sim, http):
+    """A request sent with the old token gets its 401 only after the client's refresh: the first 401 goes out at
+    once (so the client refreshes), the others once the new token has been used."""
+    account = sim.backend.accounts[0]
+    assert (await control(http, sim, "POST", "/accounts/1/expire", {"hold_stale": True}))[0] == 200
+    first, error = await post_responses(http, sim, body(user("hi")))
+    assert first.status == 401 and error["error"]["code"] == "token_expired"
+    late = asyncio.create_task(post_responses(http, sim, body(user("sent with the old token"))))
+    async with asyncio.timeout(5):
+        while account.held == 0:
+            await asyncio.sleep(0.01)
+    grant = {"client_id": "app_EMoamEEZ73f0CkXaXp7hrann", "grant_type": "refresh_token",
+             "refresh_token": account.refresh_token}
+    async with http.post(f"{sim.url}/oauth/token", json=grant) as resp:
+        assert resp.status == 200
+    status, accounts = await control(http, sim, "GET", "/accounts")
+    assert accounts["accounts"][0]["refreshes"] == 1 and accounts["accounts"][1]["refreshes"] == 0
+    assert not late.done()  # refreshed, but the new token is not used yet
+    await http_completes(http, sim)
+    resp, error = await asyncio.wait_for(late, 5)
+    assert resp.status == 401 and error["error"]["code"] == "token_expired"
+    status, error = await control(http, sim, "POST", "/accounts/1/expire", {"hold_stale": "yes"})
+    assert status == 400 and error["error"]["param"] == "hold_stale"
+
+
 async def test_revoke_makes_every_token_of_the_account_answer_401(sim, http):
     status, view = await control(http, sim, "POST", "/accounts/3/revoke")
     assert status == 200 and view["revoked"] is True
