@@ -81,11 +81,6 @@ class Refresher:
             return account.tokens
         return await self._flights.do(account.id, lambda: self._refresh(account, reason))
 
-    async def ensure_fresh(self, account: Account) -> Tokens:
-        if self.due(account, time.time()):
-            return await self.refresh(account, account.tokens.access_token, "expiring")
-        return account.tokens
-
     async def refresh_due(self, now: float | None = None) -> int:
         """One sweep of the proactive loop: refresh every account that is due; returns how many were."""
         now = time.time() if now is None else now

@@ -1,0 +1,93 @@
+"""The PostgreSQL engine's own behaviour: start-up errors in one line, migrations once under a lock when
+replicas start together, one sealing key for the fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+
+from codexlb.store import DatabaseError, SecretKeyError, Store, schema
+from tests.serving import child_env
+
+KEY_A = base64.b64encode(b"A" * 32).decode()
+KEY_B = base64.b64encode(b"B" * 32).decode()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_start_error(tmp_path, url: str) -> str:
+    env = child_env()
+    env.pop("CODEXLB_DATABASE_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "codexlb", "serve", "--port", "0", "--data-dir", str(tmp_path / "d"),
+                           "--database-url", url], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+def test_a_malformed_database_url_is_one_line(tmp_path):
+    assert "database_url" in serve_start_error(tmp_path, "mysql://db.example/x")
+
+
+def test_an_unreachable_database_is_one_line(tmp_path):
+    err = serve_start_error(tmp_path, f"postgresql://codexlb:secret@127.0.0.1:{closed_port()}/codexlb")
+    assert "cannot reach PostgreSQL at postgresql://127.0.0.1:" in err and "secret" not in err
+
+
+def test_a_missing_database_is_one_line(tmp_path, pg_database):
+    err = serve_start_error(tmp_path, pg_database.rsplit("/", 1)[0] + "/no_such_db")
+    assert "no_such_db" in err and "createdb" in err
+
+
+async def test_replicas_starting_together_migrate_once(tmp_path, pg_database):
+    stores = await asyncio.gather(*(Store.open(tmp_path / f"r{i}", database_url=pg_database, secret_key=KEY_A)
+                                    for i in range(6)))
+    try:
+        assert len({s.replica for s in stores}) == 6
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+    conn = await asyncpg.connect(pg_database)
+    try:
+        versions = [r[0] for r in await conn.fetch("SELECT version FROM schema_version ORDER BY version")]
+    finally:
+        await conn.close()
+    assert versions == list(range(1, schema.SCHEMA_VERSION + 1))
+
+
+async def test_a_replica_with_another_key_refuses_in_one_line(tmp_path, pg_database):
+    await (await Store.open(tmp_path / "a", database_url=pg_database, secret_key=KEY_A)).close()
+    with pytest.raises(SecretKeyError, match="every replica needs the same key") as caught:
+        await Store.open(tmp_path / "b", database_url=pg_database, secret_key=KEY_B)
+    assert "\n" not in str(caught.value) and KEY_B not in str(caught.value)
+
+
+async def test_a_newer_schema_is_refused(tmp_path, pg_database):
+    await (await Store.open(tmp_path / "a", database_url=pg_database, secret_key=KEY_A)).close()
+    conn = await asyncpg.connect(pg_database)
+    try:
+        await conn.execute("INSERT INTO schema_version (version) VALUES (99)")
+    finally:
+        await conn.close()
+    with pytest.raises(DatabaseError, match="schema version 99, newer than this codexlb"):
+        await Store.open(tmp_path / "a", database_url=pg_database, secret_key=KEY_A)
+
+
+def test_the_key_can_come_from_the_environment(tmp_path, pg_database):
+    env = {**child_env(), "CODEXLB_DATABASE_URL": pg_database, "CODEXLB_SECRET_KEY": KEY_A}
+    run = [sys.executable, "-m", "codexlb", "keys", "create", "--data-dir", str(tmp_path / "d")]
+    assert subprocess.run(run, env=env, capture_output=True, timeout=60).returncode == 0
+    assert not (tmp_path / "d" / "secret.key").exists()
+    other = subprocess.run(run, env={**env, "CODEXLB_SECRET_KEY": KEY_B}, capture_output=True, text=True, timeout=60)
+    assert other.returncode == 1 and "CODEXLB_SECRET_KEY is not the one" in other.stderr
+    assert KEY_B not in other.stderr and os.environ.get("CODEXLB_SECRET_KEY") is None
