@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 
 from codexlb import errors, log
 from codexlb.keys import API_KEY
+from codexlb.store import DatabaseUnavailable
 from codexlb.trusted_proxies import client_address
 
 _log = log.get("codexlb.request")
@@ -68,6 +69,11 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         if exc.status < 400:
             raise
         return errors.from_http_exception(request, exc)
+    except DatabaseUnavailable:
+        # Only what must be written before it answers waits on the database (the admin API's changes).
+        return errors.error_response(503, "The database did not answer in time; retry in a few seconds.",
+                                     code="database_unavailable", type="server_error",
+                                     headers={"Retry-After": "5"})
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
