@@ -1,0 +1,66 @@
+"""The session's real PostgreSQL server (tests/pgserver.py): it runs, gives fresh databases, survives restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+from tests.pgserver import PASSWORD
+
+
+def _psql_tcp(url: str) -> subprocess.CompletedProcess:
+    # Over TCP with the URL a driver would get, so the listen address, port and pg_hba are what is tested.
+    return subprocess.run(["psql", "-X", "-A", "-t", "-c", "SELECT current_database(), current_user", url],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_fresh_database_is_reachable_over_tcp(pg_server):
+    name = pg_server.create_database()
+    done = _psql_tcp(pg_server.url(name))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{name}|postgres"
+
+
+async def test_databases_are_distinct_and_empty(pg_server):
+    first, second = await asyncio.gather(pg_server.acreate_database(), pg_server.acreate_database())
+    assert first != second
+    await pg_server.asql("CREATE TABLE t (x int)", dbname=first)
+    assert await pg_server.asql("SELECT count(*) FROM pg_tables WHERE tablename = 't'", dbname=second) == "0"
+
+
+def test_password_user_needs_its_password(pg_server):
+    good = _psql_tcp(pg_server.url("postgres", password=True))
+    assert good.returncode == 0, good.stderr
+    bad = _psql_tcp(pg_server.url("postgres", password=True).replace(PASSWORD, "wrong"))
+    assert bad.returncode != 0
+    assert "password authentication failed" in bad.stderr
+
+
+async def test_restart_cuts_connections_and_comes_back(pg_server):
+    name = await pg_server.acreate_database()
+    # A session held open across the restart: it must be cut, and a new one must work after.
+    held = await asyncio.create_subprocess_exec("psql", "-X", "-q", pg_server.url(name), stdin=subprocess.PIPE,
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    held.stdin.write(b"SELECT 1;\n")
+    await held.stdin.drain()
+    assert (await asyncio.wait_for(held.stdout.readline(), 30)).strip() == b"?column?"
+    await pg_server.arestart()
+    held.stdin.write(b"SELECT 2;\n\\q\n")
+    await held.stdin.drain()
+    _out, err = await asyncio.wait_for(held.communicate(), 30)
+    assert b"terminat" in err or b"connection" in err, err
+    assert (await pg_server.asql("SELECT 42", dbname=name)) == "42"
+
+
+async def test_kill_connections(pg_server):
+    name = await pg_server.acreate_database()
+    held = await asyncio.create_subprocess_exec("psql", "-X", "-q", pg_server.url(name), stdin=subprocess.PIPE,
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    held.stdin.write(b"SELECT 1;\n")
+    await held.stdin.drain()
+    await asyncio.wait_for(held.stdout.readline(), 30)
+    assert await pg_server.akill_connections(name) == 1
+    held.stdin.write(b"SELECT 2;\n\\q\n")
+    await held.stdin.drain()
+    _out, err = await asyncio.wait_for(held.communicate(), 30)
+    assert b"terminat" in err, err
