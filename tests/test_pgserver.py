@@ -64,3 +64,12 @@ async def test_kill_connections(pg_server):
     await held.stdin.drain()
     _out, err = await asyncio.wait_for(held.communicate(), 30)
     assert b"terminat" in err, err
+
+
+async def test_a_failed_statement_raises_and_the_session_goes_on(pg_server):
+    try:
+        await pg_server.asql("SELECT no_such_column")
+        raise AssertionError("no error raised")
+    except RuntimeError as error:
+        assert "no_such_column" in str(error)
+    assert await pg_server.asql("SELECT 7") == "7"
