@@ -24,6 +24,7 @@ READY_ROUTE = "/health/ready"  # codexlb/handlers/health.py: 503 while draining
 CHECK_INTERVAL_MS = 500
 START_TIMEOUT_S = 10
 MODES = ("hash", "roundrobin")
+LOADED = "Loading success."  # the master's log line after each start and reload
 
 
 def find_haproxy() -> str | None:
@@ -86,15 +87,19 @@ class HAProxy:
         with open(self._dir / "haproxy.log", "wb") as log:
             self._proc = await asyncio.create_subprocess_exec(self.binary, "-W", "-db", "-f", str(self._cfg),
                                                               stdout=asyncio.subprocess.DEVNULL, stderr=log)
-        await self._wait_listening()
+        await self._wait_loaded(1)
 
     async def reload(self, backends: list[tuple[str, int]] | None = None) -> None:
-        """Rewrite the config (with `backends` if given) and reload: the master starts new workers, old ones drain."""
+        """Rewrite the config (with `backends` if given) and reload: the master starts new workers, old ones drain.
+
+        Client connections kept alive across the reload stay on an old worker, with the old config, until closed.
+        """
         if backends is not None:
             self.backends = list(backends)
         self._write()
+        loaded = self.log().count(LOADED)
         self._proc.send_signal(signal.SIGUSR2)
-        await self._wait_listening()
+        await self._wait_loaded(loaded + 1)
 
     async def stop(self) -> None:
         if self._proc and self._proc.returncode is None:
@@ -113,20 +118,34 @@ class HAProxy:
     def _write(self) -> None:
         self._cfg.write_text(config(self.port, self.backends, self.mode))
 
-    async def _wait_listening(self) -> None:
+    async def _wait_loaded(self, count: int) -> None:
+        """Until the master has logged its `count`th successful load (start or reload), and the port accepts."""
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
         while True:
             if self._proc.returncode is not None:
                 raise RuntimeError(f"haproxy exited {self._proc.returncode}: {self.log()[-2000:]}")
-            try:
-                _reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                await writer.wait_closed()
+            if self.log().count(LOADED) >= count and self._takes_reload_signal() and await self._accepts():
                 return
-            except OSError:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise RuntimeError(f"haproxy not listening after {START_TIMEOUT_S} s: {self.log()[-2000:]}")
-                await asyncio.sleep(0.05)  # polling a port that is not open yet: nothing to wait on instead
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"haproxy not loaded after {START_TIMEOUT_S} s: {self.log()[-2000:]}")
+            await asyncio.sleep(0.05)  # polling a log file and a port: nothing to wait on instead
+
+    def _takes_reload_signal(self) -> bool:
+        # The master logs its load while SIGUSR2 is still blocked, and a SIGUSR2 sent then is lost: wait for its
+        # handler (Linux /proc: SigBlk and SigCgt are hex masks, bit n-1 for signal n).
+        masks = dict(line.split(":\t") for line in Path(f"/proc/{self._proc.pid}/status").read_text().splitlines()
+                     if line.startswith(("SigBlk", "SigCgt")))
+        bit = 1 << (signal.SIGUSR2 - 1)
+        return not int(masks["SigBlk"], 16) & bit and bool(int(masks["SigCgt"], 16) & bit)
+
+    async def _accepts(self) -> bool:
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        writer.close()
+        await writer.wait_closed()
+        return True
 
 
 @asynccontextmanager

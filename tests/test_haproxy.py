@@ -8,6 +8,7 @@ import uuid
 from collections import Counter
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import aiohttp
 from aiohttp import WSMsgType, web
 
 from tests.haproxy import SERVED_BY, SESSION_HEADER, running_haproxy
@@ -114,7 +115,9 @@ async def test_reload_adds_a_backend(http):
     async with _replicas(2) as (_runners, addrs), running_haproxy(addrs[:1], mode="roundrobin") as front:
         await _all_up(http, front.url, 1)
         await front.reload(addrs)
-        await _all_up(http, front.url, 2)
+        # A kept-alive client connection stays on the old worker, with the old config, until it closes.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+            await _all_up(fresh, front.url, 2)
 
 
 async def test_websocket_passes_through_on_the_sessions_backend(http):

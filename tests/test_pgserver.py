@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import subprocess
 
-from tests.pgserver import PASSWORD
+import pytest
+
+from tests.pgserver import PASSWORD, missing
 
 
 def _psql_tcp(url: str) -> subprocess.CompletedProcess:
@@ -73,3 +75,18 @@ async def test_a_failed_statement_raises_and_the_session_goes_on(pg_server):
     except RuntimeError as error:
         assert "no_such_column" in str(error)
     assert await pg_server.asql("SELECT 7") == "7"
+
+
+async def test_pg_database_fixture_gives_a_url_to_a_fresh_database(pg_database):
+    done = await asyncio.to_thread(_psql_tcp, pg_database)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{pg_database.rsplit('/', 1)[1]}|postgres"
+
+
+def test_missing_component_skips_or_fails_in_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        missing("PostgreSQL")
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="PostgreSQL is not installed"):
+        missing("PostgreSQL")
