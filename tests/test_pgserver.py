@@ -38,34 +38,37 @@ def test_password_user_needs_its_password(pg_server):
     assert "password authentication failed" in bad.stderr
 
 
-async def test_restart_cuts_connections_and_comes_back(pg_server):
-    name = await pg_server.acreate_database()
-    # A session held open across the restart: it must be cut, and a new one must work after.
-    held = await asyncio.create_subprocess_exec("psql", "-X", "-q", pg_server.url(name), stdin=subprocess.PIPE,
+async def _held_session(url: str) -> asyncio.subprocess.Process:
+    """A psql session that has run one query and stays open."""
+    held = await asyncio.create_subprocess_exec("psql", "-X", "-q", url, stdin=subprocess.PIPE,
                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     held.stdin.write(b"SELECT 1;\n")
     await held.stdin.drain()
     assert (await asyncio.wait_for(held.stdout.readline(), 30)).strip() == b"?column?"
-    await pg_server.arestart()
+    return held
+
+
+async def _next_query_error(held: asyncio.subprocess.Process) -> bytes:
     held.stdin.write(b"SELECT 2;\n\\q\n")
     await held.stdin.drain()
     _out, err = await asyncio.wait_for(held.communicate(), 30)
+    return err
+
+
+async def test_restart_cuts_connections_and_comes_back(pg_server):
+    name = await pg_server.acreate_database()
+    held = await _held_session(pg_server.url(name))
+    await pg_server.arestart()
+    err = await _next_query_error(held)
     assert b"terminat" in err or b"connection" in err, err
     assert (await pg_server.asql("SELECT 42", dbname=name)) == "42"
 
 
 async def test_kill_connections(pg_server):
     name = await pg_server.acreate_database()
-    held = await asyncio.create_subprocess_exec("psql", "-X", "-q", pg_server.url(name), stdin=subprocess.PIPE,
-                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    held.stdin.write(b"SELECT 1;\n")
-    await held.stdin.drain()
-    await asyncio.wait_for(held.stdout.readline(), 30)
+    held = await _held_session(pg_server.url(name))
     assert await pg_server.akill_connections(name) == 1
-    held.stdin.write(b"SELECT 2;\n\\q\n")
-    await held.stdin.drain()
-    _out, err = await asyncio.wait_for(held.communicate(), 30)
-    assert b"terminat" in err, err
+    assert b"terminat" in await _next_query_error(held)
 
 
 async def test_a_failed_statement_raises_and_the_session_goes_on(pg_server):
