@@ -102,3 +102,7 @@ async def store(tmp_path, database_url):
     opened = await Store.open(data, database_url=database_url)
     yield opened
     await opened.close()
+
+
+# Real PostgreSQL for the test session (tests/pgserver.py): `pg_server`, and `pg_database` for a fresh database.
+from tests.pgserver import pg_database, pg_server  # noqa: E402,F401
