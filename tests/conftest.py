@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,6 @@ from codexlb.config import Settings
 
 # The engine the suite runs on: "sqlite" (the default) or "postgres" (a fresh database per test).
 ENGINE = os.environ.get("CODEXLB_TEST_ENGINE", "sqlite")
-_databases = itertools.count(1)
 
 
 def pytest_collection_modifyitems(items):
@@ -25,31 +22,39 @@ def pytest_collection_modifyitems(items):
                 item.add_marker(skip)
 
 
-def _fresh_pg_database():
-    """A new, empty PostgreSQL database (dropped when the generator ends): its URL."""
-    admin = os.environ["CODEXLB_TEST_PG"]
-    name = f"t{os.getpid()}_{next(_databases)}"
-    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True)
-    yield admin.rsplit("/", 1)[0] + "/" + name
-    subprocess.run(["psql", admin, "-qc", f"DROP DATABASE {name} WITH (FORCE)"], check=True)
+MIGRATED = "codexlb_migrated"
 
 
-@pytest.fixture
-def pg_database():
-    """A fresh PostgreSQL database for a test that needs one whatever the suite's engine (the fleet)."""
-    yield from _fresh_pg_database()
+@pytest.fixture(scope="session")
+def migrated_template(request) -> str:
+    """A template database holding the current schema (and nothing else), made once per session: each
+    test's database is cloned from it instead of being migrated."""
+    import asyncio
+
+    from codexlb.store.postgres import PostgresEngine
+
+    server = request.getfixturevalue("pg_server")
+    server.create_database(MIGRATED)
+
+    async def migrate() -> None:
+        await (await PostgresEngine.open(server.url(MIGRATED))).close()
+
+    asyncio.run(migrate())
+    return MIGRATED
 
 
 @pytest.fixture(autouse=True)
-def database_url(monkeypatch):
+def database_url(request, monkeypatch):
     """Empty on SQLite; on PostgreSQL a fresh database for this test, also in CODEXLB_DATABASE_URL so that a
     `codexlb` the test starts uses it too."""
     if ENGINE != "postgres":
         yield ""
         return
-    for url in _fresh_pg_database():
-        monkeypatch.setenv("CODEXLB_DATABASE_URL", url)
-        yield url
+    server = request.getfixturevalue("pg_server")
+    name = server.create_database(template=request.getfixturevalue("migrated_template"))
+    monkeypatch.setenv("CODEXLB_DATABASE_URL", server.url(name))
+    yield server.url(name)
+    server.drop_database(name)
 
 
 @pytest.fixture

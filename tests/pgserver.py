@@ -129,16 +129,20 @@ class PgServer:
         user = f"{PASSWORD_USER}:{PASSWORD}" if password else SUPERUSER
         return f"postgresql://{user}@{self.host}:{self.port}/{dbname}"
 
-    def create_database(self, name: str | None = None) -> str:
-        """A new empty database cloned from the template; returns its name."""
+    def create_database(self, name: str | None = None, template: str = TEMPLATE) -> str:
+        """A new database cloned from `template` (the empty one unless said); returns its name."""
         name = name or self._next_name()
-        self.sql(self._create_sql(name))
+        self.sql(self._create_sql(name, template))
         return name
 
-    async def acreate_database(self, name: str | None = None) -> str:
+    async def acreate_database(self, name: str | None = None, template: str = TEMPLATE) -> str:
         name = name or self._next_name()
-        await self.asql(self._create_sql(name))
+        await self.asql(self._create_sql(name, template))
         return name
+
+    def drop_database(self, name: str) -> None:
+        """Dropped with whoever is still connected: each test's database would otherwise fill the tmpfs."""
+        self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def kill_connections(self, dbname: str | None = None) -> int:
         """Terminate every client backend (of `dbname` only, if given); returns how many."""
@@ -160,9 +164,9 @@ class PgServer:
         return f"t{os.getpid()}_{next(self._names)}"
 
     @staticmethod
-    def _create_sql(name: str) -> str:
+    def _create_sql(name: str, template: str) -> str:
         # FILE_COPY copies the template's files instead of WAL-logging every block: the faster one with fsync off.
-        return f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE} STRATEGY FILE_COPY'
+        return f'CREATE DATABASE "{name}" TEMPLATE {template} STRATEGY FILE_COPY'
 
     @staticmethod
     def _kill_sql(dbname: str | None) -> str:
@@ -273,4 +277,6 @@ def pg_server():
 @pytest.fixture
 async def pg_database(pg_server):
     """postgresql:// URL of a fresh empty database for this test."""
-    return pg_server.url(await pg_server.acreate_database())
+    name = await pg_server.acreate_database()
+    yield pg_server.url(name)
+    await asyncio.to_thread(pg_server.drop_database, name)
