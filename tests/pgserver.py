@@ -236,7 +236,8 @@ class _PsqlSession:
             line = ""
         finally:
             watchdog.cancel()
-        if line == "":
+        # A session cut by a stop of the server may also fail the statement with no message: lost, too.
+        if line == "" or line[len(_FAILED):].strip() == "" and line.startswith(_FAILED):
             raise _SessionLost("".join(lines))
         self._dbname = dbname
         if line.startswith(_FAILED):
