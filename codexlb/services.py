@@ -14,6 +14,7 @@ from codexlb import log
 from codexlb.admin_auth import AdminAuth
 from codexlb.admission.gates import Gates
 from codexlb.auth.refresh import Refresher
+from codexlb.change_feed import ChangeFeed
 from codexlb.config import Settings
 from codexlb.keys import KeyRing
 from codexlb.loopback import is_loopback_host
@@ -103,8 +104,10 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         poller = UsagePoller(roster, refresher, http, settings.upstream_base_url)
         app[STORE], app[ROSTER], app[HTTP], app[REFRESHER], app[USAGE] = store, roster, http, refresher, poller
         app[POOL] = Pool(roster, strategy=settings.strategy, sticky_ttl_s=settings.sticky_ttl_s, gates=gates)
+        feed = ChangeFeed(store, roster, keys, app[ADMIN])
         loops = [asyncio.create_task(refresher.run(), name="codexlb-refresh"),
                  asyncio.create_task(roster.run_flusher(), name="codexlb-account-flush"),
+                 asyncio.create_task(feed.run(), name="codexlb-change-feed"),
                  asyncio.create_task(keep_request_log(store, settings), name="codexlb-retention")]
         if settings.usage_poll_interval_s > 0:
             loops.append(asyncio.create_task(poller.run(settings.usage_poll_interval_s), name="codexlb-usage"))

@@ -146,6 +146,35 @@ class Roster:
         account.tokens = tokens
         await self._store.save_account(account)
 
+    def apply_stored(self, account_id: str, stored: Account | None) -> None:
+        """What another replica wrote of an account (None: removed), taken over here: its status, usage
+        windows and names; its tokens only when fresher than ours."""
+        mine = self._accounts.get(account_id)
+        if stored is None:
+            if mine is not None:
+                del self._accounts[account_id]
+                self._usable = None
+                for listener in self.on_removed:
+                    listener(mine)
+            return
+        if mine is None:
+            self._accounts[account_id] = stored
+            self._usable = None
+            return
+        if _fresher(stored.tokens, mine.tokens):
+            mine.tokens = stored.tokens
+        mine.alias, mine.email, mine.plan = stored.alias, stored.email, stored.plan
+        if account_id not in self._dirty:  # figures of our own not yet written are newer
+            mine.primary, mine.secondary = stored.primary, stored.secondary
+        if (mine.status, mine.status_until) != (stored.status, stored.status_until):
+            self._set(mine, stored.status, stored.status_until, stored.status_reason or "changed by another replica")
+
+    def apply_all_stored(self, accounts: list[Account]) -> None:
+        """Every account as stored (after this replica may have missed changes)."""
+        stored = {a.id: a for a in accounts}
+        for account_id in set(self._accounts) | set(stored):
+            self.apply_stored(account_id, stored.get(account_id))
+
     def mark_reauth_required(self, account: Account, reason: str) -> None:
         self._set(account, Status.REAUTH_REQUIRED, None, reason)
         _log.warning("account needs a new login; out of rotation until `codexlb accounts login`",

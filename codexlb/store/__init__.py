@@ -23,7 +23,7 @@ from codexlb.config import Settings
 from codexlb.store import accounts as account_rows
 from codexlb.store import api_keys as key_rows
 from codexlb.store.api_keys import KeyRecord
-from codexlb.store.engine import DatabaseError, DatabaseUnavailable, Engine
+from codexlb.store.engine import DatabaseError, DatabaseUnavailable, Engine, OnChanges, OnResync, Statement
 from codexlb.store.secrets import (
     KEY_FILE_NAME,
     SecretBox,
@@ -123,19 +123,31 @@ class Store:
         rows = await self.db.fetch(account_rows.SELECT_ALL)
         return [account_rows.from_row(row, self._box) for row in rows]
 
+    async def load_account(self, account_id: str) -> Account | None:
+        """One account as stored now (another replica may have changed it since this one loaded it)."""
+        rows = await self.db.fetch(account_rows.SELECT_ONE, (account_id,))
+        return account_rows.from_row(rows[0], self._box) if rows else None
+
+    def _told(self, kind: str, ref: str = "") -> Statement:
+        """The change feed's word to the other replicas, written in the same transaction as the change."""
+        return self.db.change(self.replica, kind, ref)
+
     async def save_account(self, account: Account) -> None:
         """Commit now: for changes that must be durable before the caller goes on (a rotated refresh token)."""
-        await self.db.execute(account_rows.UPSERT, account_rows.to_row(account, self._box))
+        await self.db.transaction([(account_rows.UPSERT, account_rows.to_row(account, self._box)),
+                                   self._told("account", account.id)])
 
     def save_account_soon(self, account: Account) -> None:
         """Queue the write (status, usage windows); queued writes land in order."""
-        self.db.submit(account_rows.UPSERT, account_rows.to_row(account, self._box))
+        self.db.submit_all([(account_rows.UPSERT, account_rows.to_row(account, self._box)),
+                            self._told("account", account.id)])
 
     async def delete_account(self, account_id: str) -> bool:
-        return await self.db.execute(account_rows.DELETE, (account_id,)) > 0
+        counts = await self.db.transaction([(account_rows.DELETE, (account_id,)), self._told("account", account_id)])
+        return counts[0] > 0
 
     async def create_api_key(self, record: KeyRecord) -> None:
-        await self.db.execute(key_rows.INSERT, key_rows.to_row(record))
+        await self.db.transaction([(key_rows.INSERT, key_rows.to_row(record)), self._told("keys")])
 
     async def list_api_keys(self) -> list[KeyRecord]:
         return [key_rows.from_row(row) for row in await self.db.fetch(key_rows.SELECT_ALL)]
@@ -144,7 +156,7 @@ class Store:
         return [key_rows.from_row(row) for row in await self.db.fetch(key_rows.SELECT_ACTIVE)]
 
     async def revoke_api_key(self, key_id: str, at: float) -> bool:
-        return await self.db.execute(key_rows.REVOKE, (at, key_id)) > 0
+        return (await self.db.transaction([(key_rows.REVOKE, (at, key_id)), self._told("keys")]))[0] > 0
 
     def touch_api_key_soon(self, key_id: str, at: float) -> None:
         """Queue a key's last use; the caller keeps this to about once a minute per key."""
@@ -195,9 +207,13 @@ class Store:
         return bytes(rows[0][0]).decode() if rows else None
 
     async def set_admin_password(self, password_hash: str) -> None:
-        await self.db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (_ADMIN_PASSWORD, password_hash.encode()))
+        await self.db.transaction([
+            ("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+             (_ADMIN_PASSWORD, password_hash.encode())), self._told("admin")])
+
+    async def follow_changes(self, on_changes: OnChanges, on_resync: OnResync) -> None:
+        """Forever: what the other replicas sharing this database change (`Engine.follow`)."""
+        await self.db.follow(self.replica, on_changes, on_resync)
 
     async def prune_usage(self, before_ts: float | None, max_rows: int | None, batch: int = 10_000) -> int:
         """Drop usage records older than `before_ts` and past the newest `max_rows`; returns how many.

@@ -7,10 +7,14 @@ a read sees every write issued before it.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 Params = Sequence[Any]
 Statement = tuple[str, Params]
+# What another replica changed: (kind, ref), e.g. ("account", "<id>"), ("keys", ""), ("admin", "").
+Change = tuple[str, str]
+OnChanges = Callable[[list[Change]], Awaitable[None]]
+OnResync = Callable[[], Awaitable[None]]
 
 
 class DatabaseError(Exception):
@@ -39,12 +43,26 @@ class Engine(Protocol):
         """Queue a write without waiting; a failure is logged, since nobody awaits it."""
         ...
 
+    def submit_all(self, statements: Sequence[Statement]) -> None:
+        """Queue writes to run in one transaction, without waiting."""
+        ...
+
     def submit_many(self, sql: str, rows: Sequence[Params]) -> None:
         """Queue one statement over many rows, in one transaction."""
         ...
 
     async def barrier(self) -> None:
         """Wait until every write queued before this call has landed (or failed)."""
+        ...
+
+    def change(self, origin: str, kind: str, ref: str) -> Statement:
+        """The statement that tells the other replicas of a change: put it in the same transaction as the
+        change, so that they hear of it once it is committed, and only then."""
+        ...
+
+    async def follow(self, origin: str, on_changes: OnChanges, on_resync: OnResync) -> None:
+        """Forever: hand the other replicas' changes to `on_changes`, in the order they were committed, and
+        call `on_resync` when some may have been missed (once it follows, and after a lost connection)."""
         ...
 
     async def close(self) -> None:

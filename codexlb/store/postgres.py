@@ -22,12 +22,16 @@ import asyncpg
 
 from codexlb import log
 from codexlb.store import schema
-from codexlb.store.engine import DatabaseError, DatabaseUnavailable, Params, Statement
+from codexlb.store.engine import DatabaseError, DatabaseUnavailable, OnChanges, OnResync, Params, Statement
 
 _log = log.get("codexlb.store")
 # pg_advisory_lock key for migrations: "codexlb" in ASCII, so it is recognisable in pg_locks.
 MIGRATION_LOCK = 0x636F6465786C62
 _BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+CHANNEL = "codexlb"
+# The change feed's connection is checked this often (and must answer within it): a connection that died
+# without a word (a network cut) is found and replaced within two of these.
+PING_S = 1.0
 
 
 @lru_cache(maxsize=512)
@@ -48,7 +52,9 @@ def public_url(url: str) -> str:
 
 def transient(exc: BaseException) -> bool:
     """A lost or refused connection (worth a retry), as against an error in the statement itself."""
-    if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)):
+    # InternalClientError: a pooled connection cut under a statement (the server restarted) is left mid-protocol.
+    if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+                        asyncpg.exceptions.InternalClientError)):
         return True
     # Class 08: connection exception; 57: operator intervention (shutdown, restart).
     return isinstance(exc, asyncpg.PostgresError) and str(getattr(exc, "sqlstate", "")).startswith(("08", "57"))
@@ -105,8 +111,9 @@ class _Write:
 class PostgresEngine:
     dialect = "postgres"
 
-    def __init__(self, pool: asyncpg.Pool, where: str, *, wait_s: float, max_queued: int) -> None:
-        self.where = where
+    def __init__(self, pool: asyncpg.Pool, url: str, *, wait_s: float, max_queued: int) -> None:
+        self._url = url
+        self.where = public_url(url)
         self._pool = pool
         self._wait_s = wait_s
         self._max_queued = max_queued
@@ -136,7 +143,7 @@ class PostgresEngine:
         except Exception as exc:
             pool.terminate()
             raise _start_error(where, exc) from None
-        return cls(pool, where, wait_s=wait_s, max_queued=max_queued)
+        return cls(pool, url, wait_s=wait_s, max_queued=max_queued)
 
     async def fetch(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         await self._wait_landed(self._issued)
@@ -158,8 +165,55 @@ class PostgresEngine:
     def submit(self, sql: str, params: Params = ()) -> None:
         self._enqueue([(sql, params)], None, None)
 
+    def submit_all(self, statements: Sequence[Statement]) -> None:
+        self._enqueue(statements, None, None)
+
     def submit_many(self, sql: str, rows: Sequence[Params]) -> None:
         self._enqueue(None, (sql, rows), None)
+
+    def change(self, origin: str, kind: str, ref: str) -> Statement:
+        # NOTIFY is transactional: delivered when the write commits, in commit order, never if it rolls back.
+        return ("SELECT pg_notify(?, ?)", (CHANNEL, f"{origin}\t{kind}\t{ref}"))
+
+    async def follow(self, origin: str, on_changes: OnChanges, on_resync: OnResync) -> None:
+        attempt, first = 0, True
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._url, timeout=10)
+                heard: asyncio.Queue[str] = asyncio.Queue()
+                await conn.add_listener(CHANNEL, lambda _c, _pid, _channel, payload: heard.put_nowait(payload))
+                # Notifications sent while this replica was not listening (before it first listened too, since
+                # it loaded its state) are lost: read everything again now that it listens.
+                await on_resync()
+                if not first:
+                    _log.info("change feed back; state read again", retries=attempt)
+                first, attempt = False, 0
+                while True:
+                    try:
+                        async with asyncio.timeout(PING_S):
+                            payloads = [await heard.get()]
+                    except TimeoutError:
+                        async with asyncio.timeout(PING_S):
+                            await conn.fetchval("SELECT 1")
+                        continue
+                    while not heard.empty():
+                        payloads.append(heard.get_nowait())
+                    theirs = [(kind, ref) for who, kind, ref in (p.split("\t", 2) for p in payloads) if who != origin]
+                    if theirs:
+                        await on_changes(theirs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not transient(exc) and not isinstance(exc, DatabaseError):
+                    raise
+                if attempt == 0:
+                    _log.warning("change feed lost; reconnecting", error=str(exc) or type(exc).__name__)
+            finally:
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+            attempt += 1
 
     async def barrier(self) -> None:
         await self._wait_landed(self._issued)
@@ -184,12 +238,13 @@ class PostgresEngine:
                 return
 
     async def _wait_landed(self, seq: int) -> None:
-        async with self._progress:
-            try:
-                await asyncio.wait_for(self._progress.wait_for(lambda: self._landed >= seq), self._wait_s)
-            except asyncio.TimeoutError:
-                raise DatabaseUnavailable(
-                    f"PostgreSQL at {self.where} did not answer within {self._wait_s:g} s") from None
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that comes as it ends.
+        try:
+            async with asyncio.timeout(self._wait_s), self._progress:
+                await self._progress.wait_for(lambda: self._landed >= seq)
+        except TimeoutError:
+            raise DatabaseUnavailable(
+                f"PostgreSQL at {self.where} did not answer within {self._wait_s:g} s") from None
 
     async def _retrying(self, work: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -273,6 +328,7 @@ class PostgresEngine:
         except asyncio.CancelledError:
             pass
         try:
-            await asyncio.wait_for(self._pool.close(), self._wait_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self._wait_s):
+                await self._pool.close()
+        except TimeoutError:
             self._pool.terminate()

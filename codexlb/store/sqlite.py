@@ -17,9 +17,12 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from codexlb import log
 from codexlb.store import schema
-from codexlb.store.engine import DatabaseError, Params, Statement
+from codexlb.store.engine import DatabaseError, OnChanges, OnResync, Params, Statement
 
 DB_FILE_NAME = "codexlb.db"
+# Processes on one file (`serve --workers`) read each other's changes this often, and keep them this long.
+POLL_S = 0.25
+KEEP_CHANGES_S = 600.0
 T = TypeVar("T")
 _log = log.get("codexlb.store")
 
@@ -119,11 +122,39 @@ class SQLiteEngine:
     def submit(self, sql: str, params: Params = ()) -> None:
         self._queue(lambda conn: conn.execute(sql, params))
 
+    def submit_all(self, statements: Sequence[Statement]) -> None:
+        self._queue(lambda conn: _in_transaction(conn, lambda: [conn.execute(sql, params) for sql, params in statements]))
+
     def submit_many(self, sql: str, rows: Sequence[Params]) -> None:
         self._queue(lambda conn: _in_transaction(conn, lambda: conn.executemany(sql, rows)))
 
     async def barrier(self) -> None:
         await self.call(lambda conn: None)
+
+    def change(self, origin: str, kind: str, ref: str) -> Statement:
+        return ("INSERT INTO changes (ts, origin, kind, ref) VALUES (?, ?, ?, ?)", (time.time(), origin, kind, ref))
+
+    async def follow(self, origin: str, on_changes: OnChanges, on_resync: OnResync) -> None:
+        # SQLite lets one writer commit at a time, so ids are in commit order: reading past the last one seen
+        # misses nothing. One file has no connection to lose: only what came before the first read is read again.
+        last = (await self.fetch("SELECT coalesce(max(id), 0) FROM changes"))[0][0]
+        await on_resync()
+        pruned = time.monotonic()
+        while True:
+            await asyncio.sleep(POLL_S)
+            try:
+                rows = await self.fetch("SELECT id, origin, kind, ref FROM changes WHERE id > ? ORDER BY id", (last,))
+            except DatabaseError as exc:
+                _log.warning("change feed: read failed; will retry", error=str(exc))
+                continue
+            if rows:
+                last = rows[-1][0]
+                theirs = [(kind, ref) for _, who, kind, ref in rows if who != origin]
+                if theirs:
+                    await on_changes(theirs)
+            if time.monotonic() - pruned > KEEP_CHANGES_S / 10:
+                pruned = time.monotonic()
+                self.submit("DELETE FROM changes WHERE ts < ?", (time.time() - KEEP_CHANGES_S,))
 
     def _queue(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
         future = self._thread.submit(self._run, fn)

@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from codexlb.account import Status, Window
+from codexlb.account import Account, Status, Window
 from codexlb.pool.roster import Roster
 from codexlb.store import SecretKeyError, Store, UsageRecord
+from codexlb.store import accounts as account_rows
 from codexlb.store import schema as db_module
 from codexlb.store.engine import DatabaseError
 from tests.accounts.conftest import login_of
@@ -121,9 +122,11 @@ async def test_a_version_1_database_gains_api_keys_and_keeps_its_accounts(tmp_pa
     monkeypatch.setattr(db_module, "MIGRATIONS", db_module.MIGRATIONS[:1])
     monkeypatch.setattr(db_module, "SCHEMA_VERSION", 1)
     store = await Store.open(data)
-    roster = await Roster.load(store)
-    await roster.add_login(login_of(sim.backend.accounts[0]))
-    before = roster.all()[0]
+    login = login_of(sim.backend.accounts[0])
+    before = Account(id=login.account_id, alias="first", email=login.email, plan=login.plan, tokens=login.tokens,
+                     created_at=time.time())
+    # As that release wrote it: the row alone (the change feed came later).
+    await store.db.execute(account_rows.UPSERT, account_rows.to_row(before, store._box))
     await store.close()
     with sqlite3.connect(data / "codexlb.db") as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1

@@ -1,0 +1,46 @@
+"""What other replicas sharing the database changed, applied here within about a second: accounts (status,
+tokens, usage windows, added or removed), API keys (created, revoked) and the admin password.
+
+The store's feed hands over changes in commit order (`Engine.follow`); account changes that come in a burst
+are read back in one go per account, so a busy fleet costs each replica one read per changed account, not
+one per write. After a lost connection everything is read again, since what was said meanwhile is lost.
+"""
+
+from __future__ import annotations
+
+from codexlb import log
+from codexlb.admin_auth import AdminAuth
+from codexlb.keys import KeyRing
+from codexlb.pool.roster import Roster
+from codexlb.store import Store
+from codexlb.store.engine import Change
+
+_log = log.get("codexlb.change_feed")
+
+
+class ChangeFeed:
+    def __init__(self, store: Store, roster: Roster, keys: KeyRing, admin: AdminAuth) -> None:
+        self._store, self._roster, self._keys, self._admin = store, roster, keys, admin
+
+    async def run(self) -> None:
+        await self._store.follow_changes(self._apply, self._resync)
+
+    async def _apply(self, changes: list[Change]) -> None:
+        kinds = {kind for kind, _ in changes}
+        for account_id in dict.fromkeys(ref for kind, ref in changes if kind == "account"):
+            self._roster.apply_stored(account_id, await self._store.load_account(account_id))
+        if "keys" in kinds:
+            await self._keys.reload()
+        if "admin" in kinds:
+            await self._reload_password()
+        _log.debug("changes from other replicas applied", changes=len(changes))
+
+    async def _resync(self) -> None:
+        self._roster.apply_all_stored(await self._store.load_accounts())
+        await self._keys.reload()
+        await self._reload_password()
+
+    async def _reload_password(self) -> None:
+        stored = await self._store.admin_password()
+        if stored is not None and stored != self._admin.password_hash:
+            self._admin.set_password(stored)
