@@ -24,6 +24,7 @@ from codexlb.store import accounts as account_rows
 from codexlb.store import api_keys as key_rows
 from codexlb.store.api_keys import KeyRecord
 from codexlb.store.engine import DatabaseError, DatabaseUnavailable, Engine
+from codexlb.store.leases import Leases
 from codexlb.store.secrets import (
     KEY_FILE_NAME,
     SecretBox,
@@ -94,6 +95,7 @@ class Store:
         self.db = db
         # This process among the replicas sharing the database: names what it writes and what it holds.
         self.replica = f"{socket.gethostname()}:{os.getpid()}:{token_hex(3)}"
+        self.leases = Leases(db, self.replica)
         self._box = box
         self._flush_interval_s = flush_interval_s
         self._usage: list[UsageRecord] = []
@@ -122,6 +124,11 @@ class Store:
     async def load_accounts(self) -> list[Account]:
         rows = await self.db.fetch(account_rows.SELECT_ALL)
         return [account_rows.from_row(row, self._box) for row in rows]
+
+    async def load_account(self, account_id: str) -> Account | None:
+        """One account as stored now (another replica may have changed it since this one loaded it)."""
+        rows = await self.db.fetch(account_rows.SELECT_ONE, (account_id,))
+        return account_rows.from_row(rows[0], self._box) if rows else None
 
     async def save_account(self, account: Account) -> None:
         """Commit now: for changes that must be durable before the caller goes on (a rotated refresh token)."""

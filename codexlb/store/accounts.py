@@ -20,6 +20,7 @@ UPSERT = (
     f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:] if c != 'created_at')}"
 )
 SELECT_ALL = f"SELECT {', '.join(_COLUMNS)} FROM accounts ORDER BY created_at, id"
+SELECT_ONE = f"SELECT {', '.join(_COLUMNS)} FROM accounts WHERE id = ?"
 DELETE = "DELETE FROM accounts WHERE id = ?"
 
 
