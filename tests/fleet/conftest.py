@@ -25,11 +25,8 @@ def fleet_database(request) -> str:
     return request.getfixturevalue("pg_database") if request.param == "postgres" else ""
 
 
-async def start_fleet(aiohttp_server, settings, sim, database_url: str, replicas: int = 3,
-                      **overrides) -> list[Proxy]:
-    """`replicas` codexlb apps on one database (one data dir, so one SQLite file when that is the engine),
-    the sim's accounts imported once, before they start, as an operator would."""
-    settings = dataclasses.replace(settings, database_url=database_url, secret_key=SECRET_KEY)
+async def import_accounts(settings, sim) -> None:
+    """The sim's accounts into the database `settings` name, once, as an operator would before starting."""
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = await Store.open_for(settings)
     try:
@@ -38,4 +35,11 @@ async def start_fleet(aiohttp_server, settings, sim, database_url: str, replicas
             await roster.add_login(login_of(sim_account))
     finally:
         await store.close()
+
+
+async def start_fleet(aiohttp_server, settings, sim, database_url: str, replicas: int = 3,
+                      **overrides) -> list[Proxy]:
+    """`replicas` codexlb apps on one database (one data dir, so one SQLite file when that is the engine)."""
+    settings = dataclasses.replace(settings, database_url=database_url, secret_key=SECRET_KEY)
+    await import_accounts(settings, sim)
     return [await start_proxy(aiohttp_server, settings, sim, accounts=0, **overrides) for _ in range(replicas)]

@@ -1,0 +1,82 @@
+"""The fleet's run-once jobs (usage polling, proactive refresh, request-log retention) run on the one replica
+that holds the leader lease, and only while it holds it.
+
+The holder renews the lease (`LEASE_S`) every `RENEW_S`; the others try to take it every `RETRY_S`, so when
+the holder dies another replica runs the jobs within `LEASE_S + RETRY_S`. A holder that cannot renew in time
+(database away, its claim refused) stops the jobs before its lease could have run out anywhere, clock skew
+included. A lone replica simply always holds it. On shutdown the lease is given up for the next one at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+from codexlb import log
+from codexlb.store import DatabaseError
+from codexlb.store.leases import CLOCK_SKEW_S, Leases
+
+LEASE = "leader"
+LEASE_S = 10.0
+RENEW_S = 3.0
+RETRY_S = 1.0
+_log = log.get("codexlb.leader")
+
+Job = Callable[[], Awaitable[None]]
+
+
+class Leader:
+    def __init__(self, leases: Leases, jobs: dict[str, Job], *, lease_s: float = LEASE_S, renew_s: float = RENEW_S,
+                 retry_s: float = RETRY_S) -> None:
+        self._leases = leases
+        self._jobs = jobs
+        self._lease_s = lease_s
+        self._renew_s = renew_s
+        self._retry_s = retry_s
+        self._running: list[asyncio.Task[None]] = []
+
+    @property
+    def held(self) -> bool:
+        """Whether this replica runs the jobs now."""
+        return bool(self._running)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        good_until = 0.0  # as this replica's loop counts time: when our lease may have run out for the others
+        try:
+            while True:
+                asked = loop.time()
+                held = await self._claim(good_until - asked if self.held else self._lease_s)
+                if held:
+                    good_until = asked + self._lease_s - CLOCK_SKEW_S
+                    if not self.held:
+                        self._start()
+                elif self.held and (held is False or loop.time() >= good_until):
+                    await self._stop("lost" if held is False else "not renewed in time")
+                await asyncio.sleep(self._renew_s if held else self._retry_s)
+        finally:
+            if self.held:
+                await self._stop("shutting down")
+                try:
+                    await asyncio.wait_for(self._leases.release(LEASE), self._renew_s)
+                except (DatabaseError, asyncio.TimeoutError):
+                    pass  # it runs out on its own
+
+    async def _claim(self, within_s: float) -> bool | None:
+        """Whether we hold the lease now; None when the database did not say in time."""
+        try:
+            return await asyncio.wait_for(self._leases.claim(LEASE, self._lease_s), max(within_s, 0.0))
+        except (DatabaseError, asyncio.TimeoutError) as exc:
+            _log.warning("leader lease: no answer from the database", error=str(exc) or type(exc).__name__)
+            return None
+
+    def _start(self) -> None:
+        _log.info("leader lease taken: running the fleet's jobs here", jobs=",".join(self._jobs))
+        self._running = [asyncio.create_task(job(), name=f"codexlb-{name}") for name, job in self._jobs.items()]
+
+    async def _stop(self, why: str) -> None:
+        _log.info("leader lease given up: the fleet's jobs stop here", reason=why)
+        running, self._running = self._running, []
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
