@@ -34,15 +34,12 @@ class Leader:
         self._renew_s = renew_s
         self._retry_s = retry_s
         self._running: list[asyncio.Task[None]] = []
-
-    @property
-    def held(self) -> bool:
-        """Whether this replica runs the jobs now."""
-        return bool(self._running)
+        self.held = False  # whether this replica runs the jobs now
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         good_until = 0.0  # as this replica's loop counts time: when our lease may have run out for the others
+        at_start = True
         try:
             while True:
                 asked = loop.time()
@@ -50,13 +47,15 @@ class Leader:
                 if held:
                     good_until = asked + self._lease_s - CLOCK_SKEW_S
                     if not self.held:
-                        self._start()
+                        # At start, quietly: the first line a `serve` writes says where it listens.
+                        self._start(taking_over=not at_start)
                 elif self.held and (held is False or loop.time() >= good_until):
                     await self._stop("lost" if held is False else "not renewed in time")
+                at_start = False
                 await asyncio.sleep(self._renew_s if held else self._retry_s)
         finally:
             if self.held:
-                await self._stop("shutting down")
+                await self._stop(None)
                 try:
                     await asyncio.wait_for(self._leases.release(LEASE), self._renew_s)
                 except (DatabaseError, asyncio.TimeoutError):
@@ -70,13 +69,17 @@ class Leader:
             _log.warning("leader lease: no answer from the database", error=str(exc) or type(exc).__name__)
             return None
 
-    def _start(self) -> None:
-        _log.info("leader lease taken: running the fleet's jobs here", jobs=",".join(self._jobs))
+    def _start(self, *, taking_over: bool) -> None:
+        (_log.info if taking_over else _log.debug)("leader lease taken: running the fleet's jobs here",
+                                                   jobs=",".join(self._jobs))
         self._running = [asyncio.create_task(job(), name=f"codexlb-{name}") for name, job in self._jobs.items()]
+        self.held = True
 
-    async def _stop(self, why: str) -> None:
-        _log.info("leader lease given up: the fleet's jobs stop here", reason=why)
-        running, self._running = self._running, []
+    async def _stop(self, why: str | None) -> None:
+        """Cancel the jobs; `why` is logged (a lease lost), None is quiet (shutting down)."""
+        if why is not None:
+            _log.warning("leader lease lost: the fleet's jobs stop here", reason=why)
+        running, self._running, self.held = self._running, [], False
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
