@@ -57,15 +57,18 @@ class Leader:
             if self.held:
                 await self._stop(None)
                 try:
-                    await asyncio.wait_for(self._leases.release(LEASE), self._renew_s)
-                except (DatabaseError, asyncio.TimeoutError):
+                    async with asyncio.timeout(self._renew_s):
+                        await self._leases.release(LEASE)
+                except (DatabaseError, TimeoutError):
                     pass  # it runs out on its own
 
     async def _claim(self, within_s: float) -> bool | None:
         """Whether we hold the lease now; None when the database did not say in time."""
+        # Not wait_for: on 3.11 it can swallow a cancellation that comes as the claim ends (shutdown hangs).
         try:
-            return await asyncio.wait_for(self._leases.claim(LEASE, self._lease_s), max(within_s, 0.0))
-        except (DatabaseError, asyncio.TimeoutError) as exc:
+            async with asyncio.timeout(max(within_s, 0.0)):
+                return await self._leases.claim(LEASE, self._lease_s)
+        except (DatabaseError, TimeoutError) as exc:
             _log.warning("leader lease: no answer from the database", error=str(exc) or type(exc).__name__)
             return None
 
