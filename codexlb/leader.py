@@ -20,6 +20,7 @@ LEASE = "leader"
 LEASE_S = 10.0
 RENEW_S = 3.0
 RETRY_S = 1.0
+_STOP_CHECK_S = 0.5
 _log = log.get("codexlb.leader")
 
 Job = Callable[[], Awaitable[None]]
@@ -54,8 +55,9 @@ class Leader:
                 at_start = False
                 await asyncio.sleep(self._renew_s if held else self._retry_s)
         finally:
-            if self.held:
-                await self._stop(None)
+            held = self.held
+            await self._stop(None)
+            if held:
                 try:
                     async with asyncio.timeout(self._renew_s):
                         await self._leases.release(LEASE)
@@ -79,10 +81,14 @@ class Leader:
         self.held = True
 
     async def _stop(self, why: str | None) -> None:
-        """Cancel the jobs; `why` is logged (a lease lost), None is quiet (shutting down)."""
+        """Cancel the jobs and wait until they have ended; `why` is logged (a lease lost), None is quiet."""
         if why is not None:
             _log.warning("leader lease lost: the fleet's jobs stop here", reason=why)
-        running, self._running, self.held = self._running, [], False
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        self.held = False
+        while self._running:
+            for task in self._running:
+                task.cancel()
+            # Again until they end: a job can miss a cancellation (on 3.11, asyncio.wait_for deep in a database
+            # call may swallow one that comes as the call ends), and must not outlive the lease.
+            _, pending = await asyncio.wait(self._running, timeout=_STOP_CHECK_S)
+            self._running = list(pending)

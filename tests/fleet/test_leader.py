@@ -153,3 +153,25 @@ async def test_a_leader_that_loses_its_lease_stops_its_jobs_at_once(store):
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert await store.leases.holder(LEASE) is None  # given up on the way out
+
+
+async def test_a_job_that_misses_a_cancellation_still_stops_with_its_leader(store):
+    """As a job may, when asyncio.wait_for in a database call swallows the cancellation (Python 3.11): the
+    leader cancels it again, so a shutdown never hangs on it."""
+    running = asyncio.Event()
+
+    async def deaf_job() -> None:
+        running.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass  # lost, as in wait_for
+        await asyncio.Event().wait()
+
+    leader = Leader(store.leases, {"deaf": deaf_job})
+    task = asyncio.create_task(leader.run())
+    await asyncio.wait_for(running.wait(), 5)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=5)
+    assert done, "the leader did not stop"
+    assert await store.leases.holder(LEASE) is None
