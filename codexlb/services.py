@@ -1,5 +1,6 @@
 """Everything the app starts and must stop: the store, the API keys, the roster and pool, the upstream
-session, and the background refresh and usage loops (one aiohttp cleanup context, in start order)."""
+session, and the background loops: the fleet's run-once jobs under the leader lease (`leader`), this replica's
+account flusher (one aiohttp cleanup context, in start order)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from codexlb.auth.refresh import Refresher
 from codexlb.change_feed import ChangeFeed
 from codexlb.config import Settings
 from codexlb.keys import KeyRing
+from codexlb.leader import Job, Leader
 from codexlb.loopback import is_loopback_host
 from codexlb.pool.pool import Pool
 from codexlb.pool.roster import Roster
@@ -35,6 +37,7 @@ USAGE = web.AppKey("usage_poller", UsagePoller)
 KEYS = web.AppKey("keys", KeyRing)
 GATES = web.AppKey("gates", Gates)
 ADMIN = web.AppKey("admin_auth", AdminAuth)
+LEADER = web.AppKey("leader", Leader)
 
 
 class StartupError(Exception):
@@ -104,13 +107,15 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         poller = UsagePoller(roster, refresher, http, settings.upstream_base_url)
         app[STORE], app[ROSTER], app[HTTP], app[REFRESHER], app[USAGE] = store, roster, http, refresher, poller
         app[POOL] = Pool(roster, strategy=settings.strategy, sticky_ttl_s=settings.sticky_ttl_s, gates=gates)
-        feed = ChangeFeed(store, roster, keys, app[ADMIN])
-        loops = [asyncio.create_task(refresher.run(), name="codexlb-refresh"),
-                 asyncio.create_task(roster.run_flusher(), name="codexlb-account-flush"),
-                 asyncio.create_task(feed.run(), name="codexlb-change-feed"),
-                 asyncio.create_task(keep_request_log(store, settings), name="codexlb-retention")]
+        # Jobs the fleet runs once, on whichever replica holds the leader lease.
+        jobs: dict[str, Job] = {"refresh": refresher.run, "retention": lambda: keep_request_log(store, settings)}
         if settings.usage_poll_interval_s > 0:
-            loops.append(asyncio.create_task(poller.run(settings.usage_poll_interval_s), name="codexlb-usage"))
+            jobs["usage"] = lambda: poller.run(settings.usage_poll_interval_s)
+        leader = app[LEADER] = Leader(store.leases, jobs)
+        feed = ChangeFeed(store, roster, keys, app[ADMIN])
+        loops = [asyncio.create_task(leader.run(), name="codexlb-leader"),
+                 asyncio.create_task(roster.run_flusher(), name="codexlb-account-flush"),
+                 asyncio.create_task(feed.run(), name="codexlb-change-feed")]
         try:
             yield
         finally:

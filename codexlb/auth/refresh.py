@@ -22,6 +22,7 @@ from codexlb.account import Account, Status, Tokens
 from codexlb.admission.gate import Gate, GateFull
 from codexlb.admission.gates import Gates
 from codexlb.auth import jwt
+from codexlb.auth.refresh_claim import ClaimError, RefreshClaims
 from codexlb.config import Settings
 from codexlb.pool.roster import Roster
 from codexlb.singleflight import SingleFlight
@@ -65,6 +66,8 @@ class Refresher:
         self.results: Counter[str] = Counter()
         # Bounds refreshes at once across accounts (a pool coming back from sleep refreshes all together).
         self._gate = gate or Gates(Settings()).refreshes
+        # Across the fleet: a refresh holds its account's lease for as long as it can take, queue and save included.
+        self._claims = RefreshClaims(roster, hold_s=self._gate.wait_s + timeout_s + 10.0)
 
     def due(self, account: Account, now: float) -> bool:
         """Refresh ahead of expiry; a stable per-account jitter keeps a pool from refreshing in one burst."""
@@ -101,6 +104,19 @@ class Refresher:
         await self._flights.close()
 
     async def _refresh(self, account: Account, reason: str) -> Tokens:
+        """One replica of the fleet refreshes at a time (`refresh_claim`); tokens another stored meanwhile are
+        adopted, never refreshed again."""
+        try:
+            async with self._claims.claim(account) as adopted:
+                if adopted is not None:
+                    self.results["adopted"] += 1
+                    return adopted
+                return await self._call_token_endpoint(account, reason)
+        except ClaimError as exc:
+            self.results["failed"] += 1
+            raise RefreshError(str(exc), permanent=False) from None
+
+    async def _call_token_endpoint(self, account: Account, reason: str) -> Tokens:
         used = account.tokens.refresh_token
         body = {"client_id": CLIENT_ID, "grant_type": "refresh_token", "refresh_token": used,
                 "scope": "openid profile email"}

@@ -41,6 +41,10 @@ class Roster:
     async def load(cls, store: Store) -> "Roster":
         return cls(store, await store.load_accounts())
 
+    @property
+    def store(self) -> Store:
+        return self._store
+
     def all(self) -> list[Account]:
         return list(self._accounts.values())
 

@@ -157,6 +157,7 @@ async def models(request: web.Request) -> web.Response:
 
 async def usage(request: web.Request) -> web.Response:
     account = await request.app[BACKEND].authenticate(request.headers)
+    request.app[BACKEND].usage_polls[account.account_id] += 1
     return _json(200, account.usage_view(time.time()))
 
 

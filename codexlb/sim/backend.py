@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -151,6 +151,7 @@ class Backend:
         self.faults = FaultBook(self.config.seed)
         self.records: deque[Record] = deque(maxlen=10_000)
         self.catalog_requests = 0  # GET /codex/models answered
+        self.usage_polls: Counter[str] = Counter()  # GET /wham/usage answered, per account id
         # Responses WebSockets open right now: a client that leaves sockets behind shows here.
         self.sockets: set[Any] = set()
         self.auth = AuthServer(self.accounts, self.account, device_poll_interval_s=self.config.device_poll_interval_s)

@@ -24,6 +24,7 @@ from codexlb.store import accounts as account_rows
 from codexlb.store import api_keys as key_rows
 from codexlb.store.api_keys import KeyRecord
 from codexlb.store.engine import DatabaseError, DatabaseUnavailable, Engine, OnChanges, OnResync, Statement
+from codexlb.store.leases import Leases
 from codexlb.store.secrets import (
     KEY_FILE_NAME,
     SecretBox,
@@ -94,6 +95,7 @@ class Store:
         self.db = db
         # This process among the replicas sharing the database: names what it writes and what it holds.
         self.replica = f"{socket.gethostname()}:{os.getpid()}:{token_hex(3)}"
+        self.leases = Leases(db, self.replica)
         self._box = box
         self._flush_interval_s = flush_interval_s
         self._usage: list[UsageRecord] = []
