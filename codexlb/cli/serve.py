@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 async def _work(settings: config.Settings, args: argparse.Namespace) -> None:
     """One of `--workers N`: serve the parent's socket; the parent holds the data dir."""
     log.set_worker(args.worker_number)
+    workers.watch_parent(args.worker_parent_fd)
     sock = socket.socket(fileno=args.worker_fd)
     await server.serve(settings, on_listening=lambda _url: workers.tell_ready(args.worker_ready_fd),
                        hold_data_dir=False, sock=sock)
@@ -62,6 +63,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_setting_flags(parser)
     # Internal: how the parent of `--workers N` starts a worker (the socket, its number, where to say ready).
-    for name in ("--worker-fd", "--worker-number", "--worker-ready-fd"):
+    for name in ("--worker-fd", "--worker-number", "--worker-ready-fd", "--worker-parent-fd"):
         parser.add_argument(name, type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(run=run)

@@ -72,6 +72,9 @@ class _Supervisor:
         self.stopping = asyncio.Event()
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.first_round = True
+        # Workers hold the read end; the kernel closes the write end however the parent ends, and the
+        # workers then drain and exit rather than serve on, orphaned, holding the port.
+        self.alive_read, self.alive_write = os.pipe()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -146,8 +149,8 @@ class _Supervisor:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *worker_command([*self.flags, "--worker-fd", str(fd), "--worker-number", str(number),
-                                 "--worker-ready-fd", str(write_end)]),
-                pass_fds=(fd, write_end), stdin=asyncio.subprocess.DEVNULL)
+                                 "--worker-ready-fd", str(write_end), "--worker-parent-fd", str(self.alive_read)]),
+                pass_fds=(fd, write_end, self.alive_read), stdin=asyncio.subprocess.DEVNULL)
         except BaseException:
             os.close(read_end)
             raise
@@ -170,6 +173,17 @@ def _read_ready(fd: int) -> bool:
         return os.read(fd, 1) == b"1"
     finally:
         os.close(fd)
+
+
+def watch_parent(fd: int) -> None:
+    """In a worker: when the parent is gone, stop as on SIGTERM (drain, exit)."""
+    loop = asyncio.get_running_loop()
+
+    def gone() -> None:
+        loop.remove_reader(fd)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    loop.add_reader(fd, gone)
 
 
 def tell_ready(fd: int) -> None:
