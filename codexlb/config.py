@@ -88,6 +88,15 @@ def _check_at_least_one(value: int) -> None:
         raise ValueError("must be at least 1")
 
 
+MAX_WORKERS = 64
+
+
+def _check_workers(value: int) -> None:
+    # More processes than that is a typo (or a fork bomb), not a machine's cores.
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"must be between 1 and {MAX_WORKERS}")
+
+
 def _check_url(value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -298,6 +307,10 @@ class Settings:
     body_timeout_s: float = setting(
         "listening", 60.0, "Longest a request body may pause between two reads; then the request gets 408.",
         check=_check_positive, metavar="SECONDS",
+    )
+    workers: int = setting(
+        "listening", 1, "Processes serving the port, each a full replica (1: one process, no supervisor).",
+        check=_check_workers, metavar="N",
     )
     drain_timeout_s: float = setting(
         "listening", 30.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.",

@@ -108,7 +108,22 @@ def _timestamp(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, A
     return event
 
 
-_SHARED: list[Any] = [structlog.processors.add_log_level]
+_worker: int | None = None
+
+
+def set_worker(number: int) -> None:
+    """Every later line of this process names its worker (`serve --workers N`)."""
+    global _worker
+    _worker = number
+
+
+def _add_worker(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    if _worker is not None:
+        event.setdefault("worker", _worker)
+    return event
+
+
+_SHARED: list[Any] = [structlog.processors.add_log_level, _add_worker]
 
 
 _sink: LineSink | None = None

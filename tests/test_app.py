@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 
 from codexlb.app import create_app
@@ -11,7 +13,7 @@ from codexlb.handlers import health
 
 async def test_health_live_and_ready(client):
     live = await client.get("/health/live")
-    assert live.status == 200 and await live.json() == {"status": "live"}
+    assert live.status == 200 and await live.json() == {"status": "live", "pid": os.getpid()}
     ready = await client.get("/health/ready")
     assert ready.status == 200 and await ready.json() == {"status": "ready"}
 

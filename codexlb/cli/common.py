@@ -149,7 +149,7 @@ def ago(ts: float | None, now: float) -> str:
     return f"{seconds}s ago" if seconds >= 0 else f"in {-seconds}s"
 
 
-def run_server(main: Coroutine[Any, Any, None]) -> int:
+def run_server(main: Coroutine[Any, Any, int | None]) -> int:
     """Run a serving coroutine as the command's body; a start-up failure is one line, exit 1."""
     try:
         return server.run_until_stopped(main)

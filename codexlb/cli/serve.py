@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import socket
 
-from codexlb import log, server
+from codexlb import config, log, server
 from codexlb.cli.common import HelpFormatter, add_setting_flags, load_settings, run_server
+from codexlb.server import workers
 
 _EPILOG = """\
 examples:
   codexlb serve
   codexlb serve --host 0.0.0.0 --port 8080
   CODEXLB_LOG_FORMAT=json codexlb serve --data-dir /var/lib/codexlb
+
+  codexlb serve --workers 4             four processes sharing the port
 
 SIGTERM or SIGINT stops accepting connections and gives in-flight requests
 --drain-timeout-s seconds to finish; a second signal stops at once.
@@ -22,7 +26,31 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_settings(args)
     settings = loaded.settings
     log.configure(settings.log_level, settings.log_format)
+    if args.worker_fd is not None:
+        return run_server(_work(settings, args))
+    if settings.workers > 1:
+        return run_server(workers.supervise(settings, _same_flags(args)))
     return run_server(server.serve(settings))
+
+
+async def _work(settings: config.Settings, args: argparse.Namespace) -> None:
+    """One of `--workers N`: serve the parent's socket; the parent holds the data dir."""
+    log.set_worker(args.worker_number)
+    workers.watch_parent(args.worker_parent_fd)
+    sock = socket.socket(fileno=args.worker_fd)
+    await server.serve(settings, on_listening=lambda _url: workers.tell_ready(args.worker_ready_fd),
+                       hold_data_dir=False, sock=sock)
+
+
+def _same_flags(args: argparse.Namespace) -> list[str]:
+    """The command line a worker gets: `serve` and the setting flags given (the environment it inherits)."""
+    flags = ["serve"]
+    if hasattr(args, "config"):
+        flags.append(f"--config={args.config}")
+    for f in config.FIELDS:
+        if hasattr(args, f"setting_{f.name}"):
+            flags.append(f"{config.flag_name(f.name)}={getattr(args, f'setting_{f.name}')}")
+    return flags
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -34,4 +62,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     add_setting_flags(parser)
+    # Internal: how the parent of `--workers N` starts a worker (the socket, its number, where to say ready).
+    for name in ("--worker-fd", "--worker-number", "--worker-ready-fd", "--worker-parent-fd"):
+        parser.add_argument(name, type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(run=run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -19,7 +20,8 @@ PREFIXES = ("/health/",)
 
 
 async def live(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "live"})
+    # The pid tells which process answered: with `serve --workers N`, several serve one port.
+    return web.json_response({"status": "live", "pid": os.getpid()})
 
 
 async def ready(request: web.Request) -> web.Response:

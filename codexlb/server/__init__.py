@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import signal
+import socket
 import time
 from typing import Any, Callable, Coroutine
 
@@ -20,7 +21,7 @@ from codexlb.server import limits as server_limits
 from codexlb.services import StartupError, ensure_data_dir
 from codexlb.store import DB_FILE_NAME, DatabaseError, SecretKeyError
 
-__all__ = ["StartupError", "serve", "run_until_stopped"]
+__all__ = ["StartupError", "serve", "run_until_stopped", "hold_dir", "let_go", "listen_failure"]
 
 _log = log.get("codexlb.server")
 
@@ -35,6 +36,7 @@ async def serve(
     on_listening: Callable[[str], None] | None = None,
     *,
     hold_data_dir: bool = True,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve until the first SIGTERM/SIGINT, then drain within `drain_timeout_s`.
 
@@ -42,12 +44,13 @@ async def serve(
     `app` defaults to `create_app(settings)`; `on_listening` gets the bound URL. With `hold_data_dir`
     (not for the simulated backend, which keeps nothing there) the data dir is this server's alone while it
     runs, and records where it listens (`server_record`); a start that fails leaves the data dir as it was.
+    `sock`, a socket already listening (a worker's, from `serve --workers N`), is served instead of binding.
     """
     app = app or create_app(settings)
     if not hold_data_dir:
-        await _serve(settings, app, on_listening, None)
+        await _serve(settings, app, on_listening, None, sock)
         return
-    changes, hold = await asyncio.to_thread(_hold, settings)
+    changes, hold = await asyncio.to_thread(hold_dir, settings)
     listening = False
 
     def listened(url: str) -> None:
@@ -57,12 +60,12 @@ async def serve(
             on_listening(url)
 
     try:
-        await _serve(settings, app, listened, hold)
+        await _serve(settings, app, listened, hold, sock)
     finally:
-        await asyncio.to_thread(_let_go, hold, None if listening else changes)
+        await asyncio.to_thread(let_go, hold, None if listening else changes)
 
 
-def _hold(settings: Settings) -> tuple[DirChanges, server_record.Hold]:
+def hold_dir(settings: Settings) -> tuple[DirChanges, server_record.Hold]:
     changes = DirChanges(settings.data_dir, DB_FILE_NAME)
     try:
         ensure_data_dir(settings)
@@ -75,14 +78,14 @@ def _hold(settings: Settings) -> tuple[DirChanges, server_record.Hold]:
         raise StartupError(f"cannot prepare data dir {settings.data_dir}: {exc.strerror or exc}") from None
 
 
-def _let_go(hold: server_record.Hold, undo: DirChanges | None) -> None:
+def let_go(hold: server_record.Hold, undo: DirChanges | None) -> None:
     if undo is not None:
         undo.undo()
     hold.release()
 
 
 async def _serve(settings: Settings, app: web.Application, on_listening: Callable[[str], None] | None,
-                 hold: server_record.Hold | None) -> None:
+                 hold: server_record.Hold | None, sock: socket.socket | None = None) -> None:
     started_at = time.time()
     runner = web.AppRunner(
         app,
@@ -99,10 +102,10 @@ async def _serve(settings: Settings, app: web.Application, on_listening: Callabl
         raise StartupError(f"cannot prepare data dir {settings.data_dir}: {exc.strerror or exc}") from None
     try:
         listener = await server_limits.listen(runner, settings.host, settings.port,
-                                              header_timeout_s=settings.header_timeout_s)
+                                              header_timeout_s=settings.header_timeout_s, sock=sock)
     except OSError as exc:
         await runner.cleanup()
-        raise StartupError(_listen_failure(settings.host, settings.port, exc)) from None
+        raise StartupError(listen_failure(settings.host, settings.port, exc)) from None
     host, port = listener.sockets[0].getsockname()[:2]
     url = f"http://{host}:{port}"
     if hold is not None:
@@ -152,7 +155,7 @@ async def _serve(settings: Settings, app: web.Application, on_listening: Callabl
     _log.info("stopped")
 
 
-def _listen_failure(host: str, port: int, exc: OSError) -> str:
+def listen_failure(host: str, port: int, exc: OSError) -> str:
     # The bind error's own text repeats the address; its errno says all there is.
     if exc.errno == errno.EADDRINUSE:
         return (f"cannot listen on {host}:{port}: address already in use; pick another port with --port "
@@ -160,7 +163,7 @@ def _listen_failure(host: str, port: int, exc: OSError) -> str:
     return f"cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc}"
 
 
-def run_until_stopped(main: Coroutine[Any, Any, None]) -> int:
+def run_until_stopped(main: Coroutine[Any, Any, int | None]) -> int:
     """Run a `serve`-based coroutine as a command, the last thing its process does: its exit code.
 
     A stop signal before `serve` listens ends the process quietly. After `serve` has stopped, a late one
@@ -170,14 +173,14 @@ def run_until_stopped(main: Coroutine[Any, Any, None]) -> int:
     for sig in SIGNALS:
         signal.signal(sig, _exit_quietly)
     try:
-        asyncio.run(main)
+        code = asyncio.run(main)
     except asyncio.CancelledError:
         return 1
     finally:
         for sig in SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         log.flush()  # the last lines ("stopped") are out before the exit code is
-    return 0
+    return code or 0
 
 
 def _exit_quietly(signum: int, _frame: object) -> None:

@@ -11,6 +11,7 @@ previous response is out. A request being handled (a stream of minutes, a WebSoc
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import orjson
@@ -20,6 +21,8 @@ from codexlb import log
 from codexlb.errors import client_fault, error_body, error_response, fault_reason
 
 _log = log.get("codexlb.server")
+
+BACKLOG = 128
 
 _TIMEOUT_BODY = orjson.dumps(error_body(
     "The request headers did not arrive in time; the connection is closed.", "invalid_request_error",
@@ -100,8 +103,10 @@ class _HeadDeadline(web.RequestHandler):
         self.force_close()
 
 
-async def listen(runner: web.BaseRunner, host: str, port: int, *, header_timeout_s: float) -> asyncio.AbstractServer:
-    """Accept connections on host:port for `runner` (already set up); the caller closes what it returns."""
+async def listen(runner: web.BaseRunner, host: str, port: int, *, header_timeout_s: float,
+                 sock: socket.socket | None = None) -> asyncio.AbstractServer:
+    """Accept connections on host:port, or on `sock` already listening, for `runner` (already set up); the caller
+    closes what it returns."""
     loop = asyncio.get_running_loop()
     server = runner.server
     assert server is not None, "runner.setup() first"
@@ -111,4 +116,6 @@ async def listen(runner: web.BaseRunner, host: str, port: int, *, header_timeout
         return _HeadDeadline(server, loop=loop, access_log=None, header_timeout_s=header_timeout_s)
 
     # What web.TCPSite would do, but with our handler: TCPSite has no way to choose it.
-    return await loop.create_server(connection, host, port, reuse_address=True, backlog=128)
+    if sock is not None:
+        return await loop.create_server(connection, sock=sock, backlog=BACKLOG)
+    return await loop.create_server(connection, host, port, reuse_address=True, backlog=BACKLOG)
