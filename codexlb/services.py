@@ -102,7 +102,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
                               gate=gates.refreshes)
         poller = UsagePoller(roster, refresher, http, settings.upstream_base_url)
         app[STORE], app[ROSTER], app[HTTP], app[REFRESHER], app[USAGE] = store, roster, http, refresher, poller
-        app[POOL] = Pool(roster, strategy=settings.strategy, sticky_ttl_s=settings.sticky_ttl_s, gates=gates)
+        app[POOL] = Pool(roster, strategy=settings.strategy, sticky_ttl_s=settings.sticky_ttl_s, gates=gates,
+                         shared=store.db)
         loops = [asyncio.create_task(refresher.run(), name="codexlb-refresh"),
                  asyncio.create_task(roster.run_flusher(), name="codexlb-account-flush"),
                  asyncio.create_task(keep_request_log(store, settings), name="codexlb-retention")]
