@@ -1,6 +1,7 @@
 """The HTTP bridge's sessions: one long-lived upstream WebSocket per conversation (and API key), with
-one reader task, made once however many requests ask at the same time, and let go when idle too long
-or when there are too many (least recently used first)."""
+one reader task, made once however many requests ask at the same time, and let go when idle too long,
+when there are too many (least recently used first), or when another replica took the conversation over
+(`ownership`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from aiohttp import WSMsgType
 from codexlb import log
 from codexlb.account import Account
 from codexlb.bridge.anchor import Anchor
+from codexlb.bridge.ownership import Ownership
 from codexlb.singleflight import SingleFlight
 from codexlb.upstream.failover import Failure
 from codexlb.upstream.state import Outcome, Upstream
@@ -27,6 +29,8 @@ LOST = object()
 MAX_QUEUED = 4
 # A session whose requests keep failing is retired; the next request starts a fresh one.
 MAX_FAILURES = 3
+# How often the sessions are checked against the conversations' owners (besides at each use).
+OWNER_SWEEP_S = 5.0
 # Request headers a reconnect presents again (the rest belonged to the request that made the session).
 _KEPT = ("session_id", "session-id", "thread-id", "originator", "user-agent", "version", "openai-beta",
          "x-codex-window-id", "x-codex-beta-features", "x-codex-installation-id")
@@ -46,6 +50,8 @@ class Session:
         self.queued = 0
         self.failures = 0
         self.retired = False
+        self.epoch: int | None = None  # the ownership it holds (`ownership`), once claimed
+        self.lost = False  # another replica took the conversation over: retired once no request uses it
         self.last_used = time.monotonic()
         self._inbox: asyncio.Queue[Any] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -110,8 +116,11 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, up: Upstream, max_sessions: int, idle_ttl_s: float) -> None:
+    def __init__(self, up: Upstream, max_sessions: int, idle_ttl_s: float,
+                 ownership: Ownership | None = None) -> None:
         self._up = up
+        self._ownership = ownership
+        self._checks: set[asyncio.Task[None]] = set()
         self._max = max_sessions
         self._ttl = idle_ttl_s
         self._by_key: OrderedDict[str, Session] = OrderedDict()
@@ -126,6 +135,7 @@ class Sessions:
         session = self._by_key.get(key)
         if session is not None and not session.retired:
             self._by_key.move_to_end(key)
+            self._check_soon(session)
             return session
         await self._let_go()
         if len(self._by_key) >= self._max:
@@ -133,6 +143,8 @@ class Sessions:
         return await self._making.do(key, lambda: self._make(key, headers, keys))
 
     async def _make(self, key: str, headers: Mapping[str, str], keys: Sequence[str]) -> Session | None:
+        # Claimed while the socket opens, and never waited for: the request goes on whatever the database does.
+        claim = asyncio.ensure_future(self._ownership.claim(key)) if self._ownership is not None else None
         try:
             sock, slot = await open_socket(self._up, headers, keys, Outcome())
         except Exception as exc:  # noqa: BLE001 - any failure just means: no bridge for this request
@@ -142,8 +154,46 @@ class Sessions:
             return None
         slot.release()  # a session holds no stream slot while idle; each request takes one
         session = self._by_key[key] = Session(self._up, key, sock, headers)
+        if claim is not None:
+            claim.add_done_callback(lambda done: self._claimed(session, done))
         _log.info("bridge session made", account=sock.account.alias, sessions=len(self._by_key))
         return session
+
+    @staticmethod
+    def _claimed(session: Session, claim: asyncio.Future[int | None]) -> None:
+        if not claim.cancelled():
+            session.epoch = claim.result()
+
+    def _check_soon(self, session: Session) -> None:
+        """Whether the session still owns its conversation, found out beside the request that uses it."""
+        if self._ownership is None or session.epoch is None:
+            return
+        task = asyncio.create_task(self.check_owners([session]), name="codexlb-bridge-owner-check")
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    def on_owner_changed(self, conversation: str) -> None:
+        """Another replica may have claimed this conversation (a change feed says so): check the session."""
+        session = self._by_key.get(conversation)
+        if session is not None:
+            self._check_soon(session)
+
+    async def check_owners(self, sessions: Sequence[Session] | None = None) -> int:
+        """Retire the sessions (all, by default) whose conversation another replica has claimed since, in one
+        query; a session a request is using goes when that request is done. Returns how many were lost."""
+        if self._ownership is None:
+            return 0
+        held = list(self._by_key.values() if sessions is None else sessions)
+        claims = [(s.key, s.epoch) for s in held if s.epoch is not None]
+        lost = await self._ownership.lost(claims) if claims else None
+        doomed = [s for s in held if lost and s.key in lost]
+        for session in doomed:
+            _log.info("bridge conversation taken over by another replica; socket closed",
+                      account=session.account.alias, busy=session.busy)
+            session.lost = True
+            if not session.busy:
+                await self.retire(session)
+        return len(doomed)
 
     async def retire(self, session: Session) -> None:
         if self._by_key.get(session.key) is session:
@@ -164,11 +214,17 @@ class Sessions:
             await self.retire(session)
 
     async def sweep(self) -> None:
-        """Let idle sessions go on time even when no new conversation comes to trigger it."""
+        """Let idle sessions go on time even when no new conversation comes to trigger it, and those that
+        lost their conversation to another replica."""
+        every = min(60.0, self._ttl, OWNER_SWEEP_S if self._ownership is not None else 60.0)
         while True:
-            await asyncio.sleep(min(60.0, self._ttl))
+            await asyncio.sleep(every)
             await self._let_go()
+            await self.check_owners()
 
     async def close(self) -> None:
+        for task in list(self._checks):
+            task.cancel()
+        await asyncio.gather(*self._checks, return_exceptions=True)
         for session in list(self._by_key.values()):
             await self.retire(session)
