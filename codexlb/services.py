@@ -115,6 +115,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            if app[POOL].share is not None:
+                app[POOL].share.flush()
             roster.flush_dirty()
             await refresher.close()
     finally:

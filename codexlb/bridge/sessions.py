@@ -29,8 +29,10 @@ LOST = object()
 MAX_QUEUED = 4
 # A session whose requests keep failing is retired; the next request starts a fresh one.
 MAX_FAILURES = 3
-# How often the sessions are checked against the conversations' owners (besides at each use).
+# How often the sessions are checked against the conversations' owners; those in use are checked together
+# after `USED_CHECK_S`, in one query (one per request would cost each bridged request a round trip of CPU).
 OWNER_SWEEP_S = 5.0
+USED_CHECK_S = 0.1
 # Request headers a reconnect presents again (the rest belonged to the request that made the session).
 _KEPT = ("session_id", "session-id", "thread-id", "originator", "user-agent", "version", "openai-beta",
          "x-codex-window-id", "x-codex-beta-features", "x-codex-installation-id")
@@ -120,7 +122,8 @@ class Sessions:
                  ownership: Ownership | None = None) -> None:
         self._up = up
         self._ownership = ownership
-        self._checks: set[asyncio.Task[None]] = set()
+        self._used: dict[str, Session] = {}  # sessions used since the last check of those in use
+        self._checks: set[asyncio.Task[int]] = set()
         self._max = max_sessions
         self._ttl = idle_ttl_s
         self._by_key: OrderedDict[str, Session] = OrderedDict()
@@ -168,7 +171,13 @@ class Sessions:
         """Whether the session still owns its conversation, found out beside the request that uses it."""
         if self._ownership is None or session.epoch is None:
             return
-        task = asyncio.create_task(self.check_owners([session]), name="codexlb-bridge-owner-check")
+        if not self._used:
+            asyncio.get_running_loop().call_later(USED_CHECK_S, self._check_used)
+        self._used[session.key] = session
+
+    def _check_used(self) -> None:
+        used, self._used = list(self._used.values()), {}
+        task = asyncio.create_task(self.check_owners(used), name="codexlb-bridge-owner-check")
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
 
