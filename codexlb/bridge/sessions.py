@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from typing import Any, Coroutine, Mapping, Sequence, TypeVar
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -23,6 +23,7 @@ from codexlb.upstream.state import Outcome, Upstream
 from codexlb.upstream.websocket import UpstreamSocket, open_socket, reconnect
 
 _log = log.get("codexlb.bridge.sessions")
+T = TypeVar("T")
 # What the reader puts in a request's inbox when the upstream socket ends under it.
 LOST = object()
 # Requests of one conversation waiting for its socket; more go the plain HTTP way.
@@ -123,7 +124,7 @@ class Sessions:
         self._up = up
         self._ownership = ownership
         self._used: dict[str, Session] = {}  # sessions used since the last check of those in use
-        self._checks: set[asyncio.Task[int]] = set()
+        self._checks: set[asyncio.Future[Any]] = set()  # owner checks and claims under way
         self._max = max_sessions
         self._ttl = idle_ttl_s
         self._by_key: OrderedDict[str, Session] = OrderedDict()
@@ -147,10 +148,12 @@ class Sessions:
 
     async def _make(self, key: str, headers: Mapping[str, str], keys: Sequence[str]) -> Session | None:
         # Claimed while the socket opens, and never waited for: the request goes on whatever the database does.
-        claim = asyncio.ensure_future(self._ownership.claim(key)) if self._ownership is not None else None
+        claim = self._track(self._ownership.claim(key)) if self._ownership is not None else None
         try:
             sock, slot = await open_socket(self._up, headers, keys, Outcome())
         except Exception as exc:  # noqa: BLE001 - any failure just means: no bridge for this request
+            if claim is not None:
+                claim.cancel()  # no socket here: the conversation stays with whoever holds one
             # Say why: an APIError's code and message (e.g. no_accounts), or the exception's own text.
             _log.info("bridge session not made", error=type(exc).__name__, code=getattr(exc, "code", None),
                       reason=str(exc)[:200])
@@ -177,9 +180,13 @@ class Sessions:
 
     def _check_used(self) -> None:
         used, self._used = list(self._used.values()), {}
-        task = asyncio.create_task(self.check_owners(used), name="codexlb-bridge-owner-check")
+        self._track(self.check_owners(used))
+
+    def _track(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.create_task(work, name="codexlb-bridge-ownership")
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
+        return task
 
     def on_owner_changed(self, conversation: str) -> None:
         """Another replica may have claimed this conversation (a change feed says so): check the session."""
