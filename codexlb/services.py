@@ -69,16 +69,19 @@ def retention_limits(settings: Settings, now: float) -> tuple[float | None, int 
     return (now - days * 86400 if days else None), (rows or None)
 
 
-async def keep_request_log(store: Store, settings: Settings, interval_s: float = RETENTION_INTERVAL_S) -> None:
-    """Hold the request log to `request_log_days` and `request_log_max_rows`, now and every interval."""
+async def keep_request_log(store: Store, settings: Settings, pool: Pool | None = None,
+                           interval_s: float = RETENTION_INTERVAL_S) -> None:
+    """Hold the request log to `request_log_days` and `request_log_max_rows`, and the shared sticky map to
+    `sticky_ttl_s`, now and every interval."""
     while True:
         try:
             deleted = await store.prune_usage(*retention_limits(settings, time.time()))
+            forgotten = await pool.share.prune(time.time()) if pool is not None and pool.share is not None else 0
         except DatabaseError as exc:
             _log.error("request log retention failed", error=str(exc))
         else:
-            if deleted:
-                _log.info("request log pruned", rows=deleted)
+            if deleted or forgotten:
+                _log.info("request log pruned", rows=deleted, conversations=forgotten)
         await asyncio.sleep(interval_s)
 
 
@@ -106,9 +109,10 @@ async def services(app: web.Application) -> AsyncIterator[None]:
                               gate=gates.refreshes)
         poller = UsagePoller(roster, refresher, http, settings.upstream_base_url)
         app[STORE], app[ROSTER], app[HTTP], app[REFRESHER], app[USAGE] = store, roster, http, refresher, poller
-        app[POOL] = Pool(roster, strategy=settings.strategy, sticky_ttl_s=settings.sticky_ttl_s, gates=gates)
+        app[POOL] = Pool(roster, strategy=settings.strategy, sticky_ttl_s=settings.sticky_ttl_s, gates=gates,
+                         shared=store.db)
         # Jobs the fleet runs once, on whichever replica holds the leader lease.
-        jobs: dict[str, Job] = {"refresh": refresher.run, "retention": lambda: keep_request_log(store, settings)}
+        jobs: dict[str, Job] = {"refresh": refresher.run, "retention": lambda: keep_request_log(store, settings, app[POOL])}
         if settings.usage_poll_interval_s > 0:
             jobs["usage"] = lambda: poller.run(settings.usage_poll_interval_s)
         leader = app[LEADER] = Leader(store.leases, jobs)
@@ -122,6 +126,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            if app[POOL].share is not None:
+                app[POOL].share.flush()
             roster.flush_dirty()
             await refresher.close()
     finally:

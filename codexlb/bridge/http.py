@@ -238,6 +238,8 @@ async def relay(request: web.Request, up: Upstream, sessions: Sessions, key: str
             session.lock.release()
     finally:
         session.queued -= 1
+        if session.lost and not session.busy:
+            await sessions.retire(session)
 
 
 async def _in_session(request: web.Request, up: Upstream, sessions: Sessions, session: Session,

@@ -1,13 +1,14 @@
 """The HTTP bridge's sessions: one long-lived upstream WebSocket per conversation (and API key), with
-one reader task, made once however many requests ask at the same time, and let go when idle too long
-or when there are too many (least recently used first)."""
+one reader task, made once however many requests ask at the same time, and let go when idle too long,
+when there are too many (least recently used first), or when another replica took the conversation over
+(`ownership`)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from typing import Any, Coroutine, Mapping, Sequence, TypeVar
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -15,18 +16,24 @@ from aiohttp import WSMsgType
 from codexlb import log
 from codexlb.account import Account
 from codexlb.bridge.anchor import Anchor
+from codexlb.bridge.ownership import Ownership
 from codexlb.singleflight import SingleFlight
 from codexlb.upstream.failover import Failure
 from codexlb.upstream.state import Outcome, Upstream
 from codexlb.upstream.websocket import UpstreamSocket, open_socket, reconnect
 
 _log = log.get("codexlb.bridge.sessions")
+T = TypeVar("T")
 # What the reader puts in a request's inbox when the upstream socket ends under it.
 LOST = object()
 # Requests of one conversation waiting for its socket; more go the plain HTTP way.
 MAX_QUEUED = 4
 # A session whose requests keep failing is retired; the next request starts a fresh one.
 MAX_FAILURES = 3
+# How often the sessions are checked against the conversations' owners; those in use are checked together
+# after `USED_CHECK_S`, in one query (one per request would cost each bridged request a round trip of CPU).
+OWNER_SWEEP_S = 5.0
+USED_CHECK_S = 0.1
 # Request headers a reconnect presents again (the rest belonged to the request that made the session).
 _KEPT = ("session_id", "session-id", "thread-id", "originator", "user-agent", "version", "openai-beta",
          "x-codex-window-id", "x-codex-beta-features", "x-codex-installation-id")
@@ -46,6 +53,8 @@ class Session:
         self.queued = 0
         self.failures = 0
         self.retired = False
+        self.epoch: int | None = None  # the ownership it holds (`ownership`), once claimed
+        self.lost = False  # another replica took the conversation over: retired once no request uses it
         self.last_used = time.monotonic()
         self._inbox: asyncio.Queue[Any] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -110,8 +119,12 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, up: Upstream, max_sessions: int, idle_ttl_s: float) -> None:
+    def __init__(self, up: Upstream, max_sessions: int, idle_ttl_s: float,
+                 ownership: Ownership | None = None) -> None:
         self._up = up
+        self._ownership = ownership
+        self._used: dict[str, Session] = {}  # sessions used since the last check of those in use
+        self._checks: set[asyncio.Future[Any]] = set()  # owner checks and claims under way
         self._max = max_sessions
         self._ttl = idle_ttl_s
         self._by_key: OrderedDict[str, Session] = OrderedDict()
@@ -126,6 +139,7 @@ class Sessions:
         session = self._by_key.get(key)
         if session is not None and not session.retired:
             self._by_key.move_to_end(key)
+            self._check_soon(session)
             return session
         await self._let_go()
         if len(self._by_key) >= self._max:
@@ -133,17 +147,69 @@ class Sessions:
         return await self._making.do(key, lambda: self._make(key, headers, keys))
 
     async def _make(self, key: str, headers: Mapping[str, str], keys: Sequence[str]) -> Session | None:
+        # Claimed while the socket opens, and never waited for: the request goes on whatever the database does.
+        claim = self._track(self._ownership.claim(key)) if self._ownership is not None else None
         try:
             sock, slot = await open_socket(self._up, headers, keys, Outcome())
         except Exception as exc:  # noqa: BLE001 - any failure just means: no bridge for this request
+            if claim is not None:
+                claim.cancel()  # no socket here: the conversation stays with whoever holds one
             # Say why: an APIError's code and message (e.g. no_accounts), or the exception's own text.
             _log.info("bridge session not made", error=type(exc).__name__, code=getattr(exc, "code", None),
                       reason=str(exc)[:200])
             return None
         slot.release()  # a session holds no stream slot while idle; each request takes one
         session = self._by_key[key] = Session(self._up, key, sock, headers)
+        if claim is not None:
+            claim.add_done_callback(lambda done: self._claimed(session, done))
         _log.info("bridge session made", account=sock.account.alias, sessions=len(self._by_key))
         return session
+
+    @staticmethod
+    def _claimed(session: Session, claim: asyncio.Future[int | None]) -> None:
+        if not claim.cancelled():
+            session.epoch = claim.result()
+
+    def _check_soon(self, session: Session) -> None:
+        """Whether the session still owns its conversation, found out beside the request that uses it."""
+        if self._ownership is None or session.epoch is None:
+            return
+        if not self._used:
+            asyncio.get_running_loop().call_later(USED_CHECK_S, self._check_used)
+        self._used[session.key] = session
+
+    def _check_used(self) -> None:
+        used, self._used = list(self._used.values()), {}
+        self._track(self.check_owners(used))
+
+    def _track(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.create_task(work, name="codexlb-bridge-ownership")
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+        return task
+
+    def on_owner_changed(self, conversation: str) -> None:
+        """Another replica may have claimed this conversation (a change feed says so): check the session."""
+        session = self._by_key.get(conversation)
+        if session is not None:
+            self._check_soon(session)
+
+    async def check_owners(self, sessions: Sequence[Session] | None = None) -> int:
+        """Retire the sessions (all, by default) whose conversation another replica has claimed since, in one
+        query; a session a request is using goes when that request is done. Returns how many were lost."""
+        if self._ownership is None:
+            return 0
+        held = list(self._by_key.values() if sessions is None else sessions)
+        claims = [(s.key, s.epoch) for s in held if s.epoch is not None]
+        lost = await self._ownership.lost(claims) if claims else None
+        doomed = [s for s in held if lost and s.key in lost]
+        for session in doomed:
+            _log.info("bridge conversation taken over by another replica; socket closed",
+                      account=session.account.alias, busy=session.busy)
+            session.lost = True
+            if not session.busy:
+                await self.retire(session)
+        return len(doomed)
 
     async def retire(self, session: Session) -> None:
         if self._by_key.get(session.key) is session:
@@ -164,11 +230,17 @@ class Sessions:
             await self.retire(session)
 
     async def sweep(self) -> None:
-        """Let idle sessions go on time even when no new conversation comes to trigger it."""
+        """Let idle sessions go on time even when no new conversation comes to trigger it, and those that
+        lost their conversation to another replica."""
+        every = min(60.0, self._ttl, OWNER_SWEEP_S if self._ownership is not None else 60.0)
         while True:
-            await asyncio.sleep(min(60.0, self._ttl))
+            await asyncio.sleep(every)
             await self._let_go()
+            await self.check_owners()
 
     async def close(self) -> None:
+        for task in list(self._checks):
+            task.cancel()
+        await asyncio.gather(*self._checks, return_exceptions=True)
         for session in list(self._by_key.values()):
             await self.retire(session)

@@ -14,6 +14,7 @@ from aiohttp import web
 from codexlb import accounting, relay
 from codexlb.account import Status
 from codexlb.bridge import http as bridge
+from codexlb.bridge.ownership import Ownership
 from codexlb.errors import APIError
 from codexlb.handlers.request_body import read_json
 from codexlb.keys import API_KEY
@@ -236,7 +237,8 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     app[UPSTREAM] = Upstream(settings, app[POOL], app[ROSTER], app[REFRESHER], app[HTTP], app[GATES], transcripts)
     app[MODEL_CACHE] = _ModelCache()
     sessions = app[bridge.SESSIONS] = bridge.Sessions(app[UPSTREAM], settings.bridge_max_sessions,
-                                                      settings.bridge_idle_ttl_s)
+                                                      settings.bridge_idle_ttl_s,
+                                                      Ownership(app[STORE].db, app[STORE].replica))
     sweeper = asyncio.create_task(sessions.sweep(), name="codexlb-bridge-sweep")
     try:
         yield

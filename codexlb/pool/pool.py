@@ -28,6 +28,8 @@ from codexlb.errors import APIError
 from codexlb.pool.roster import Roster
 from codexlb.pool.selection import make_strategy
 from codexlb.pool.sticky import StickyTable
+from codexlb.pool.sticky_share import StickyShare
+from codexlb.store.engine import Engine
 
 _OUT_OF_ROTATION = {
     Status.PAUSED: "paused (`codexlb accounts resume`)",
@@ -58,10 +60,13 @@ def unavailable(accounts: Sequence[Account], now: float) -> APIError:
 
 class Pool:
     def __init__(self, roster: Roster, *, strategy: str = "capacity", sticky_ttl_s: float = 3600.0,
-                 sticky_max: int = 100_000, rng: random.Random | None = None, gates: Gates | None = None) -> None:
+                 sticky_max: int = 100_000, rng: random.Random | None = None, gates: Gates | None = None,
+                 shared: Engine | None = None) -> None:
         self.roster = roster
         self.strategy = make_strategy(strategy, rng)
         self.sticky = StickyTable(sticky_max, sticky_ttl_s)
+        # The sticky map the replicas share (`shared`: their database); None keeps it in memory alone.
+        self.share = StickyShare(shared, self.sticky, sticky_max) if shared is not None and sticky_ttl_s > 0 else None
         self.gates = gates or Gates(Settings())
         roster.on_removed.append(self._forget)
 
@@ -98,6 +103,8 @@ class Pool:
         and only when every usable account is full waits in one line (`any_account`, FIFO) for whichever
         frees a slot first. Raises the pool's APIError or GateFull."""
         now = time.time()
+        if self.share is not None and keys:
+            await self.share.recall(keys, now)
         pinned = self._sticky(keys[0], exclude, now) if keys and keys[0].startswith("resp:") else None
         if pinned is not None:
             self._stick(keys, pinned, now)
@@ -143,8 +150,12 @@ class Pool:
 
     def remember_response(self, response_id: str, account: Account, now: float | None = None) -> None:
         """A response this account produced: a follow-up anchored on it must come back here."""
-        self.sticky.put(f"resp:{response_id}", account.id, time.time() if now is None else now)
+        self._put(f"resp:{response_id}", account, time.time() if now is None else now)
 
     def _stick(self, keys: Sequence[str], account: Account, now: float) -> None:
         for key in keys:
-            self.sticky.put(key, account.id, now)
+            self._put(key, account, now)
+
+    def _put(self, key: str, account: Account, now: float) -> None:
+        if self.sticky.put(key, account.id, now) and self.share is not None:
+            self.share.remember(key, account.id, now)

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from codexlb.recent_map import RecentMap
 
 MAX_KEY_VALUE = 256  # characters of a client-supplied id kept in a key; longer values are truncated
+SEEN_EVERY_S = 60.0  # a key still in use tells the shared map so at most this often
 
 # (namespace, where, names): the first non-empty value among `names` gives the key `namespace:value`.
 _KEY_SOURCES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -67,7 +68,8 @@ class StickyTable:
         if not ttl_s >= 0:  # also NaN
             raise ValueError("ttl_s must not be negative")
         self.ttl_s = ttl_s
-        self._entries: RecentMap[str, tuple[str, float]] = RecentMap(max_entries)  # key -> (account, expires at)
+        # key -> (account, expires at, when the shared map last heard of it)
+        self._entries: RecentMap[str, tuple[str, float, float]] = RecentMap(max_entries)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -85,10 +87,17 @@ class StickyTable:
             return None
         return entry[0]
 
-    def put(self, key: str, account_id: str, now: float) -> None:
-        """Map ``key`` to ``account_id`` for ``ttl_s`` from ``now`` (replacing and refreshing any entry)."""
-        if self.ttl_s > 0:
-            self._entries[key] = (account_id, now + self.ttl_s)
+    def put(self, key: str, account_id: str, now: float, *, shared: bool = False) -> bool:
+        """Map ``key`` to ``account_id`` for ``ttl_s`` from ``now`` (replacing and refreshing any entry).
+
+        Returns whether the shared map should hear of it: a new or moved key, or one it last heard of
+        ``SEEN_EVERY_S`` ago or more. ``shared``: the entry comes from the shared map (seen at ``now``)."""
+        if self.ttl_s <= 0:
+            return False
+        old = self._entries.get(key)
+        due = not shared and (old is None or old[0] != account_id or now - old[2] >= SEEN_EVERY_S)
+        self._entries[key] = (account_id, now + self.ttl_s, now if due or shared or old is None else old[2])
+        return due
 
     def forget_account(self, account_id: str) -> int:
         """Drop every entry pointing at ``account_id`` (it left the pool); returns how many."""

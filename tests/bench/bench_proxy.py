@@ -1,6 +1,7 @@
 """What codexlb costs: proxied against direct-to-sim, time to first event and streamed requests/s.
 
 Run: .venv/bin/python tests/bench/bench_proxy.py [--requests 300] [--seconds 5] [--rounds 5] [--reply-words 40]
+     [--database-url postgresql://...]   (an empty database: codexlb on PostgreSQL instead of its SQLite file)
 
 The sim and codexlb each run as their own process (`codexlb sim`, `codexlb serve`); this process
 is the client. All three share the machine's cores, so read the ratios, not the absolute figures.
@@ -79,12 +80,15 @@ async def start(*args: str, env: dict[str, str] | None = None,
             return proc, event["url"]
 
 
-async def start_sim_and_serve(prefix: str, reply_words: int, *serve_args: str, drain: bool = True) -> tuple[
+async def start_sim_and_serve(prefix: str, reply_words: int, *serve_args: str, drain: bool = True,
+                              database_url: str = "") -> tuple[
         asyncio.subprocess.Process, str, asyncio.subprocess.Process, str]:
     """A sim with four accounts that never run out, and `codexlb serve` with them imported, each its own
     process on a free loopback port, in a new temporary directory; CODEXLB_* variables are not passed on."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_")}
+    if database_url:
+        env["CODEXLB_DATABASE_URL"] = database_url
     sim, sim_url = await start("sim", "--port", "0", "--accounts", "4", "--reply-words", str(reply_words),
                                "--primary-limit-tokens", str(10**15), "--secondary-limit-tokens", str(10**15),
                                "--write-auth", str(work / "auth"), env=env)
@@ -170,8 +174,10 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="throughput time per target and concurrency")
     parser.add_argument("--rounds", type=int, default=5, help="rounds the throughput time is split into")
     parser.add_argument("--reply-words", type=int, default=40)
+    parser.add_argument("--database-url", default="", help="an empty PostgreSQL database for codexlb's state")
     args = parser.parse_args()
-    sim, sim_url, proxy, proxy_url = await start_sim_and_serve("codexlb-bench-", args.reply_words)
+    sim, sim_url, proxy, proxy_url = await start_sim_and_serve("codexlb-bench-", args.reply_words,
+                                                               database_url=args.database_url)
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{sim_url}/__sim/accounts") as resp:
