@@ -6,8 +6,8 @@
 | this machine, nothing else | yes | no: 401 `admin_login_required` |
 | another machine, or any caller through a reverse proxy (`Forwarded`, `X-Forwarded-For`, ...) | no: 403 `admin_forbidden` | with a session from `POST /api/login` |
 
-A session is a random cookie (HttpOnly, SameSite=Strict, Secure over TLS), kept in memory for
-`SESSION_TTL_S`. Against cross-site request forgery: a state-changing call (POST, PUT, PATCH, DELETE)
+A session is a random cookie (HttpOnly, SameSite=Strict, Secure over TLS), good for `SESSION_TTL_S`,
+kept in memory and (as a digest) in the database, so that every replica knows it. Against cross-site request forgery: a state-changing call (POST, PUT, PATCH, DELETE)
 that a browser marks as coming from another site (`Origin`, `Sec-Fetch-Site`) is refused, and one
 made with a session cookie must also carry the session's `X-CSRF-Token`, which another site can
 neither read nor send. Logins are rate-limited per client (`codexlb.trusted_proxies` says who that is),
@@ -82,9 +82,14 @@ def same_secret(presented: str, expected: str) -> bool:
 
 
 @dataclass(slots=True)
-class _Session:
+class Session:
     csrf: str
     expires_at: float
+
+
+def session_digest(cookie: str) -> bytes:
+    """What identifies a session where it is kept (memory, the database): never the cookie itself."""
+    return hashlib.sha256(cookie.encode("utf-8", "surrogatepass")).digest()
 
 
 class AdminAuth:
@@ -92,7 +97,7 @@ class AdminAuth:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.password_hash = password_hash
         self.local_token = local_token
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[bytes, Session] = {}  # by session_digest(cookie)
         self._failures: dict[str, deque[float]] = {}
         # Logins being checked, per client: each counts as a failure until it ends, so that concurrent
         # guesses cannot all be checked before the first failure is counted.
@@ -166,7 +171,7 @@ class AdminAuth:
         self._failures.pop(remote, None)
         cookie, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self._drop_expired()
-        self._sessions[cookie] = _Session(csrf, time.time() + SESSION_TTL_S)
+        self._sessions[session_digest(cookie)] = Session(csrf, time.time() + SESSION_TTL_S)
         return cookie, csrf
 
     async def hash(self, password: str) -> str:
@@ -184,16 +189,29 @@ class AdminAuth:
         session = self._session(request)
         return session.csrf if session is not None else None
 
-    def logout(self, request: web.Request) -> None:
-        self._sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+    def session(self, cookie: str) -> Session | None:
+        return self._sessions.get(session_digest(cookie))
+
+    def logout(self, request: web.Request) -> bytes:
+        """Ends the caller's session here; its digest, to end it everywhere."""
+        digest = session_digest(request.cookies.get(SESSION_COOKIE, ""))
+        self._sessions.pop(digest, None)
+        return digest
+
+    def adopt(self, digest: bytes, session: Session) -> None:
+        self._sessions[digest] = session
+
+    def set_sessions(self, sessions: dict[bytes, Session]) -> None:
+        """The sessions as stored (shared by every replica; a login on one is good on all)."""
+        self._sessions = sessions
 
     def set_password(self, password_hash: str) -> None:
         """A new password ends every session made with the old one."""
         self.password_hash = password_hash
         self._sessions.clear()
 
-    def _session(self, request: web.Request) -> _Session | None:
-        session = self._sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+    def _session(self, request: web.Request) -> Session | None:
+        session = self._sessions.get(session_digest(request.cookies.get(SESSION_COOKIE, "")))
         if session is None or session.expires_at < time.time():
             return None
         return session

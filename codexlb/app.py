@@ -9,6 +9,7 @@ from codexlb.config import Settings
 from codexlb.handlers import client_auth, dashboard, health, metrics, middlewares
 from codexlb.handlers import proxy as proxy_routes
 from codexlb.handlers import websocket as ws_route
+from codexlb.handlers.api import admin as admin_api
 from codexlb.handlers.api import accounts as accounts_api
 from codexlb.handlers.api import bridge_stats as bridge_api
 from codexlb.handlers.api import device_login as device_login_api
@@ -27,7 +28,7 @@ def create_app(settings: Settings) -> web.Application:
     # Host is checked before anyone's credentials are.
     hosts = host_check.middleware(any_host=client_auth.PROXY_PREFIXES + health.PREFIXES)
     app = web.Application(middlewares=[middlewares.access_log, middlewares.openai_errors, hosts,
-                                       client_auth.client_auth])
+                                       client_auth.client_auth, admin_api.shared_sessions])
     app[SETTINGS] = settings
     app[TRUSTED_PROXIES] = TrustedProxies(settings.trusted_proxies)
     app[host_check.ALLOWED_HOSTS] = host_check.AllowedHosts(settings.host, settings.allowed_hosts)

@@ -1,5 +1,6 @@
 """What other replicas sharing the database changed, applied here within about a second: accounts (status,
-tokens, usage windows, added or removed), API keys (created, revoked) and the admin password.
+tokens, usage windows, added or removed), API keys (created, revoked), the admin password and dashboard
+sessions.
 
 The store's feed hands over changes in commit order (`Engine.follow`); account changes that come in a burst
 are read back in one go per account, so a busy fleet costs each replica one read per changed account, not
@@ -9,7 +10,7 @@ one per write. After a lost connection everything is read again, since what was 
 from __future__ import annotations
 
 from codexlb import log
-from codexlb.admin_auth import AdminAuth
+from codexlb.admin_auth import AdminAuth, Session
 from codexlb.keys import KeyRing
 from codexlb.pool.roster import Roster
 from codexlb.store import Store
@@ -33,12 +34,20 @@ class ChangeFeed:
             await self._keys.reload()
         if "admin" in kinds:
             await self._reload_password()
+        if kinds & {"admin", "sessions"}:
+            await self.load_sessions()
         _log.debug("changes from other replicas applied", changes=len(changes))
 
     async def _resync(self) -> None:
         self._roster.apply_all_stored(await self._store.load_accounts())
         await self._keys.reload()
         await self._reload_password()
+        await self.load_sessions()
+
+    async def load_sessions(self) -> None:
+        """Dashboard sessions as stored: a login on any replica holds on this one; a logout ends it here too."""
+        self._admin.set_sessions({digest: Session(csrf, expires_at)
+                                  for digest, csrf, expires_at in await self._store.admin_sessions()})
 
     async def _reload_password(self) -> None:
         stored = await self._store.admin_password()

@@ -117,6 +117,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
             jobs["usage"] = lambda: poller.run(settings.usage_poll_interval_s)
         leader = app[LEADER] = Leader(store.leases, jobs)
         feed = ChangeFeed(store, roster, keys, app[ADMIN])
+        await feed.load_sessions()  # a login from before a restart, or made on another replica, holds here
         loops = [asyncio.create_task(leader.run(), name="codexlb-leader"),
                  asyncio.create_task(roster.run_flusher(), name="codexlb-account-flush"),
                  asyncio.create_task(feed.run(), name="codexlb-change-feed")]

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from codexlb.store import DatabaseError, SecretKeyError, Store, schema
+from tests.pgserver import PASSWORD
 from tests.serving import child_env
 
 KEY_A = base64.b64encode(b"A" * 32).decode()
@@ -91,3 +92,9 @@ def test_the_key_can_come_from_the_environment(tmp_path, pg_database):
     other = subprocess.run(run, env={**env, "CODEXLB_SECRET_KEY": KEY_B}, capture_output=True, text=True, timeout=60)
     assert other.returncode == 1 and "CODEXLB_SECRET_KEY is not the one" in other.stderr
     assert KEY_B not in other.stderr and os.environ.get("CODEXLB_SECRET_KEY") is None
+
+
+def test_wrong_credentials_are_one_line(tmp_path, pg_server):
+    wrong = pg_server.url("postgres", password=True).replace(PASSWORD, "not-the-password")
+    err = serve_start_error(tmp_path, wrong)
+    assert "refused the credentials" in err and "not-the-password" not in err

@@ -13,6 +13,7 @@ import base64
 import binascii
 import os
 import socket
+import time
 from pathlib import Path
 from secrets import token_hex
 from typing import Any, NamedTuple
@@ -209,9 +210,30 @@ class Store:
         return bytes(rows[0][0]).decode() if rows else None
 
     async def set_admin_password(self, password_hash: str) -> None:
+        """A new password ends every session, on every replica."""
         await self.db.transaction([
             ("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-             (_ADMIN_PASSWORD, password_hash.encode())), self._told("admin")])
+             (_ADMIN_PASSWORD, password_hash.encode())), ("DELETE FROM admin_sessions", ()), self._told("admin")])
+
+    async def add_admin_session(self, digest: bytes, csrf: str, expires_at: float) -> None:
+        await self.db.transaction([
+            ("INSERT INTO admin_sessions (digest, csrf, expires_at) VALUES (?, ?, ?)", (digest, csrf, expires_at)),
+            ("DELETE FROM admin_sessions WHERE expires_at < ?", (time.time(),)), self._told("sessions")])
+
+    async def remove_admin_session(self, digest: bytes) -> None:
+        await self.db.transaction([("DELETE FROM admin_sessions WHERE digest = ?", (digest,)), self._told("sessions")])
+
+    async def admin_session(self, digest: bytes) -> tuple[str, float] | None:
+        """(CSRF token, expiry) of one session, if it exists and has not expired."""
+        rows = await self.db.fetch("SELECT csrf, expires_at FROM admin_sessions WHERE digest = ? AND expires_at >= ?",
+                                   (digest, time.time()))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def admin_sessions(self) -> list[tuple[bytes, str, float]]:
+        """(cookie digest, CSRF token, expiry) of the sessions not yet expired."""
+        rows = await self.db.fetch("SELECT digest, csrf, expires_at FROM admin_sessions WHERE expires_at >= ?",
+                                   (time.time(),))
+        return [(bytes(d), c, e) for d, c, e in rows]
 
     async def follow_changes(self, on_changes: OnChanges, on_resync: OnResync) -> None:
         """Forever: what the other replicas sharing this database change (`Engine.follow`)."""

@@ -102,3 +102,28 @@ def _window():
     from codexlb.account import Window
 
     return Window(0.0, 300, time.time() + 600)
+
+
+async def test_a_dashboard_login_on_one_replica_holds_on_the_other_and_a_logout_ends_it(replicas, http):
+    a, b = replicas
+    async with http.post(a.url + "/api/admin/password", json={"password": "correct horse battery"}) as resp:
+        assert resp.status == 200
+    await within(lambda: b.app[ADMIN].password_hash is not None)
+    async with http.post(a.url + "/api/login", json={"password": "correct horse battery"}) as resp:
+        assert resp.status == 200
+        cookie = resp.cookies["codexlb_session"].value
+    http.cookie_jar.clear()
+    jar = {"Cookie": f"codexlb_session={cookie}"}
+    async with http.get(b.url + "/api/keys") as resp:
+        assert resp.status == 401  # with a password set, this machine too needs a session
+
+    async def status_on_b() -> int:
+        async with http.get(b.url + "/api/keys", headers=jar) as resp:
+            return resp.status
+
+    assert await status_on_b() == 200  # stored before the login was answered: no wait
+    async with http.post(b.url + "/api/logout", headers=jar) as resp:
+        assert resp.status == 200
+    took = await within(lambda: a.app[ADMIN].session(cookie) is None)
+    print(f"\nlogout on B ended the session on A after {took * 1000:.0f} ms")
+    assert took < BOUND_S

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from codexlb.admin_auth import SESSION_COOKIE, SESSION_TTL_S, over_tls
+from codexlb.admin_auth import SESSION_COOKIE, SESSION_TTL_S, over_tls, session_digest
 from codexlb.errors import APIError
 from codexlb.handlers.api.admin import json_response, only_fields, require_admin
 from codexlb.handlers.request_body import read_json
@@ -25,7 +25,12 @@ async def _password(request: web.Request) -> str:
 
 async def login(request: web.Request) -> web.Response:
     """Body {"password"}: a session cookie, and the CSRF token its state-changing calls must carry."""
-    cookie, csrf = await request.app[ADMIN].login(request, await _password(request))
+    auth = request.app[ADMIN]
+    cookie, csrf = await auth.login(request, await _password(request))
+    made = auth.session(cookie)
+    assert made is not None
+    # Stored before it is handed out, so that the next request may land on any replica.
+    await request.app[STORE].add_admin_session(session_digest(cookie), made.csrf, made.expires_at)
     response = json_response({"csrf_token": csrf, "expires_in": int(SESSION_TTL_S)})
     response.set_cookie(SESSION_COOKIE, cookie, max_age=int(SESSION_TTL_S), httponly=True, samesite="Strict",
                         secure=over_tls(request), path="/")
@@ -33,7 +38,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    request.app[ADMIN].logout(request)
+    await request.app[STORE].remove_admin_session(request.app[ADMIN].logout(request))
     response = json_response({"logged_out": True})
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
