@@ -29,7 +29,8 @@ class ChangeFeed:
     async def _apply(self, changes: list[Change]) -> None:
         kinds = {kind for kind, _ in changes}
         for account_id in dict.fromkeys(ref for kind, ref in changes if kind == "account"):
-            self._roster.apply_stored(account_id, await self._store.load_account(account_id))
+            read_at = self._roster.version
+            self._roster.apply_stored(account_id, await self._store.load_account(account_id), read_at)
         if "keys" in kinds:
             await self._keys.reload()
         if "admin" in kinds:
@@ -39,7 +40,8 @@ class ChangeFeed:
         _log.debug("changes from other replicas applied", changes=len(changes))
 
     async def _resync(self) -> None:
-        self._roster.apply_all_stored(await self._store.load_accounts())
+        read_at = self._roster.version
+        self._roster.apply_all_stored(await self._store.load_accounts(), read_at)
         await self._keys.reload()
         await self._reload_password()
         await self.load_sessions()

@@ -144,12 +144,15 @@ class KeyRing:
 
     async def reload(self) -> None:
         """The active keys as stored: another replica created or revoked one. Last uses seen here are kept."""
-        records = await self._store.load_active_api_keys()
-        live = {r.id: r for r in self._by_hash.values()}
-        for record in records:
-            if record.id in live:
-                record.last_used_at = live[record.id].last_used_at
-        self._by_hash = {r.hash: r for r in records}
+        # Under the lock create and revoke hold across their write: a read between a revoke's two steps would
+        # bring the key back.
+        async with self._lock:
+            records = await self._store.load_active_api_keys()
+            live = {r.id: r for r in self._by_hash.values()}
+            for record in records:
+                if record.id in live:
+                    record.last_used_at = live[record.id].last_used_at
+            self._by_hash = {r.hash: r for r in records}
 
     def flush_last_used(self) -> None:
         """Queue the last uses not yet written (at shutdown, so `keys list` is right after a restart)."""

@@ -82,7 +82,7 @@ class Refresher:
         refresh): the current ones at once, no refresh. Else a refresh, joined with one already running."""
         if account.tokens.access_token != seen:
             return account.tokens
-        return await self._flights.do(account.id, lambda: self._refresh(account, reason))
+        return await self._flights.do(account.id, lambda: self._refresh(account, seen, reason))
 
     async def refresh_due(self, now: float | None = None) -> int:
         """One sweep of the proactive loop: refresh every account that is due; returns how many were."""
@@ -103,11 +103,13 @@ class Refresher:
     async def close(self) -> None:
         await self._flights.close()
 
-    async def _refresh(self, account: Account, reason: str) -> Tokens:
+    async def _refresh(self, account: Account, seen: str, reason: str) -> Tokens:
         """One replica of the fleet refreshes at a time (`refresh_claim`); tokens another stored meanwhile are
         adopted, never refreshed again."""
         try:
             async with self._claims.claim(account) as adopted:
+                if adopted is None and account.tokens.access_token != seen:
+                    adopted = account.tokens  # renewed here while the claim was made: nothing to spend
                 if adopted is not None:
                     self.results["adopted"] += 1
                     return adopted

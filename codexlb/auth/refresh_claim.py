@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
+from secrets import token_hex
 from typing import AsyncIterator
 
 from codexlb import log
 from codexlb.account import Account, Tokens
 from codexlb.pool.roster import Roster
 from codexlb.store import DatabaseError
-from codexlb.store.leases import CLOCK_SKEW_S
+from codexlb.store.leases import CLOCK_SKEW_S, Leases
 
 POLL_S = 0.1
 _log = log.get("codexlb.refresh")
@@ -37,7 +38,8 @@ def _newer(stored: Tokens, had: Tokens) -> bool:
 class RefreshClaims:
     def __init__(self, roster: Roster, *, hold_s: float, poll_s: float = POLL_S) -> None:
         self._roster = roster
-        self._leases = roster.store.leases
+        # An owner of its own: two refreshers in one process exclude each other as two replicas do.
+        self._leases = Leases(roster.store.db, f"{roster.store.replica}/refresh-{token_hex(2)}")
         self._hold_s = hold_s
         self._poll_s = poll_s
 

@@ -36,6 +36,10 @@ class Roster:
         self._usable: list[Account] | None = None
         self._next_due = math.inf
         self._dirty: set[str] = set()
+        # Counts this replica's own account changes, and the last one per account: a reload read before one of
+        # them is older than memory and must not undo it (`apply_stored`).
+        self.version = 0
+        self._changed: dict[str, int] = {}
 
     @classmethod
     async def load(cls, store: Store) -> "Roster":
@@ -102,6 +106,7 @@ class Roster:
                 id=login.account_id, alias=alias or self._alias_for(login), email=login.email, plan=login.plan,
                 tokens=login.tokens, created_at=time.time(),
             )
+            self._changed_here(account.id)
             await self._store.save_account(account)
             self._accounts[account.id] = account
             self._usable = None
@@ -116,12 +121,14 @@ class Roster:
         existing.email = login.email or existing.email
         existing.plan = login.plan or existing.plan
         existing.alias = alias or existing.alias
+        self._changed_here(existing.id)
         await self._store.save_account(existing)
         _log.info("account imported again", account=existing.alias, outcome=outcome)
         return existing, outcome
 
     async def remove(self, key: str) -> Account:
         account = self.get(key)
+        self._changed_here(account.id)
         await self._store.delete_account(account.id)
         del self._accounts[account.id]
         self._usable = None
@@ -148,11 +155,19 @@ class Roster:
     async def set_tokens(self, account: Account, tokens: Tokens) -> None:
         """New tokens from a refresh: durable before anyone uses the new refresh token."""
         account.tokens = tokens
+        self._changed_here(account.id)
         await self._store.save_account(account)
 
-    def apply_stored(self, account_id: str, stored: Account | None) -> None:
-        """What another replica wrote of an account (None: removed), taken over here: its status, usage
-        windows and names; its tokens only when fresher than ours."""
+    def _changed_here(self, account_id: str) -> None:
+        self.version += 1
+        self._changed[account_id] = self.version
+
+    def apply_stored(self, account_id: str, stored: Account | None, read_at: int) -> None:
+        """What another replica wrote of an account (None: removed), read when `version` was `read_at`, taken
+        over here: its status, usage windows and names; its tokens only when fresher than ours. Skipped when
+        this replica changed the account since the read: its own write, told to the others, is newer."""
+        if self._changed.get(account_id, 0) > read_at:
+            return
         mine = self._accounts.get(account_id)
         if stored is None:
             if mine is not None:
@@ -173,11 +188,11 @@ class Roster:
         if (mine.status, mine.status_until) != (stored.status, stored.status_until):
             self._set(mine, stored.status, stored.status_until, stored.status_reason or "changed by another replica")
 
-    def apply_all_stored(self, accounts: list[Account]) -> None:
+    def apply_all_stored(self, accounts: list[Account], read_at: int) -> None:
         """Every account as stored (after this replica may have missed changes)."""
         stored = {a.id: a for a in accounts}
         for account_id in set(self._accounts) | set(stored):
-            self.apply_stored(account_id, stored.get(account_id))
+            self.apply_stored(account_id, stored.get(account_id), read_at)
 
     def mark_reauth_required(self, account: Account, reason: str) -> None:
         self._set(account, Status.REAUTH_REQUIRED, None, reason)
@@ -231,6 +246,7 @@ class Roster:
                 self._store.save_account_soon(account)
 
     def _set(self, account: Account, status: Status, until: float | None, reason: str) -> None:
+        self._changed_here(account.id)
         if account.status is not status:
             _log.info("account status", account=account.alias, status=status.value, was=account.status.value,
                       until=until, reason=reason)
