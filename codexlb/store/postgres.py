@@ -29,9 +29,11 @@ _log = log.get("codexlb.store")
 MIGRATION_LOCK = 0x636F6465786C62
 _BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 CHANNEL = "codexlb"
-# The change feed's connection is checked this often (and must answer within it): a connection that died
-# without a word (a network cut) is found and replaced within two of these.
+# The change feed's connection is checked after this long without a notification, and must answer within
+# PING_WAIT_S: a connection that died without a word (a network cut) is found and replaced within their sum.
+# The wait is generous: a busy machine must not take a slow answer for a lost connection.
 PING_S = 1.0
+PING_WAIT_S = 5.0
 
 
 @lru_cache(maxsize=512)
@@ -194,7 +196,7 @@ class PostgresEngine:
                         async with asyncio.timeout(PING_S):
                             payloads = [await heard.get()]
                     except TimeoutError:
-                        async with asyncio.timeout(PING_S):
+                        async with asyncio.timeout(PING_WAIT_S):
                             await conn.fetchval("SELECT 1")
                         continue
                     while not heard.empty():
