@@ -34,9 +34,11 @@ def family(pid: int) -> list[int]:
     return [pid, *map(int, children)]
 
 
-async def measure(args: argparse.Namespace, *serve_args: str) -> tuple[float, float, list[float]]:
+async def measure(args: argparse.Namespace, *serve_args: str,
+                  database_url: str = "") -> tuple[float, float, list[float]]:
     """(requests/s, codexlb CPU µs per request, first-event times) of one `serve` with `serve_args`."""
-    sim, _, proxy, proxy_url = await start_sim_and_serve("codexlb-fleet-", args.reply_words, *serve_args)
+    sim, _, proxy, proxy_url = await start_sim_and_serve("codexlb-fleet-", args.reply_words, *serve_args,
+                                                         database_url=database_url)
     try:
         url = f"{proxy_url}/backend-api/codex/responses"
         headers = {"Content-Type": "application/json"}
@@ -73,7 +75,7 @@ async def main() -> None:
               f"{args.seconds:g} s each; {args.reply_words}-word replies")
         results = {}
         for workers in (1, 2, 4):
-            results[workers] = await measure(args, "--database-url", fresh(), "--workers", str(workers))
+            results[workers] = await measure(args, "--workers", str(workers), database_url=fresh())
             rate, cpu, _ = results[workers]
             print(f"  workers {workers} (PostgreSQL): {rate:7.0f} requests/s  x{rate / results[1][0]:4.2f}  "
                   f"cpu/request {cpu:5.0f} µs")
