@@ -11,6 +11,7 @@ tests/bench/bench_pg_driver.py and the commit that added it).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -251,7 +252,7 @@ class PostgresEngine:
     async def _retrying(self, work: Any) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_s
-        for attempt in range(1_000_000):
+        for attempt in itertools.count():
             try:
                 async with self._pool.acquire(timeout=max(0.01, deadline - loop.time())) as conn:
                     return await work(conn)
@@ -262,7 +263,6 @@ class PostgresEngine:
                 if loop.time() + pause >= deadline:
                     raise DatabaseUnavailable(f"PostgreSQL at {self.where} is unreachable: {exc}") from None
                 await asyncio.sleep(pause)
-        raise AssertionError("unreachable")
 
     async def _write_forever(self) -> None:
         attempt = 0
