@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import os
 import socket
 import subprocess
@@ -98,3 +99,58 @@ def test_wrong_credentials_are_one_line(tmp_path, pg_server):
     wrong = pg_server.url("postgres", password=True).replace(PASSWORD, "not-the-password")
     err = serve_start_error(tmp_path, wrong)
     assert "refused the credentials" in err and "not-the-password" not in err
+
+
+async def cancelled_at_every_step(start, finished: asyncio.Event, limit: int = 5000) -> int:
+    """Start `start()` and cancel it after 0, 1, 2... turns of the loop, until it gets to `finished` first;
+    returns how many cancellations were tried. Every point a cancellation can land on is hit once."""
+    for turns in range(limit):
+        task = asyncio.create_task(start())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        reached = finished.is_set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if reached:
+            return turns
+    raise AssertionError(f"not finished after {limit} turns")
+
+
+async def test_cancelling_a_connect_at_any_point_leaves_no_stray_error(tmp_path, pg_server, pg_database):
+    # Seen in CI at a serve's shutdown: asyncio logged "Future exception was never retrieved ... unexpected
+    # connection_lost() call", from a pool connect cancelled just as its TCP connection opened.
+    stray: list[dict] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: stray.append(context))
+    try:
+        await cancel_connects_everywhere(tmp_path, pg_server, pg_database)
+        for _ in range(3):
+            gc.collect()
+            await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert [c["message"] for c in stray] == []
+
+
+async def cancel_connects_everywhere(tmp_path, pg_server, pg_database) -> None:
+    store = await Store.open(tmp_path / "d", database_url=pg_database, secret_key=KEY_A)
+    try:
+        listening = asyncio.Event()
+
+        async def heard(*_args) -> None:
+            listening.set()
+
+        # The change feed's own connection...
+        assert await cancelled_at_every_step(lambda: store.follow_changes(heard, heard), listening) > 0
+
+        # ...and the pool's, when its connections were cut (a restarted server) and a read needs a new one.
+        fetched = asyncio.Event()
+
+        async def fetch_once() -> None:
+            await pg_server.akill_connections(pg_database.rsplit("/", 1)[1])
+            await store.db.fetch("SELECT 1")
+            fetched.set()
+
+        assert await cancelled_at_every_step(fetch_once, fetched) > 0
+    finally:
+        await store.close()
