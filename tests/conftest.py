@@ -16,10 +16,13 @@ ENGINE = os.environ.get("CODEXLB_TEST_ENGINE", "sqlite")
 
 def pytest_collection_modifyitems(items):
     if ENGINE == "postgres":
-        skip = pytest.mark.skip(reason="checks what SQLite keeps in the data dir")
+        sqlite_only = pytest.mark.skip(reason="checks what SQLite keeps in the data dir")
+        one_pass = pytest.mark.skip(reason="brings its own PostgreSQL database: run in the default pass")
         for item in items:
             if item.get_closest_marker("sqlite_only"):
-                item.add_marker(skip)
+                item.add_marker(sqlite_only)
+            elif item.get_closest_marker("one_pass"):
+                item.add_marker(one_pass)
 
 
 MIGRATED = "codexlb_migrated"

@@ -25,6 +25,7 @@ CHECK_INTERVAL_MS = 500
 START_TIMEOUT_S = 10
 MODES = ("hash", "roundrobin")
 LOADED = "Loading success."  # the master's log line after each start and reload
+SERVED_LOG = "served"
 
 
 def find_haproxy() -> str | None:
@@ -40,11 +41,13 @@ def config(port: int, backends: list[tuple[str, int]], mode: str) -> str:
     servers = "\n".join(f"    server s{i} {host}:{bport} check" for i, (host, bport) in enumerate(backends))
     return f"""global
     maxconn 4096
-    log stderr format short local0 warning
+    log stderr format raw local0 info
 
 defaults
     mode http
     log global
+    # One line per request (a WebSocket's when its tunnel ends): which replica served it, for `served()`.
+    log-format "{SERVED_LOG} %s %ST %HM %HU"
     timeout connect 5s
     # Streams run for minutes, and WebSockets for as long as a CLI session: long idle limits on both sides.
     timeout client 30m
@@ -110,6 +113,15 @@ class HAProxy:
                 self._proc.kill()
                 await self._proc.wait()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def served(self) -> list[tuple[str, int, str, str]]:
+        """(backend, status, method, path) of every request finished so far, in the order they finished."""
+        found = []
+        for line in self.log().splitlines():
+            words = line.split()
+            if len(words) == 5 and words[0] == SERVED_LOG:
+                found.append((words[1], int(words[2]), words[3], words[4]))
+        return found
 
     def log(self) -> str:
         path = self._dir / "haproxy.log"
