@@ -38,6 +38,7 @@ KEYS = web.AppKey("keys", KeyRing)
 GATES = web.AppKey("gates", Gates)
 ADMIN = web.AppKey("admin_auth", AdminAuth)
 LEADER = web.AppKey("leader", Leader)
+FEED = web.AppKey("change_feed", ChangeFeed)
 
 
 class StartupError(Exception):
@@ -116,7 +117,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         if settings.usage_poll_interval_s > 0:
             jobs["usage"] = lambda: poller.run(settings.usage_poll_interval_s)
         leader = app[LEADER] = Leader(store.leases, jobs)
-        feed = ChangeFeed(store, roster, keys, app[ADMIN])
+        feed = app[FEED] = ChangeFeed(store, roster, keys, app[ADMIN])
         await feed.load_sessions()  # a login from before a restart, or made on another replica, holds here
         loops = [asyncio.create_task(leader.run(), name="codexlb-leader"),
                  asyncio.create_task(roster.run_flusher(), name="codexlb-account-flush"),

@@ -1,11 +1,12 @@
 """Which replica owns a bridged conversation: the one that holds its upstream socket, fenced by an epoch.
 
-A replica that makes a session for a conversation claims it (the epoch goes up); a replica whose session's
-(replica, epoch) is no longer the conversation's owner has lost it and closes that socket, so no socket is
-left behind when a conversation moves. It learns that without waiting on the database in a request: a
-session in use is checked in the background, idle ones in one query per sweep, and `Sessions.on_owner_changed`
-is there for a change feed. Every database call is bounded; when the database is away the bridge works as
-on one replica (it just cannot tell another replica that it took a conversation over).
+A replica that makes a session for a conversation claims it (the epoch goes up, and the claim is announced on
+the change feed); a replica whose session's (replica, epoch) is no longer the conversation's owner has lost it
+and closes that socket, so no socket is left behind when a conversation moves. It learns that without waiting
+on the database in a request: from the change feed (`Sessions.on_owner_changed`, within about a second), and
+failing that when the session is next used (checked in the background) or in the sweep (idle ones, one query).
+Every database call is bounded; when the database is away the bridge works as on one replica (it just cannot
+tell another replica that it took a conversation over).
 """
 
 from __future__ import annotations

@@ -170,12 +170,12 @@ class Sessions:
         if not claim.cancelled():
             session.epoch = claim.result()
 
-    def _check_soon(self, session: Session) -> None:
+    def _check_soon(self, session: Session, after_s: float = USED_CHECK_S) -> None:
         """Whether the session still owns its conversation, found out beside the request that uses it."""
         if self._ownership is None or session.epoch is None:
             return
         if not self._used:
-            asyncio.get_running_loop().call_later(USED_CHECK_S, self._check_used)
+            asyncio.get_running_loop().call_later(after_s, self._check_used)
         self._used[session.key] = session
 
     def _check_used(self) -> None:
@@ -189,10 +189,11 @@ class Sessions:
         return task
 
     def on_owner_changed(self, conversation: str) -> None:
-        """Another replica may have claimed this conversation (a change feed says so): check the session."""
+        """Another replica claimed this conversation (the change feed says so): check the session now, in one
+        query with whatever else the feed said in the same breath."""
         session = self._by_key.get(conversation)
         if session is not None:
-            self._check_soon(session)
+            self._check_soon(session, after_s=0)
 
     async def check_owners(self, sessions: Sequence[Session] | None = None) -> int:
         """Retire the sessions (all, by default) whose conversation another replica has claimed since, in one

@@ -21,8 +21,9 @@ from codexlb.keys import API_KEY
 from codexlb.pool.pool import Pool
 from codexlb.pool.sticky import conversation_keys
 from codexlb.request_checks import check_responses
-from codexlb.services import GATES, HTTP, POOL, REFRESHER, ROSTER, SETTINGS, STORE
+from codexlb.services import FEED, GATES, HTTP, POOL, REFRESHER, ROSTER, SETTINGS, STORE
 from codexlb.singleflight import SingleFlight
+from codexlb.store import conversations
 from codexlb.transcript import Transcripts
 from codexlb.translate import chat
 from codexlb.translate.chat import TranslationError, UpstreamFailed
@@ -239,10 +240,13 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     sessions = app[bridge.SESSIONS] = bridge.Sessions(app[UPSTREAM], settings.bridge_max_sessions,
                                                       settings.bridge_idle_ttl_s,
                                                       Ownership(app[STORE].db, app[STORE].replica))
+    # A conversation another replica claimed is let go at once; the sweep catches what the feed missed.
+    stop_listening = app[FEED].listen(conversations.OWNER, sessions.on_owner_changed)
     sweeper = asyncio.create_task(sessions.sweep(), name="codexlb-bridge-sweep")
     try:
         yield
     finally:
+        stop_listening()
         sweeper.cancel()
         await asyncio.gather(sweeper, return_exceptions=True)
         await sessions.close()

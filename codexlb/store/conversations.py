@@ -1,6 +1,7 @@
 """The conversation tables a fleet shares: `sticky` (conversation key -> account, with when it was last seen)
 and `owners` (which replica holds a conversation's upstream socket, fenced by an epoch that every claim
-raises). Functions over an Engine, so the callers keep their own bounds and batching."""
+raises and announces on the change feed). Functions over an Engine, so the callers keep their own bounds and
+batching."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ UPSERT_STICKY = ("INSERT INTO sticky (key, account_id, seen) VALUES (?, ?, ?) ON
 # A claim takes the conversation whoever held it: the epoch goes up, so the one that held it sees it lost.
 _CLAIM = ("INSERT INTO owners (conversation, replica, epoch, seen) VALUES (?, ?, 1, ?) ON CONFLICT (conversation) "
           "DO UPDATE SET replica = excluded.replica, epoch = owners.epoch + 1, seen = excluded.seen RETURNING epoch")
+# The change feed's kind for a claim; its ref is the conversation. A key too long for a PostgreSQL NOTIFY (under
+# 8000 bytes) is not announced: the replica that lost it finds out in its sweep instead.
+OWNER = "owner"
+_ANNOUNCED_MAX = 4000
 _IN_CHUNK = 500  # keys per IN (...) list: well under both engines' parameter limits
 
 
@@ -37,8 +42,10 @@ def save_sticky_soon(db: Engine, rows: Sequence[tuple[str, str, float]]) -> None
 
 
 async def claim(db: Engine, conversation: str, replica: str, now: float) -> int:
-    """Make `replica` the conversation's owner; returns the epoch it now holds."""
-    rows = await db.fetch(_CLAIM, (conversation, replica, now))
+    """Make `replica` the conversation's owner, and tell the other replicas in the same write (so the one that
+    held it closes its socket at once); returns the epoch it now holds."""
+    announce = [db.change(replica, OWNER, conversation)] if len(conversation) <= _ANNOUNCED_MAX else []
+    rows = await db.write_returning(_CLAIM, (conversation, replica, now), announce)
     return int(rows[0][0])
 
 

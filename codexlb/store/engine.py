@@ -39,6 +39,10 @@ class Engine(Protocol):
         """Run the writes in one transaction and wait; returns the rows each touched."""
         ...
 
+    async def write_returning(self, sql: str, params: Params, also: Sequence[Statement]) -> list[tuple[Any, ...]]:
+        """Run one write with a RETURNING clause and `also` in one transaction, and wait; returns its rows."""
+        ...
+
     def submit(self, sql: str, params: Params = ()) -> None:
         """Queue a write without waiting; a failure is logged, since nobody awaits it."""
         ...

@@ -188,6 +188,18 @@ class PostgresEngine:
             raise DatabaseUnavailable(f"PostgreSQL at {self.where} did not answer within {self._wait_s:g} s")
         return write.result.result()
 
+    async def write_returning(self, sql: str, params: Params, also: Sequence[Statement]) -> list[tuple[Any, ...]]:
+        async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            async with conn.transaction():
+                rows = await conn.fetch(adapt(sql), *params)
+                for statement, values in also:
+                    await conn.execute(adapt(statement), *values)
+                return rows
+
+        # Beside the write queue, as `fetch` is, after every write issued before it.
+        await self._wait_landed(self._issued)
+        return [tuple(row) for row in await self._retrying(work)]
+
     def submit(self, sql: str, params: Params = ()) -> None:
         self._enqueue([(sql, params)], None, None)
 

@@ -119,6 +119,15 @@ class SQLiteEngine:
         return await self.call(lambda conn: _in_transaction(
             conn, lambda: [conn.execute(sql, params).rowcount for sql, params in statements]))
 
+    async def write_returning(self, sql: str, params: Params, also: Sequence[Statement]) -> list[tuple[Any, ...]]:
+        def work(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            rows = conn.execute(sql, params).fetchall()
+            for statement, values in also:
+                conn.execute(statement, values)
+            return rows
+
+        return await self.call(lambda conn: _in_transaction(conn, lambda: work(conn)))
+
     def submit(self, sql: str, params: Params = ()) -> None:
         self._queue(lambda conn: conn.execute(sql, params))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import os
 import time
 
 import pytest
@@ -14,6 +15,7 @@ from codexlb.account import Status
 from codexlb.services import ADMIN, KEYS, ROSTER
 from codexlb.store.sqlite import DB_FILE_NAME
 from tests.proxy.conftest import start_proxy
+from tests.test_one_server import serve_process
 
 SECRET = base64.b64encode(b"F" * 32).decode()
 BOUND_S = 1.0
@@ -127,3 +129,40 @@ async def test_a_dashboard_login_on_one_replica_holds_on_the_other_and_a_logout_
     took = await within(lambda: a.app[ADMIN].session(cookie) is None)
     print(f"\nlogout on B ended the session on A after {took * 1000:.0f} ms")
     assert took < BOUND_S
+
+
+async def test_two_serve_processes_a_key_revoked_on_one_is_refused_on_the_other(database_url, tmp_path, http):
+    """The headline with real `codexlb serve` processes on one PostgreSQL database, timed from A's answer to
+    the revocation (it comes once the revocation is committed) to B's first refusal."""
+    if not database_url:
+        pytest.skip("PostgreSQL pass only: two `serve` processes cannot share one data dir, where the SQLite "
+                    "file lives (the workers of one `serve --workers` can: the in-process tests above)")
+    secret = ("--secret-key", base64.b64encode(os.urandom(32)).decode())
+    async with serve_process(tmp_path / "a", *secret) as (_, a_url):
+        admin = {"Authorization": f"Bearer {(tmp_path / 'a' / 'admin.token').read_text().strip()}"}
+        keys = {}
+        for name in ("other", "ci"):  # "other" stays: with no key left, B would serve anyone on loopback
+            async with http.post(f"{a_url}/api/keys", json={"name": name}, headers=admin) as resp:
+                assert resp.status == 201, await resp.text()
+                keys[name] = (await resp.json())["key"]
+
+        async with serve_process(tmp_path / "b", *secret) as (_, b_url):  # it reads the keys as it starts
+            async def status_on_b() -> int:
+                async with http.get(f"{b_url}/v1/models", headers={"Authorization": f"Bearer {keys['ci']}"}) as resp:
+                    return resp.status
+
+            assert await status_on_b() != 401
+            async with http.delete(f"{a_url}/api/keys/ci", headers=admin) as resp:
+                assert resp.status == 200, await resp.text()
+            refused = await until_status(status_on_b, lambda status: status == 401, bound_s=5.0)
+    print(f"\nserve processes on PostgreSQL: key revoked on A refused on B after {refused * 1000:.1f} ms")
+    assert refused < BOUND_S
+
+
+async def until_status(status, wanted, bound_s: float) -> float:
+    """Seconds until `wanted(await status())` (asked back to back), failing past `bound_s`."""
+    started = time.monotonic()
+    while not wanted(await status()):
+        if time.monotonic() - started > bound_s:
+            raise AssertionError(f"not within {bound_s} s")
+    return time.monotonic() - started
