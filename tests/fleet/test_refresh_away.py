@@ -1,0 +1,91 @@
+"""A token refresh while PostgreSQL is away: the replica refreshes alone, but never spends a refresh token
+twice, never takes an account out for a refusal it cannot judge, and leaves a refresh another replica was
+seen making to that replica."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from codexlb.account import Status
+from codexlb.auth.refresh import CLIENT_ID, Refresher, RefreshError
+from codexlb.auth.refresh_claim import ClaimError, RefreshClaims
+from codexlb.pool.roster import Roster
+from codexlb.store import Store
+from codexlb.store.leases import Leases
+from tests.accounts.conftest import login_of
+
+
+@pytest.fixture
+async def pg_store(tmp_path, pg_database):
+    data = tmp_path / "away-data"
+    data.mkdir(mode=0o700)
+    store = await Store.open(data, database_url=pg_database)
+    yield store
+    await store.close()
+
+
+async def stop(pg_server, store: Store) -> None:
+    """Stop PostgreSQL, with what the store wrote so far kept (the test server commits asynchronously)."""
+    await store.db.barrier()
+    await pg_server.asql("CHECKPOINT")
+    await pg_server.astop()
+
+
+async def test_a_refresh_token_refused_while_away_is_never_sent_again(pg_store, pg_server, sim_one, http):
+    """Another replica spent the token while the database was away: the refusal leaves the account in
+    rotation and the token unsent again; once the database is back and shows no newer tokens, the account
+    needs a new login, still without a second send."""
+    roster = await Roster.load(pg_store)
+    sim_account = sim_one.backend.accounts[0]
+    account, _ = await roster.add_login(login_of(sim_account))
+    grant = {"client_id": CLIENT_ID, "grant_type": "refresh_token", "refresh_token": account.tokens.refresh_token}
+    async with http.post(f"{sim_one.url}/oauth/token", json=grant) as resp:
+        assert resp.status == 200  # spent by "another replica"
+    refresher = Refresher(roster, http, sim_one.url)
+    seen = account.tokens.access_token
+    await stop(pg_server, pg_store)
+    try:
+        for _ in range(2):
+            with pytest.raises(RefreshError) as refused:
+                await refresher.refresh(account, seen, "upstream 401")
+            assert not refused.value.permanent
+            assert account.status is Status.ACTIVE
+        assert sim_account.reused == 1
+    finally:
+        await pg_server.astart()
+    with pytest.raises(RefreshError) as refused:
+        await refresher.refresh(account, seen, "upstream 401")
+    assert refused.value.permanent
+    assert account.status is Status.REAUTH_REQUIRED
+    assert sim_account.reused == 1 and sim_account.refreshes == 1
+    assert refresher.results == {"failed": 2, "refused": 1}
+
+
+async def test_a_refresh_another_replica_was_seen_making_is_left_to_it_when_the_database_goes_away(
+        pg_store, pg_server, sim_one):
+    roster = await Roster.load(pg_store)
+    account, _ = await roster.add_login(login_of(sim_one.backend.accounts[0]))
+    assert await Leases(pg_store.db, "other-replica").claim(f"refresh:{account.id}", 60)
+    claims = RefreshClaims(roster, hold_s=60)
+
+    async def claim() -> None:
+        async with claims.claim(account):
+            pass
+
+    waiting = asyncio.create_task(claim())
+    async with asyncio.timeout(10):
+        while account.id not in claims._held_elsewhere:  # it saw the other replica's lease
+            await asyncio.sleep(0.01)
+    await stop(pg_server, pg_store)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ClaimError, match="another replica was refreshing"):
+            await asyncio.wait_for(waiting, 10)
+        print(f"\ngave up {time.monotonic() - started:.2f} s after the database went away")
+    finally:
+        waiting.cancel()
+        await pg_server.astart()
+    assert sim_one.backend.accounts[0].refreshes == 0
