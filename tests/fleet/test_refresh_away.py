@@ -5,8 +5,10 @@ seen making to that replica."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
+import asyncpg
 import pytest
 
 from codexlb.account import Status
@@ -89,3 +91,30 @@ async def test_a_refresh_another_replica_was_seen_making_is_left_to_it_when_the_
         waiting.cancel()
         await pg_server.astart()
     assert sim_one.backend.accounts[0].refreshes == 0
+
+
+async def test_new_tokens_given_up_on_by_a_slow_database_are_still_stored(pg_store, pg_database, sim):
+    """A database that answers, but too slowly (here: an earlier queued write waits on a row lock), makes the
+    refresh give up on its write after the engine's bound: the refresh still succeeds, and its tokens are
+    written once the database gets to them, instead of being dropped."""
+    roster = await Roster.load(pg_store)
+    account, _ = await roster.add_login(login_of(sim.backend.accounts[0]))
+    other, _ = await roster.add_login(login_of(sim.backend.accounts[1]))
+    locker = await asyncpg.connect(pg_database)
+    try:
+        held = locker.transaction()
+        await held.start()
+        await locker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", other.id)
+        pg_store.save_account_soon(other)  # the writer waits on the lock from here
+        new = dataclasses.replace(account.tokens, access_token="at-new", refresh_token="rt-new",
+                                  last_refresh=time.time())
+        started = time.monotonic()
+        await roster.set_tokens(account, new)
+        print(f"\nset_tokens gave up after {time.monotonic() - started:.1f} s")
+        assert account.tokens == new
+        await held.rollback()
+    finally:
+        await locker.close()
+    await pg_store.db.barrier()
+    stored = await pg_store.load_account(account.id)
+    assert stored is not None and stored.tokens.refresh_token == "rt-new"
