@@ -21,12 +21,9 @@ from tests.accounts.conftest import login_of
 
 
 @pytest.fixture
-async def pg_store(tmp_path, pg_database):
-    data = tmp_path / "away-data"
-    data.mkdir(mode=0o700)
-    store = await Store.open(data, database_url=pg_database)
-    yield store
-    await store.close()
+def database_url(pg_database):
+    """These tests stop PostgreSQL: on either suite pass, the `store` is on it."""
+    return pg_database
 
 
 async def stop(pg_server, store: Store) -> None:
@@ -36,11 +33,11 @@ async def stop(pg_server, store: Store) -> None:
     await pg_server.astop()
 
 
-async def test_a_refresh_token_refused_while_away_is_never_sent_again(pg_store, pg_server, sim_one, http):
+async def test_a_refresh_token_refused_while_away_is_never_sent_again(store, pg_server, sim_one, http):
     """Another replica spent the token while the database was away: the refusal leaves the account in
     rotation and the token unsent again; once the database is back and shows no newer tokens, the account
     needs a new login, still without a second send."""
-    roster = await Roster.load(pg_store)
+    roster = await Roster.load(store)
     sim_account = sim_one.backend.accounts[0]
     account, _ = await roster.add_login(login_of(sim_account))
     grant = {"client_id": CLIENT_ID, "grant_type": "refresh_token", "refresh_token": account.tokens.refresh_token}
@@ -48,7 +45,7 @@ async def test_a_refresh_token_refused_while_away_is_never_sent_again(pg_store, 
         assert resp.status == 200  # spent by "another replica"
     refresher = Refresher(roster, http, sim_one.url)
     seen = account.tokens.access_token
-    await stop(pg_server, pg_store)
+    await stop(pg_server, store)
     try:
         for _ in range(2):
             with pytest.raises(RefreshError) as refused:
@@ -67,10 +64,10 @@ async def test_a_refresh_token_refused_while_away_is_never_sent_again(pg_store, 
 
 
 async def test_a_refresh_another_replica_was_seen_making_is_left_to_it_when_the_database_goes_away(
-        pg_store, pg_server, sim_one):
-    roster = await Roster.load(pg_store)
+        store, pg_server, sim_one):
+    roster = await Roster.load(store)
     account, _ = await roster.add_login(login_of(sim_one.backend.accounts[0]))
-    assert await Leases(pg_store.db, "other-replica").claim(f"refresh:{account.id}", 60)
+    assert await Leases(store.db, "other-replica").claim(f"refresh:{account.id}", 60)
     claims = RefreshClaims(roster, hold_s=60)
 
     async def claim() -> None:
@@ -81,7 +78,7 @@ async def test_a_refresh_another_replica_was_seen_making_is_left_to_it_when_the_
     async with asyncio.timeout(10):
         while account.id not in claims._held_elsewhere:  # it saw the other replica's lease
             await asyncio.sleep(0.01)
-    await stop(pg_server, pg_store)
+    await stop(pg_server, store)
     try:
         started = time.monotonic()
         with pytest.raises(ClaimError, match="another replica was refreshing"):
@@ -93,11 +90,11 @@ async def test_a_refresh_another_replica_was_seen_making_is_left_to_it_when_the_
     assert sim_one.backend.accounts[0].refreshes == 0
 
 
-async def test_new_tokens_given_up_on_by_a_slow_database_are_still_stored(pg_store, pg_database, sim):
+async def test_new_tokens_given_up_on_by_a_slow_database_are_still_stored(store, pg_database, sim):
     """A database that answers, but too slowly (here: an earlier queued write waits on a row lock), makes the
     refresh give up on its write after the engine's bound: the refresh still succeeds, and its tokens are
     written once the database gets to them, instead of being dropped."""
-    roster = await Roster.load(pg_store)
+    roster = await Roster.load(store)
     account, _ = await roster.add_login(login_of(sim.backend.accounts[0]))
     other, _ = await roster.add_login(login_of(sim.backend.accounts[1]))
     locker = await asyncpg.connect(pg_database)
@@ -105,7 +102,7 @@ async def test_new_tokens_given_up_on_by_a_slow_database_are_still_stored(pg_sto
         held = locker.transaction()
         await held.start()
         await locker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", other.id)
-        pg_store.save_account_soon(other)  # the writer waits on the lock from here
+        store.save_account_soon(other)  # the writer waits on the lock from here
         new = dataclasses.replace(account.tokens, access_token="at-new", refresh_token="rt-new",
                                   last_refresh=time.time())
         started = time.monotonic()
@@ -115,6 +112,6 @@ async def test_new_tokens_given_up_on_by_a_slow_database_are_still_stored(pg_sto
         await held.rollback()
     finally:
         await locker.close()
-    await pg_store.db.barrier()
-    stored = await pg_store.load_account(account.id)
+    await store.db.barrier()
+    stored = await store.load_account(account.id)
     assert stored is not None and stored.tokens.refresh_token == "rt-new"
