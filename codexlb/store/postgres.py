@@ -137,6 +137,11 @@ def _close_abandoned(connecting: asyncio.Task) -> None:
         connecting.result().terminate()
 
 
+def _log_failure(result: asyncio.Future[list[int]]) -> None:
+    if not result.cancelled() and result.exception() is not None:
+        _log.error("queued database write failed", error=str(result.exception()))
+
+
 @dataclass(slots=True, eq=False)
 class _Write:
     statements: Sequence[Statement] | None  # one transaction of single statements...
@@ -198,7 +203,9 @@ class PostgresEngine:
         try:
             await self._wait_landed(write.seq, quick)
         except DatabaseUnreachable:
-            raise  # kept: it lands, in order, once the server is back
+            # Kept: it lands, in order, once the server is back; nobody awaits it now, so a failure is logged.
+            write.result.add_done_callback(_log_failure)
+            raise
         except DatabaseUnavailable:
             write.result.cancel()  # the writer skips it: a caller told "unavailable" must not see it land later
             raise
