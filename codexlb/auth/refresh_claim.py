@@ -13,7 +13,7 @@ expired meanwhile is worse than one replica refreshing alone: the claim then say
 database call here is `quick`), and the refresh goes on without the lease (`refresh` keeps its own single
 flight per account, and never sends a refresh token again that was refused while alone). Not when another
 replica was seen holding the account's lease and may hold it still: it is likely refreshing, so this replica
-waits for its tokens instead, which arrive with the database.
+does not (ClaimError) until that lease could have run out; its tokens arrive with the database.
 """
 
 from __future__ import annotations
