@@ -10,11 +10,13 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import asyncpg
 import pytest
 
-from codexlb.store import DatabaseError, SecretKeyError, Store, schema
+from codexlb.store import DatabaseError, DatabaseUnreachable, SecretKeyError, Store, schema
+from codexlb.store.postgres import PostgresEngine
 from tests.pgserver import PASSWORD
 from tests.serving import child_env
 
@@ -154,3 +156,36 @@ async def cancel_connects_everywhere(tmp_path, pg_server, pg_database) -> None:
         assert await cancelled_at_every_step(fetch_once, fetched) > 0
     finally:
         await store.close()
+
+
+async def test_a_quick_write_refused_while_the_server_is_away_lands_when_it_is_back(pg_server, pg_database):
+    """At once, not after the engine's 5 s bound; kept in order, unlike a write given up on for time; and one
+    that fails once the server is back is logged, not left as an exception nobody retrieves."""
+    stray: list[dict] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: stray.append(context))
+    engine = await PostgresEngine.open(pg_database)
+    try:
+        await pg_server.asql("CHECKPOINT")  # the migration survives the stop (the test server commits lazily)
+        await pg_server.astop()
+        try:
+            started = time.monotonic()
+            with pytest.raises(DatabaseUnreachable):
+                await engine.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("kept", b"1"), quick=True)
+            with pytest.raises(DatabaseUnreachable):
+                await engine.execute("INSERT INTO no_such_table VALUES (1)", quick=True)
+            with pytest.raises(DatabaseUnreachable):
+                await engine.fetch("SELECT 1", quick=True)
+            took = time.monotonic() - started
+            print(f"\nthree quick calls refused in {took * 1000:.0f} ms")
+            assert took < 1.0
+        finally:
+            await pg_server.astart()
+        assert await engine.fetch("SELECT value FROM meta WHERE key = ?", ("kept",)) == [(b"1",)]
+        for _ in range(3):
+            gc.collect()
+            await asyncio.sleep(0)
+    finally:
+        await engine.close()
+        loop.set_exception_handler(None)
+    assert [c["message"] for c in stray] == []

@@ -5,6 +5,9 @@ longer the account's current one (a 401 that arrives after a refresh); the rotat
 stored before anything can use it; a refresh token upstream refuses for good takes the account out of
 rotation as reauth_required, unless the account's refresh token changed meanwhile (someone else
 rotated it): then the refusal only means our refresh lost the race, and the new tokens are adopted.
+While the database is away a replica refreshes alone (`refresh_claim`); a refusal then may only mean that
+another replica spent the token meanwhile, so the account stays in rotation, the refused token is never sent
+again, and the next refresh made with the fleet's lease, finding no newer tokens stored, takes it out.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ class Refresher:
         self._gate = gate or Gates(Settings()).refreshes
         # Across the fleet: a refresh holds its account's lease for as long as it can take, queue and save included.
         self._claims = RefreshClaims(roster, hold_s=self._gate.wait_s + timeout_s + 10.0)
+        # Account id -> its refresh token the token endpoint refused while this replica refreshed alone.
+        self._refused_alone: dict[str, str] = {}
 
     def due(self, account: Account, now: float) -> bool:
         """Refresh ahead of expiry; a stable per-account jitter keeps a pool from refreshing in one burst."""
@@ -107,18 +112,32 @@ class Refresher:
         """One replica of the fleet refreshes at a time (`refresh_claim`); tokens another stored meanwhile are
         adopted, never refreshed again."""
         try:
-            async with self._claims.claim(account) as adopted:
+            async with self._claims.claim(account) as claim:
+                adopted = claim.adopted
                 if adopted is None and account.tokens.access_token != seen:
                     adopted = account.tokens  # renewed here while the claim was made: nothing to spend
                 if adopted is not None:
                     self.results["adopted"] += 1
                     return adopted
-                return await self._call_token_endpoint(account, reason)
+                if self._refused_alone.get(account.id) == account.tokens.refresh_token:
+                    self._refused_before(account, claim.alone)
+                return await self._call_token_endpoint(account, reason, claim.alone)
         except ClaimError as exc:
             self.results["failed"] += 1
             raise RefreshError(str(exc), permanent=False) from None
 
-    async def _call_token_endpoint(self, account: Account, reason: str) -> Tokens:
+    def _refused_before(self, account: Account, alone: bool) -> None:
+        """The refresh token was refused while alone: never sent again. Still alone, the database has not told
+        whether another replica rotated it; with the lease, the stored tokens are no newer: gone for good."""
+        if alone:
+            self.results["failed"] += 1
+            raise RefreshError("refresh token refused while the database is away; waiting for it", permanent=False)
+        del self._refused_alone[account.id]
+        self._roster.mark_reauth_required(account, "refresh refused")
+        self.results["refused"] += 1
+        raise RefreshError("refresh token refused", permanent=True)
+
+    async def _call_token_endpoint(self, account: Account, reason: str, alone: bool) -> Tokens:
         used = account.tokens.refresh_token
         body = {"client_id": CLIENT_ID, "grant_type": "refresh_token", "refresh_token": used,
                 "scope": "openid profile email"}
@@ -144,6 +163,13 @@ class Refresher:
                 _log.info("token refreshed elsewhere meanwhile; adopted", account=account.alias, reason=reason,
                           refused=code)
                 return account.tokens
+            if permanent and alone:
+                # Maybe spent by another replica while the database is away: it will tell once it is back.
+                self._refused_alone[account.id] = used
+                self.results["failed"] += 1
+                _log.warning("token refresh refused while the database is away; account kept until it is back",
+                             account=account.alias, refused=code)
+                raise RefreshError(f"token refresh answered {status} {code}".strip(), permanent=False)
             if permanent:
                 self._roster.mark_reauth_required(account, f"refresh refused: {code}")
             self.results["refused" if permanent else "failed"] += 1

@@ -12,7 +12,7 @@ from codexlb import log
 from codexlb.account import Account, Status, Tokens, Window
 from codexlb.auth.authjson import Login
 from codexlb.pool.quota import Verdict, exhausted_window
-from codexlb.store import Store
+from codexlb.store import DatabaseError, DatabaseUnreachable, Store
 
 _log = log.get("codexlb.pool")
 _ALIAS_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -153,10 +153,18 @@ class Roster:
         return account
 
     async def set_tokens(self, account: Account, tokens: Tokens) -> None:
-        """New tokens from a refresh: durable before anyone uses the new refresh token."""
+        """New tokens from a refresh: the old refresh token is spent, so they must reach the database. Stored
+        before the caller goes on while the database answers; while it is away they serve from memory at once
+        and their write, kept in order, lands when it is back."""
         account.tokens = tokens
         self._changed_here(account.id)
-        await self._store.save_account(account)
+        try:
+            await self._store.save_account(account, quick=True)
+        except DatabaseUnreachable:
+            _log.warning("database away: new tokens kept in memory, stored once it is back", account=account.alias)
+        except DatabaseError as exc:
+            self._store.save_account_soon(account)  # given up on, so not written: queued again
+            _log.warning("new tokens not stored yet; queued again", account=account.alias, error=str(exc))
 
     def _changed_here(self, account_id: str) -> None:
         self.version += 1

@@ -75,6 +75,7 @@ class SimAccount:
     used_refresh: set[str] = field(default_factory=set)
     revoked: bool = False
     refreshes: int = 0  # refresh_token grants served
+    reused: int = 0  # refresh_token grants refused because the token was already used
     # Set by `expire` with `hold_stale`: answers to stale credentials (the expired token's 401s after the first,
     # refusals of a reused refresh token) wait until a newer access token of the account has been used, so
     # they arrive after the client's refresh finished.

@@ -221,6 +221,7 @@ class Backend:
                 account.refreshes += 1
                 return account
             if refresh_token in account.used_refresh:
+                account.reused += 1
                 raise SimError(401, "Your refresh token has already been used to generate a new access token. "
                                "Please try signing in again.", code="refresh_token_reused")
         raise SimError(401, "Your refresh token is invalid or has been revoked.", code="refresh_token_invalidated")

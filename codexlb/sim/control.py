@@ -2,7 +2,8 @@
 
 | Call | Does |
 |---|---|
-| `GET /__sim/accounts` | accounts with their current tokens and usage |
+| `GET /__sim/accounts` | accounts with their current tokens and usage, the refreshes served (`refreshes`) and \
+refused for a reused refresh token (`reused`) |
 | `POST /__sim/accounts/{id}/usage` `{"primary_used_percent", "secondary_used_percent"}` | set usage (100 = exhausted) |
 | `POST /__sim/accounts/{id}/expire` `{"hold_stale"?}` | the current access token expires now; `hold_stale`: \
 its 401s after the first, and refusals of a reused refresh token, wait until a newer access token of the account \
@@ -64,7 +65,7 @@ def account_view(account: SimAccount) -> dict[str, Any]:
         "number": account.index + 1, "account_id": account.account_id, "email": account.email,
         "plan": account.plan, "access_token": account.access_token, "refresh_token": account.refresh_token,
         "id_token": account.id_token, "access_expires_at": account.access_expires_at, "revoked": account.revoked,
-        "refreshes": account.refreshes,
+        "refreshes": account.refreshes, "reused": account.reused,
         "usage": account.usage_view(now),
     }
 

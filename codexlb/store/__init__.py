@@ -24,7 +24,15 @@ from codexlb.config import Settings
 from codexlb.store import accounts as account_rows
 from codexlb.store import api_keys as key_rows
 from codexlb.store.api_keys import KeyRecord
-from codexlb.store.engine import DatabaseError, DatabaseUnavailable, Engine, OnChanges, OnResync, Statement
+from codexlb.store.engine import (
+    DatabaseError,
+    DatabaseUnavailable,
+    DatabaseUnreachable,
+    Engine,
+    OnChanges,
+    OnResync,
+    Statement,
+)
 from codexlb.store.leases import Leases
 from codexlb.store.secrets import (
     KEY_FILE_NAME,
@@ -34,7 +42,8 @@ from codexlb.store.secrets import (
 )
 from codexlb.store.sqlite import DB_FILE_NAME, SQLiteEngine
 
-__all__ = ["Store", "UsageRecord", "DatabaseError", "DatabaseUnavailable", "SecretKeyError", "DB_FILE_NAME"]
+__all__ = ["Store", "UsageRecord", "DatabaseError", "DatabaseUnavailable", "DatabaseUnreachable", "SecretKeyError",
+           "DB_FILE_NAME"]
 
 _log = log.get("codexlb.store")
 _KEY_CHECK = "key_check"
@@ -126,19 +135,20 @@ class Store:
         rows = await self.db.fetch(account_rows.SELECT_ALL)
         return [account_rows.from_row(row, self._box) for row in rows]
 
-    async def load_account(self, account_id: str) -> Account | None:
+    async def load_account(self, account_id: str, *, quick: bool = False) -> Account | None:
         """One account as stored now (another replica may have changed it since this one loaded it)."""
-        rows = await self.db.fetch(account_rows.SELECT_ONE, (account_id,))
+        rows = await self.db.fetch(account_rows.SELECT_ONE, (account_id,), quick=quick)
         return account_rows.from_row(rows[0], self._box) if rows else None
 
     def _told(self, kind: str, ref: str = "") -> Statement:
         """The change feed's word to the other replicas, written in the same transaction as the change."""
         return self.db.change(self.replica, kind, ref)
 
-    async def save_account(self, account: Account) -> None:
-        """Commit now: for changes that must be durable before the caller goes on (a rotated refresh token)."""
+    async def save_account(self, account: Account, *, quick: bool = False) -> None:
+        """Commit now: for changes that must be durable before the caller goes on (a rotated refresh token).
+        `quick`: DatabaseUnreachable at once while the database is away; the write then lands once it is back."""
         await self.db.transaction([(account_rows.UPSERT, account_rows.to_row(account, self._box)),
-                                   self._told("account", account.id)])
+                                   self._told("account", account.id)], quick=quick)
 
     def save_account_soon(self, account: Account) -> None:
         """Queue the write (status, usage windows); queued writes land in order."""

@@ -3,6 +3,9 @@
 Statements are written once, with `?` placeholders; an engine adapts them to its driver. Writes are
 ordered: a write (queued with `submit` or awaited with `execute`) never lands before one issued earlier, and
 a read sees every write issued before it.
+
+A `quick` call gives up as soon as the server is found unreachable (DatabaseUnreachable) instead of waiting
+out the engine's bound: for callers that can go on without the database (a token refresh while it is away).
 """
 
 from __future__ import annotations
@@ -25,17 +28,22 @@ class DatabaseUnavailable(DatabaseError):
     """The database did not answer within its bound (it is down or unreachable); a retry may succeed."""
 
 
+class DatabaseUnreachable(DatabaseUnavailable):
+    """A `quick` call found the server unreachable (a connection of its own failed, not a slow answer). A write
+    so refused stays queued, in order, and lands once the server is back."""
+
+
 class Engine(Protocol):
     dialect: str  # "sqlite" or "postgres": picks the schema's types and the few statements that differ
     where: str    # the database, for messages (a path, or the URL without credentials)
 
-    async def fetch(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]: ...
+    async def fetch(self, sql: str, params: Params = (), *, quick: bool = False) -> list[tuple[Any, ...]]: ...
 
-    async def execute(self, sql: str, params: Params = ()) -> int:
+    async def execute(self, sql: str, params: Params = (), *, quick: bool = False) -> int:
         """Run one write and wait for it; returns the rows it touched."""
         ...
 
-    async def transaction(self, statements: Sequence[Statement]) -> list[int]:
+    async def transaction(self, statements: Sequence[Statement], *, quick: bool = False) -> list[int]:
         """Run the writes in one transaction and wait; returns the rows each touched."""
         ...
 

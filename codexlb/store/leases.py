@@ -25,14 +25,15 @@ class Leases:
         self._db = db
         self.owner = owner
 
-    async def claim(self, name: str, ttl_s: float) -> bool:
-        """Take or renew `name` for `ttl_s` seconds from now; False when another replica holds it."""
+    async def claim(self, name: str, ttl_s: float, *, quick: bool = False) -> bool:
+        """Take or renew `name` for `ttl_s` seconds from now; False when another replica holds it. `quick`: see
+        `store/engine` (a claim refused so may still land: release it, which lands after it)."""
         now = time.time()
-        return await self._db.execute(_CLAIM, (name, self.owner, now + ttl_s, now)) == 1
+        return await self._db.execute(_CLAIM, (name, self.owner, now + ttl_s, now), quick=quick) == 1
 
-    async def release(self, name: str) -> None:
+    async def release(self, name: str, *, quick: bool = False) -> None:
         """Give `name` up now (a no-op when another replica holds it by then)."""
-        await self._db.execute(_RELEASE, (name, self.owner))
+        await self._db.execute(_RELEASE, (name, self.owner), quick=quick)
 
     async def holder(self, name: str) -> str | None:
         """Who holds `name` now, if anyone."""

@@ -4,13 +4,16 @@ outlive a lost connection.
 Writes go through one writer task in the order they were issued; when the server is unreachable the writer
 keeps them (up to `max_queued`, the oldest queued-only writes dropped past it, counted) and retries with
 backoff, so a restart of PostgreSQL loses nothing that was only queued. A caller that awaits a write or a
-read waits at most `wait_s`, then gets DatabaseUnavailable. asyncpg was chosen by measurement (see
+read waits at most `wait_s`, then gets DatabaseUnavailable; a `quick` caller gets DatabaseUnreachable as soon
+as the writer finds the server unreachable and a connection of the caller's own fails too (so a writer that
+has not noticed the server is back yet does not turn it away). asyncpg was chosen by measurement (see
 tests/bench/bench_pg_driver.py and the commit that added it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import re
 from collections import deque
@@ -23,7 +26,15 @@ import asyncpg
 
 from codexlb import log
 from codexlb.store import schema
-from codexlb.store.engine import DatabaseError, DatabaseUnavailable, OnChanges, OnResync, Params, Statement
+from codexlb.store.engine import (
+    DatabaseError,
+    DatabaseUnavailable,
+    DatabaseUnreachable,
+    OnChanges,
+    OnResync,
+    Params,
+    Statement,
+)
 
 _log = log.get("codexlb.store")
 # pg_advisory_lock key for migrations: "codexlb" in ASCII, so it is recognisable in pg_locks.
@@ -126,6 +137,11 @@ def _close_abandoned(connecting: asyncio.Task) -> None:
         connecting.result().terminate()
 
 
+def _log_failure(result: asyncio.Future[list[int]]) -> None:
+    if not result.cancelled() and result.exception() is not None:
+        _log.error("queued database write failed", error=str(result.exception()))
+
+
 @dataclass(slots=True, eq=False)
 class _Write:
     statements: Sequence[Statement] | None  # one transaction of single statements...
@@ -149,6 +165,8 @@ class PostgresEngine:
         self._landed = 0
         self._progress = asyncio.Condition()
         self.dropped = 0  # queued-only writes dropped while the server was away: for /metrics
+        self.unreachable = False  # a connection to the server failed, and none has worked since
+        self._retry_now = asyncio.Event()  # the server answered a probe: the writer stops waiting out its backoff
         self._writer = asyncio.create_task(self._write_forever(), name="codexlb-db-writer")
 
     @classmethod
@@ -171,21 +189,26 @@ class PostgresEngine:
             raise _start_error(where, exc) from None
         return cls(pool, url, wait_s=wait_s, max_queued=max_queued)
 
-    async def fetch(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
-        await self._wait_landed(self._issued)
-        rows = await self._retrying(lambda conn: conn.fetch(adapt(sql), *params))
+    async def fetch(self, sql: str, params: Params = (), *, quick: bool = False) -> list[tuple[Any, ...]]:
+        await self._wait_landed(self._issued, quick)
+        rows = await self._retrying(lambda conn: conn.fetch(adapt(sql), *params), quick)
         return [tuple(row) for row in rows]
 
-    async def execute(self, sql: str, params: Params = ()) -> int:
-        return (await self.transaction([(sql, params)]))[0]
+    async def execute(self, sql: str, params: Params = (), *, quick: bool = False) -> int:
+        return (await self.transaction([(sql, params)], quick=quick))[0]
 
-    async def transaction(self, statements: Sequence[Statement]) -> list[int]:
+    async def transaction(self, statements: Sequence[Statement], *, quick: bool = False) -> list[int]:
         write = self._enqueue(statements, None, asyncio.get_running_loop().create_future())
         assert write.result is not None
-        done, _ = await asyncio.wait([write.result], timeout=self._wait_s)
-        if not done:
+        try:
+            await self._wait_landed(write.seq, quick)
+        except DatabaseUnreachable:
+            # Kept: it lands, in order, once the server is back; nobody awaits it now, so a failure is logged.
+            write.result.add_done_callback(_log_failure)
+            raise
+        except DatabaseUnavailable:
             write.result.cancel()  # the writer skips it: a caller told "unavailable" must not see it land later
-            raise DatabaseUnavailable(f"PostgreSQL at {self.where} did not answer within {self._wait_s:g} s")
+            raise
         return write.result.result()
 
     async def write_returning(self, sql: str, params: Params, also: Sequence[Statement]) -> list[tuple[Any, ...]]:
@@ -275,29 +298,55 @@ class PostgresEngine:
                     _log.warning("database away: queued writes dropped", dropped=self.dropped)
                 return
 
-    async def _wait_landed(self, seq: int) -> None:
-        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that comes as it ends.
-        try:
-            async with asyncio.timeout(self._wait_s), self._progress:
-                await self._progress.wait_for(lambda: self._landed >= seq)
-        except TimeoutError:
-            raise DatabaseUnavailable(
-                f"PostgreSQL at {self.where} did not answer within {self._wait_s:g} s") from None
+    async def _wait_landed(self, seq: int, quick: bool = False) -> None:
+        deadline = asyncio.get_running_loop().time() + self._wait_s
+        while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that comes as it ends.
+            try:
+                async with asyncio.timeout_at(deadline), self._progress:
+                    await self._progress.wait_for(lambda: self._landed >= seq or (quick and self.unreachable))
+            except TimeoutError:
+                raise DatabaseUnavailable(
+                    f"PostgreSQL at {self.where} did not answer within {self._wait_s:g} s") from None
+            if self._landed >= seq:
+                return
+            await self._probe(deadline)
 
-    async def _retrying(self, work: Any) -> Any:
+    async def _probe(self, deadline: float) -> None:
+        """Raises DatabaseUnreachable unless a connection of our own reaches the server; when one does, the
+        writer retries at once."""
+        await self._retrying(lambda conn: conn.fetchval("SELECT 1"), True, deadline)
+        self._retry_now.set()
+
+    async def _retrying(self, work: Any, quick: bool = False, deadline: float | None = None) -> Any:
+        """`work` on a pooled connection, retried with backoff until the deadline; a quick caller gives up at
+        the second connection that fails (the first may be a pooled one the server cut before it came back)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._wait_s
+        deadline = loop.time() + self._wait_s if deadline is None else deadline
         for attempt in itertools.count():
             try:
                 async with self._pool.acquire(timeout=max(0.01, deadline - loop.time())) as conn:
-                    return await work(conn)
+                    result = await work(conn)
             except Exception as exc:
                 if not transient(exc):
                     raise DatabaseError(f"PostgreSQL at {self.where}: {exc}") from exc
-                pause = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
+                if not isinstance(exc, asyncio.TimeoutError):  # no connection free in time says nothing of the server
+                    await self._found_unreachable()
+                    if quick and attempt:
+                        raise DatabaseUnreachable(f"PostgreSQL at {self.where} is unreachable: {exc}") from None
+                pause = 0.0 if quick and not attempt else _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
                 if loop.time() + pause >= deadline:
                     raise DatabaseUnavailable(f"PostgreSQL at {self.where} is unreachable: {exc}") from None
                 await asyncio.sleep(pause)
+            else:
+                self.unreachable = False
+                return result
+
+    async def _found_unreachable(self) -> None:
+        if not self.unreachable:
+            self.unreachable = True
+            async with self._progress:
+                self._progress.notify_all()  # wakes the quick callers waiting for their writes
 
     async def _write_forever(self) -> None:
         attempt = 0
@@ -320,7 +369,11 @@ class PostgresEngine:
                 if transient(exc):
                     if attempt == 0:
                         _log.warning("database unreachable; writes are kept and retried", error=str(exc))
-                    await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+                    await self._found_unreachable()
+                    self._retry_now.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]):
+                            await self._retry_now.wait()
                     attempt += 1
                     continue
                 self._queue.popleft()
@@ -332,7 +385,7 @@ class PostgresEngine:
             else:
                 if attempt:
                     _log.info("database reachable again", retries=attempt)
-                attempt = 0
+                attempt, self.unreachable = 0, False
                 self._queue.popleft()
                 if write.result is not None and not write.result.done():
                     write.result.set_result(counts)

@@ -109,13 +109,14 @@ class SQLiteEngine:
         """Run `fn(conn)` on the database thread and wait for it (after everything queued before)."""
         return await asyncio.wrap_future(self._thread.submit(self._run, fn))
 
-    async def fetch(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+    # `quick` changes nothing here: a file on this machine is never unreachable.
+    async def fetch(self, sql: str, params: Params = (), *, quick: bool = False) -> list[tuple[Any, ...]]:
         return await self.call(lambda conn: conn.execute(sql, params).fetchall())
 
-    async def execute(self, sql: str, params: Params = ()) -> int:
+    async def execute(self, sql: str, params: Params = (), *, quick: bool = False) -> int:
         return await self.call(lambda conn: conn.execute(sql, params).rowcount)
 
-    async def transaction(self, statements: Sequence[Statement]) -> list[int]:
+    async def transaction(self, statements: Sequence[Statement], *, quick: bool = False) -> list[int]:
         return await self.call(lambda conn: _in_transaction(
             conn, lambda: [conn.execute(sql, params).rowcount for sql, params in statements]))
 

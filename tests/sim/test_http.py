@@ -232,6 +232,9 @@ async def test_refresh_rotates_tokens_and_rejects_reuse(sim, http):
     form = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
     async with http.post(f"{sim.url}/oauth/token", data=form) as resp:
         assert resp.status == 200
+    async with http.get(f"{sim.url}/__sim/accounts") as resp:
+        counts = (await resp.json())["accounts"][0]
+    assert (counts["refreshes"], counts["reused"]) == (2, 1)
     async with http.post(f"{sim.url}/oauth/token", json={"grant_type": "password"}) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["code"] == "unsupported_grant_type"
