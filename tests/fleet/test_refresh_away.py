@@ -29,7 +29,6 @@ def database_url(pg_database):
 async def stop(pg_server, store: Store) -> None:
     """Stop PostgreSQL, with what the store wrote so far kept (the test server commits asynchronously)."""
     await store.db.barrier()
-    await pg_server.asql("CHECKPOINT")
     await pg_server.astop()
 
 
