@@ -27,7 +27,7 @@ def create_app(settings: Settings) -> web.Application:
     # Outermost first: every request is logged and gets OpenAI-shaped errors, the auth failures too; the
     # Host is checked before anyone's credentials are.
     hosts = host_check.middleware(any_host=client_auth.PROXY_PREFIXES + health.PREFIXES)
-    app = web.Application(middlewares=[middlewares.access_log, middlewares.openai_errors, hosts,
+    app = web.Application(middlewares=[health.track, middlewares.access_log, middlewares.openai_errors, hosts,
                                        client_auth.client_auth, admin_api.shared_sessions])
     app[SETTINGS] = settings
     app[TRUSTED_PROXIES] = TrustedProxies(settings.trusted_proxies)

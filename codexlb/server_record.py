@@ -31,6 +31,9 @@ class Holder:
     host: str | None = None
     port: int | None = None
     started_at: float | None = None
+    # The last upgrade this server tried that failed (it went on serving): when, and why.
+    upgrade_failed_at: float | None = None
+    upgrade_error: str | None = None
 
     @property
     def url(self) -> str | None:
@@ -59,17 +62,41 @@ class Hold:
     """This process's hold on a data dir, from `acquire` to `release`."""
 
     def __init__(self, data_dir: Path, fd: int) -> None:
+        """`fd`: the lock, open and locked (by `acquire`, or handed over by the server upgraded from)."""
         self.data_dir, self._fd = data_dir, fd
+        self._record: dict[str, object] = {}
+
+    @property
+    def fd(self) -> int:
+        return self._fd
 
     def listening(self, host: str, port: int, started_at: float) -> None:
         """Record the address bound (the real port, also for port 0), whole or not at all."""
-        record = {"pid": os.getpid(), "host": host, "port": port, "started_at": started_at}
+        self._record = {"pid": os.getpid(), "host": host, "port": port, "started_at": started_at}
+        self._write()
+
+    def upgrade_failed(self, error: str) -> None:
+        """Record an upgrade that failed, for `codexlb upgrade` to tell."""
+        self._record.update(upgrade_failed_at=time.time(), upgrade_error=error)
+        self._write()
+
+    def _write(self) -> None:
+        lock_pid = str(os.getpid()).encode()
+        os.pwrite(self._fd, lock_pid.ljust(16), 0)  # the lock names its holder (handed over: the new one)
+        record = self._record
         path = self.data_dir / RECORD_FILE
         tmp = path.with_name(f".{RECORD_FILE}.{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(record, fh)
         os.replace(tmp, path)
+
+    def hand_over(self) -> None:
+        """Let go of the lock without removing anything: another process holds it too (the new server this one
+        handed over to, or the old one, when this new one failed to start)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def release(self) -> None:
         """Remove the record and the lock, then let the lock go."""
@@ -137,7 +164,8 @@ def _read_record(data_dir: Path, lock_fd: int | None = None) -> Holder:
         return Holder(pid)
     if pid is not None and record.get("pid") != pid:
         return Holder(pid)  # the holder's record is not written yet
-    return Holder(record.get("pid"), record.get("host"), record.get("port"), record.get("started_at"))
+    return Holder(record.get("pid"), record.get("host"), record.get("port"), record.get("started_at"),
+                  record.get("upgrade_failed_at"), record.get("upgrade_error"))
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -39,32 +39,35 @@ async def start(settings, app) -> tuple[asyncio.Task, str]:
     return task, url
 
 
+async def drain_begun(url: str) -> None:
+    """Until the server refuses connections: its drain has begun (the signal is handled on the loop's next
+    turns)."""
+    host, port = url.removeprefix("http://").split(":")
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                _reader, writer = await asyncio.open_connection(host, int(port))
+            except ConnectionRefusedError:
+                return
+            writer.close()
+            await asyncio.sleep(0.01)
+
+
 async def test_in_flight_request_completes_after_sigterm(settings):
     entered, release = asyncio.Event(), asyncio.Event()
-    app = slow_app(settings, entered, release)
-    refused_during_drain: list[bool] = []
-
-    async def on_shutdown(_app: web.Application) -> None:
-        # The listener is closed before in-flight requests are awaited: prove it, then let /slow finish.
-        try:
-            await asyncio.open_connection(host, int(port))
-            refused_during_drain.append(False)
-        except ConnectionRefusedError:
-            refused_during_drain.append(True)
-        release.set()
-
-    app.on_shutdown.append(on_shutdown)
-    task, url = await start(settings, app)
-    host, port = url.removeprefix("http://").split(":")
+    task, url = await start(settings, slow_app(settings, entered, release))
     async with aiohttp.ClientSession() as http:
         slow = asyncio.create_task(http.get(f"{url}/slow"))
         await asyncio.wait_for(entered.wait(), 10)
         os.kill(os.getpid(), signal.SIGTERM)
+        await drain_begun(url)  # the listener is closed, while /slow is still in flight
+        assert not slow.done()
+        release.set()
         resp = await asyncio.wait_for(slow, 10)
         assert resp.status == 200
         assert await resp.json() == {"done": True}
+        assert resp.headers["Connection"] == "close"  # told not to send its next request on this connection
     await asyncio.wait_for(task, 10)
-    assert refused_during_drain == [True]
 
 
 async def test_drain_timeout_bounds_the_wait(settings):
@@ -84,17 +87,13 @@ async def test_second_signal_stops_draining(settings, monkeypatch):
     monkeypatch.setattr(server, "REPEAT_GRACE_S", 0.0)
     settings = dataclasses.replace(settings, drain_timeout_s=60)
     entered, never = asyncio.Event(), asyncio.Event()
-    app = slow_app(settings, entered, never)
-
-    async def second_signal(_app: web.Application) -> None:
-        os.kill(os.getpid(), signal.SIGINT)
-
-    app.on_shutdown.append(second_signal)
-    task, url = await start(settings, app)
+    task, url = await start(settings, slow_app(settings, entered, never))
     async with aiohttp.ClientSession() as http:
         slow = asyncio.create_task(http.get(f"{url}/slow"))
         await asyncio.wait_for(entered.wait(), 10)
         os.kill(os.getpid(), signal.SIGTERM)
+        await drain_begun(url)
+        os.kill(os.getpid(), signal.SIGINT)
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
         slow.cancel()
@@ -139,19 +138,15 @@ def test_serve_process_sigterm_exits_zero(tmp_path):
 async def test_repeat_signal_within_grace_does_not_cut_the_drain(settings):
     """The frozen binary's launcher forwards the terminal's Ctrl-C: two signals, one keypress."""
     entered, release = asyncio.Event(), asyncio.Event()
-    app = slow_app(settings, entered, release)
-
-    async def duplicate_then_release(_app: web.Application) -> None:
-        os.kill(os.getpid(), signal.SIGINT)
-        await asyncio.sleep(0)
-        release.set()
-
-    app.on_shutdown.append(duplicate_then_release)
-    task, url = await start(settings, app)
+    task, url = await start(settings, slow_app(settings, entered, release))
     async with aiohttp.ClientSession() as http:
         slow = asyncio.create_task(http.get(f"{url}/slow"))
         await asyncio.wait_for(entered.wait(), 10)
         os.kill(os.getpid(), signal.SIGINT)
+        await drain_begun(url)
+        os.kill(os.getpid(), signal.SIGINT)  # the launcher's copy, well within the grace
+        await asyncio.sleep(0)
+        release.set()
         assert (await asyncio.wait_for(slow, 10)).status == 200
     await asyncio.wait_for(task, 10)
 

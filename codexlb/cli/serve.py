@@ -6,8 +6,8 @@ import argparse
 import socket
 
 from codexlb import config, log, server
-from codexlb.cli.common import HelpFormatter, add_setting_flags, load_settings, run_server
-from codexlb.server import workers
+from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags, load_settings, run_server
+from codexlb.server import handover, workers
 
 _EPILOG = """\
 examples:
@@ -19,10 +19,25 @@ examples:
 
 SIGTERM or SIGINT stops accepting connections and gives in-flight requests
 --drain-timeout-s seconds to finish; a second signal stops at once.
+SIGUSR2 (or `codexlb upgrade`) starts the program at its path again and hands
+it the listening socket: once the new process is ready, this one stops
+accepting and drains; if it cannot start, this one goes on serving.
 """
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.handover_fds is None:
+        return _run(args, None)
+    # Started by `serve` to take over from it: whatever stops this start is told to that process too.
+    inherited = handover.Inherited.parse(args.handover_fds)
+    try:
+        return _run(args, inherited)
+    except CliError as exc:
+        inherited.failed(str(exc))
+        raise
+
+
+def _run(args: argparse.Namespace, inherited: handover.Inherited | None) -> int:
     loaded = load_settings(args)
     settings = loaded.settings
     log.configure(settings.log_level, settings.log_format)
@@ -30,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         return run_server(_work(settings, args))
     if settings.workers > 1:
         return run_server(workers.supervise(settings, _same_flags(args)))
-    return run_server(server.serve(settings))
+    return run_server(server.serve(settings, inherited=inherited))
 
 
 async def _work(settings: config.Settings, args: argparse.Namespace) -> None:
@@ -65,4 +80,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     # Internal: how the parent of `--workers N` starts a worker (the socket, its number, where to say ready).
     for name in ("--worker-fd", "--worker-number", "--worker-ready-fd", "--worker-parent-fd"):
         parser.add_argument(name, type=int, default=None, help=argparse.SUPPRESS)
+    # Internal: how `serve` starts the process it hands over to (`server/handover.py`).
+    parser.add_argument(handover.FLAG, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(run=run)

@@ -17,6 +17,7 @@ from codexlb.app import create_app
 from codexlb.config import Settings
 from codexlb.dir_changes import DirChanges
 from codexlb.handlers import health
+from codexlb.server import handover, sd_notify
 from codexlb.server import limits as server_limits
 from codexlb.services import StartupError, ensure_data_dir
 from codexlb.store import DB_FILE_NAME, DatabaseError, SecretKeyError
@@ -28,6 +29,11 @@ _log = log.get("codexlb.server")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 REPEAT_GRACE_S = 0.5
+# A drain waits for requests in flight (up to drain_timeout_s), then for this long with none, so that a request
+# a client sent on a connection kept alive just before the drain is served, not cut; then it closes what is left.
+IDLE_GRACE_S = 0.5
+# What is still running when the drain's time is up gets this long more before it is cancelled.
+CLOSE_TAIL_S = 1.0
 
 
 async def serve(
@@ -37,6 +43,7 @@ async def serve(
     *,
     hold_data_dir: bool = True,
     sock: socket.socket | None = None,
+    inherited: handover.Inherited | None = None,
 ) -> None:
     """Serve until the first SIGTERM/SIGINT, then drain within `drain_timeout_s`.
 
@@ -45,24 +52,35 @@ async def serve(
     (not for the simulated backend, which keeps nothing there) the data dir is this server's alone while it
     runs, and records where it listens (`server_record`); a start that fails leaves the data dir as it was.
     `sock`, a socket already listening (a worker's, from `serve --workers N`), is served instead of binding.
+    `inherited`: what the server this one upgrades handed over (`handover`): its socket and data dir lock.
+    SIGUSR2 hands this server's own over to a new process in turn.
     """
     app = app or create_app(settings)
     if not hold_data_dir:
         await _serve(settings, app, on_listening, None, sock)
         return
-    changes, hold = await asyncio.to_thread(hold_dir, settings)
+    if inherited is not None:
+        changes, hold, sock = None, server_record.Hold(settings.data_dir, inherited.lock_fd), inherited.socket()
+    else:
+        changes, hold = await asyncio.to_thread(hold_dir, settings)
     listening = False
 
     def listened(url: str) -> None:
         nonlocal listening
         listening = True
+        if inherited is not None:
+            inherited.ready()
         if on_listening is not None:
             on_listening(url)
 
+    handed_over = False
     try:
-        await _serve(settings, app, listened, hold, sock)
+        handed_over = await _serve(settings, app, listened, hold, sock)
     finally:
-        await asyncio.to_thread(let_go, hold, None if listening else changes)
+        if handed_over or (inherited is not None and not listening):
+            hold.hand_over()  # the data dir is the new process's now, or still the old one's
+        else:
+            await asyncio.to_thread(let_go, hold, None if listening else changes)
 
 
 def hold_dir(settings: Settings) -> tuple[DirChanges, server_record.Hold]:
@@ -85,12 +103,13 @@ def let_go(hold: server_record.Hold, undo: DirChanges | None) -> None:
 
 
 async def _serve(settings: Settings, app: web.Application, on_listening: Callable[[str], None] | None,
-                 hold: server_record.Hold | None, sock: socket.socket | None = None) -> None:
+                 hold: server_record.Hold | None, sock: socket.socket | None = None) -> bool:
+    """Serve until stopped; True when stopped because a new process took over (`handover`)."""
     started_at = time.time()
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        shutdown_timeout=settings.drain_timeout_s,
+        shutdown_timeout=CLOSE_TAIL_S,  # the drain itself is `_drain`
         # A client that hangs up cancels its handler, so upstream work and leases end with it.
         handler_cancellation=True,
     )
@@ -118,20 +137,28 @@ async def _serve(settings: Settings, app: web.Application, on_listening: Callabl
     _log.info("listening", url=url)
     if on_listening is not None:
         on_listening(url)
+    if hold is not None:
+        sd_notify.notify(MAINPID=sd_notify.main_pid(), READY=1)
 
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    orders: asyncio.Queue[str] = asyncio.Queue()
     # asyncio restores the defaults when its handlers go; put back whatever was there instead.
-    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    handled = (*SIGNALS, signal.SIGUSR2) if hold is not None else SIGNALS
+    previous = {sig: signal.getsignal(sig) for sig in handled}
     for sig in SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, orders.put_nowait, "stop")
+    if hold is not None:
+        loop.add_signal_handler(signal.SIGUSR2, orders.put_nowait, "upgrade")
+    handed_over = False
     try:
-        await stop.wait()
+        handed_over = await _until_stopped(orders, listener.sockets[0].fileno(), hold)
         first_signal_at = loop.time()
         app[health.LIFECYCLE].draining = True
         _log.info("draining", timeout_s=settings.drain_timeout_s)
+        if hold is not None and not handed_over:
+            sd_notify.notify(STOPPING=1)
         listener.close()  # no new connections; the runner then drains those open
-        cleanup = asyncio.ensure_future(runner.cleanup())
+        cleanup = asyncio.ensure_future(_drain(runner, app[health.LIFECYCLE], settings.drain_timeout_s))
 
         def second_signal() -> None:
             # The frozen binary's launcher forwards the signal the terminal already sent us:
@@ -153,7 +180,50 @@ async def _serve(settings: Settings, app: web.Application, on_listening: Callabl
             # Under run_until_stopped what is left is teardown: a late signal may not break into it.
             signal.signal(sig, signal.SIG_IGN if handler is _exit_quietly else handler)
     _log.info("stopped")
+    return handed_over
 
+
+async def _drain(runner: web.AppRunner, lifecycle: health.Lifecycle, timeout_s: float) -> None:
+    """Let requests in flight finish (every answer now closes its connection), then close the rest."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await lifecycle.quiet(IDLE_GRACE_S)
+    except TimeoutError:
+        _log.warning("drain time is up; closing what is still open", in_flight=lifecycle.in_flight)
+    await runner.cleanup()
+
+
+async def _until_stopped(orders: asyncio.Queue[str], listen_fd: int, hold: server_record.Hold | None) -> bool:
+    """Wait for a stop signal, or for an upgrade that gets a new process ready (then True). An upgrade that
+    fails is logged and recorded, and this process goes on; a stop during an upgrade ends the new process."""
+    while await orders.get() != "stop":
+        assert hold is not None
+        upgrading = asyncio.ensure_future(handover.hand_over(listen_fd, hold.fd))
+        stopping = asyncio.ensure_future(_next_stop(orders))
+        try:
+            await asyncio.wait({upgrading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not upgrading.done():
+                upgrading.cancel()
+            await asyncio.gather(upgrading, stopping, return_exceptions=True)
+        if upgrading.cancelled():
+            return False
+        try:
+            pid = upgrading.result()
+        except handover.HandoverFailed as exc:
+            _log.error("upgrade failed; this process goes on serving", error=str(exc))
+            await asyncio.to_thread(hold.upgrade_failed, str(exc))
+            continue
+        _log.info("upgrade: new process ready; this one drains", pid=pid)
+        return True
+    return False
+
+
+async def _next_stop(orders: asyncio.Queue[str]) -> None:
+    """Until a stop order (another upgrade order during one is moot)."""
+    while await orders.get() != "stop":
+        pass
 
 def listen_failure(host: str, port: int, exc: OSError) -> str:
     # The bind error's own text repeats the address; its errno says all there is.

@@ -18,9 +18,10 @@ import socket
 import sys
 import time
 
-from codexlb import log
+from codexlb import log, server_record
 from codexlb.config import Settings
-from codexlb.server import SIGNALS, StartupError, hold_dir, let_go, listen_failure
+from codexlb.server import SIGNALS, StartupError, hold_dir, let_go, listen_failure, sd_notify
+from codexlb.server.handover import exit_status
 from codexlb.server.limits import BACKLOG
 
 _log = log.get("codexlb.workers")
@@ -43,10 +44,6 @@ def worker_command(flags: list[str]) -> list[str]:
     if getattr(sys, "frozen", False):
         return [sys.executable, *flags]
     return [sys.executable, "-m", "codexlb", *flags]
-
-
-def exit_status(returncode: int) -> str:
-    return f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit status {returncode}"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -194,6 +191,12 @@ def tell_ready(fd: int) -> None:
         os.close(fd)
 
 
+async def _no_upgrade(hold: server_record.Hold) -> None:
+    error = "an upgrade without downtime is not supported with --workers yet: restart instead"
+    _log.error("upgrade refused", error=error)
+    await asyncio.to_thread(hold.upgrade_failed, error)
+
+
 async def supervise(settings: Settings, flags: list[str]) -> int:
     """Bind, hold the data dir, run `settings.workers` workers with `flags` until stopped; the exit code."""
     started_at = time.time()
@@ -210,7 +213,13 @@ async def supervise(settings: Settings, flags: list[str]) -> int:
             url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
             _log.info("listening", url=url, workers=settings.workers)
             supervisor = _Supervisor(settings, flags, sock)
-            code = await supervisor.run()
+            sd_notify.notify(MAINPID=sd_notify.main_pid(), READY=1)
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGUSR2, lambda: asyncio.ensure_future(_no_upgrade(hold)))
+            try:
+                code = await supervisor.run()
+            finally:
+                loop.remove_signal_handler(signal.SIGUSR2)
             served = not supervisor.first_round
         finally:
             sock.close()
