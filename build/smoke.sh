@@ -5,8 +5,8 @@
 #
 # Checks `version`, then starts `serve` on a free loopback port with a throwaway
 # data dir and an environment without Python, waits for /health/ready, stops it
-# with SIGTERM and expects a clean exit (0); then runs `demo` and asks it for a
-# response. Exits non-zero on the first failure.
+# over to a new process with `upgrade`, stops that with SIGTERM and expects
+# clean exits; then runs `demo` and asks it for a response. Exits non-zero on the first failure.
 set -euo pipefail
 set +m   # no job control: a background child is then never a group leader, so setsid below execs in place
 
@@ -97,35 +97,47 @@ for asset in / /dashboard/app.js /dashboard/style.css; do
 done
 pass "dashboard served from the binary"
 
-# 3. SIGTERM -> clean exit 0 within the bound
-kill -TERM "$server_pid"
+# 3. upgrade: a new process from the same binary takes the socket over once it serves; the old one drains
+#    and exits 0 (its bootloader is $server_pid); the new one runs in the same process group.
+record_pid() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["pid"])' "$tmp/data/server.json"; }
+old_pid="$(record_pid)"
+"${CLEAN_ENV[@]}" "$BIN" upgrade --data-dir "$tmp/data" >"$tmp/upgrade.out" 2>&1 \
+    || { cat "$tmp/upgrade.out" "$log" >&2; fail "'upgrade' failed"; }
+new_pid="$(record_pid)"
+[[ "$new_pid" != "$old_pid" ]] || { cat "$tmp/upgrade.out" "$log" >&2; fail "server.json still names pid $old_pid"; }
 deadline=$((SECONDS + STOP_TIMEOUT_S))
 while kill -0 "$server_pid" 2>/dev/null && (( SECONDS < deadline )); do
     sleep 0.1
 done
-if kill -0 "$server_pid" 2>/dev/null; then
-    cat "$log" >&2
-    fail "server still running ${STOP_TIMEOUT_S}s after SIGTERM"
-fi
+kill -0 "$server_pid" 2>/dev/null && { cat "$log" >&2; fail "the old process still runs ${STOP_TIMEOUT_S}s after the hand-over"; }
 rc=0
 wait "$server_pid" || rc=$?
+[[ "$rc" -eq 0 ]] || { cat "$log" >&2; fail "the old process exited $rc after the hand-over, want 0"; }
+code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url" || true)"
+[[ "$code" == 200 ]] || { cat "$log" >&2; fail "GET /health/ready -> $code after the upgrade"; }
+pass "upgrade: pid $old_pid handed the port over to pid $new_pid, which serves; the old one exited 0"
+
+# 4. SIGTERM -> clean exit 0 within the bound (to the new process: not our child, so watched by pid)
 server_group="$server_pid"
-server_pid=""
-if [[ "$rc" -ne 0 ]]; then
-    cat "$log" >&2
-    fail "server exited $rc after SIGTERM, want 0"
-fi
-grep -q '"event":"stopped"' "$log" || { cat "$log" >&2; fail "no 'stopped' log line after SIGTERM"; }
-pass "SIGTERM -> exit 0 after a clean drain"
+kill -TERM "$new_pid"
+deadline=$((SECONDS + STOP_TIMEOUT_S))
+while kill -0 -- "-$server_group" 2>/dev/null && (( SECONDS < deadline )); do
+    sleep 0.1
+done
 if kill -0 -- "-$server_group" 2>/dev/null; then
-    fail "a process of the server (the Python child?) outlived it"
+    cat "$log" >&2
+    fail "a process of the server still runs ${STOP_TIMEOUT_S}s after SIGTERM"
 fi
+server_pid=""
+[[ "$(grep -c '"event":"stopped"' "$log")" -eq 2 ]] || { cat "$log" >&2; fail "want a 'stopped' line from each process"; }
+grep -q '"level":"error"' "$log" && { cat "$log" >&2; fail "an error was logged"; }
+pass "SIGTERM -> a clean drain and stop, no error logged"
 if compgen -G "$tmp/_MEI*" >/dev/null; then
     fail "the one-file unpack dir was not removed: $(echo "$tmp"/_MEI*)"
 fi
 pass "no leftover process or unpack dir"
 
-# 4. demo: the README's first command, answered end to end through its own simulated backend
+# 5. demo: the README's first command, answered end to end through its own simulated backend
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 log="$tmp/demo.log"
 setsid "${CLEAN_ENV[@]}" "$BIN" demo --port "$port" >"$log" 2>&1 &
