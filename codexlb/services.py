@@ -27,6 +27,7 @@ from codexlb.upstream.session import make_session, upstream_via
 from codexlb.upstream.usage_poller import UsagePoller
 
 _log = log.get("codexlb.services")
+HAND_OFF_S = 5.0  # writing the shared state at an upgrade, before the new process serves
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 ROSTER = web.AppKey("roster", Roster)
@@ -39,6 +40,19 @@ GATES = web.AppKey("gates", Gates)
 ADMIN = web.AppKey("admin_auth", AdminAuth)
 LEADER = web.AppKey("leader", Leader)
 FEED = web.AppKey("change_feed", ChangeFeed)
+
+
+async def hand_off(app: web.Application) -> None:
+    """Before a new process takes over (an upgrade): what this one shares through the database (the sticky map,
+    account figures) written and landed, so the new one reads it whole. Bounded; a failure is logged."""
+    try:
+        async with asyncio.timeout(HAND_OFF_S):
+            if app[POOL].share is not None:
+                app[POOL].share.flush()
+            app[ROSTER].flush_dirty()
+            await app[STORE].db.barrier()
+    except (TimeoutError, DatabaseError) as exc:
+        _log.warning("upgrade: shared state not all written before the new process serves", error=str(exc))
 
 
 class StartupError(Exception):

@@ -69,7 +69,8 @@ class Served:
         await asyncio.wait_for(self._reader, 60)
 
 
-async def streaming_clients(url: str, stop: asyncio.Event, outcomes: dict[str, int], failures: list[str]) -> None:
+async def streaming_clients(url: str, stop: asyncio.Event, outcomes: dict[str, int], failures: list[str],
+                            clients: int = CLIENTS) -> None:
     async def client(n: int) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
             while not stop.is_set():
@@ -85,7 +86,7 @@ async def streaming_clients(url: str, stop: asyncio.Event, outcomes: dict[str, i
                     outcomes["failed"] += 1
                     failures.append(repr(exc))
 
-    await asyncio.gather(*(client(n) for n in range(CLIENTS)))
+    await asyncio.gather(*(client(n) for n in range(clients)))
 
 
 async def test_upgrades_under_load_refuse_and_fail_nothing(settings, sim, tmp_path):

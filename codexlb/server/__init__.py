@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine
 
 from aiohttp import web
 
@@ -19,6 +19,7 @@ from codexlb.dir_changes import DirChanges
 from codexlb.handlers import health
 from codexlb.server import handover, sd_notify
 from codexlb.server import limits as server_limits
+from codexlb import services
 from codexlb.services import StartupError, ensure_data_dir
 from codexlb.store import DB_FILE_NAME, DatabaseError, SecretKeyError
 
@@ -68,14 +69,13 @@ async def serve(
     def listened(url: str) -> None:
         nonlocal listening
         listening = True
-        if inherited is not None:
-            inherited.ready()
         if on_listening is not None:
             on_listening(url)
 
     handed_over = False
     try:
-        handed_over = await _serve(settings, app, listened, hold, sock)
+        handed_over = await _serve(settings, app, listened, hold, sock,
+                                   before_listen=inherited.ready if inherited is not None else None)
     finally:
         if handed_over or (inherited is not None and not listening):
             hold.hand_over()  # the data dir is the new process's now, or still the old one's
@@ -103,8 +103,10 @@ def let_go(hold: server_record.Hold, undo: DirChanges | None) -> None:
 
 
 async def _serve(settings: Settings, app: web.Application, on_listening: Callable[[str], None] | None,
-                 hold: server_record.Hold | None, sock: socket.socket | None = None) -> bool:
-    """Serve until stopped; True when stopped because a new process took over (`handover`)."""
+                 hold: server_record.Hold | None, sock: socket.socket | None = None, *,
+                 before_listen: Callable[[], Awaitable[None]] | None = None) -> bool:
+    """Serve until stopped; True when stopped because a new process took over (`handover`). `before_listen`
+    runs once the app is set up, before it accepts a connection."""
     started_at = time.time()
     runner = web.AppRunner(
         app,
@@ -119,6 +121,8 @@ async def _serve(settings: Settings, app: web.Application, on_listening: Callabl
         raise StartupError(str(exc)) from None
     except OSError as exc:
         raise StartupError(f"cannot prepare data dir {settings.data_dir}: {exc.strerror or exc}") from None
+    if before_listen is not None:
+        await before_listen()
     try:
         listener = await server_limits.listen(runner, settings.host, settings.port,
                                               header_timeout_s=settings.header_timeout_s, sock=sock)
@@ -151,7 +155,11 @@ async def _serve(settings: Settings, app: web.Application, on_listening: Callabl
         loop.add_signal_handler(signal.SIGUSR2, orders.put_nowait, "upgrade")
     handed_over = False
     try:
-        handed_over = await _until_stopped(orders, listener.sockets[0].fileno(), hold)
+        async def before_go() -> None:
+            listener.close()  # the new process accepts from here on: the kernel's queue is one
+            await services.hand_off(app)
+
+        handed_over = await _until_stopped(orders, listener.sockets[0].fileno(), hold, before_go)
         first_signal_at = loop.time()
         app[health.LIFECYCLE].draining = True
         _log.info("draining", timeout_s=settings.drain_timeout_s)
@@ -193,12 +201,13 @@ async def _drain(runner: web.AppRunner, lifecycle: health.Lifecycle, timeout_s: 
     await runner.cleanup()
 
 
-async def _until_stopped(orders: asyncio.Queue[str], listen_fd: int, hold: server_record.Hold | None) -> bool:
+async def _until_stopped(orders: asyncio.Queue[str], listen_fd: int, hold: server_record.Hold | None,
+                         before_go: Callable[[], Awaitable[None]]) -> bool:
     """Wait for a stop signal, or for an upgrade that gets a new process ready (then True). An upgrade that
     fails is logged and recorded, and this process goes on; a stop during an upgrade ends the new process."""
     while await orders.get() != "stop":
         assert hold is not None
-        upgrading = asyncio.ensure_future(handover.hand_over(listen_fd, hold.fd))
+        upgrading = asyncio.ensure_future(handover.hand_over(listen_fd, hold.fd, before_go))
         stopping = asyncio.ensure_future(_next_stop(orders))
         try:
             await asyncio.wait({upgrading, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -21,13 +21,15 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 from codexlb import log
 
 _log = log.get("codexlb.server")
 
-FLAG = "--handover-fds"  # listening socket, data dir lock, and where to say ready (or why not)
+FLAG = "--handover-fds"  # listening socket, data dir lock, where to say ready (or why not), where to hear "go"
 READY_WAIT_S = 120.0  # a start that migrates a big database takes a while; one that hangs must not block upgrades
+GO_WAIT_S = 30.0  # the old process stops accepting and writes what it shares; past this the new one goes anyway
 READY = b"\x01"
 
 
@@ -38,17 +40,24 @@ class Inherited:
     listen_fd: int
     lock_fd: int
     ready_fd: int
+    go_fd: int
 
     @classmethod
     def parse(cls, value: str) -> "Inherited":
-        listen_fd, lock_fd, ready_fd = (int(part) for part in value.split(","))
-        return cls(listen_fd, lock_fd, ready_fd)
+        listen_fd, lock_fd, ready_fd, go_fd = (int(part) for part in value.split(","))
+        return cls(listen_fd, lock_fd, ready_fd, go_fd)
 
     def socket(self) -> socket.socket:
         return socket.socket(fileno=self.listen_fd)
 
-    def ready(self) -> None:
+    async def ready(self) -> None:
+        """Say ready (set up, not accepting yet), then wait for the old process's go: it has stopped accepting
+        and written what it shares (the sticky map), so what this one reads next is whole."""
         self._say(READY)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(_read_all, self.go_fd), GO_WAIT_S)
+        except TimeoutError:
+            _log.warning("upgrade: no go from the old process; serving anyway", waited_s=GO_WAIT_S)
 
     def failed(self, message: str) -> None:
         self._say(message.encode(errors="replace"))
@@ -76,21 +85,35 @@ def successor_command(fds: tuple[int, int, int]) -> list[str]:
     return [*program, *argv, f"{FLAG}={','.join(map(str, fds))}"]
 
 
-async def hand_over(listen_fd: int, lock_fd: int) -> int:
-    """Start the new process with the socket and the lock; its pid once it is ready. Raises HandoverFailed."""
+async def hand_over(listen_fd: int, lock_fd: int, before_go: Callable[[], Awaitable[None]]) -> int:
+    """Start the new process with the socket and the lock; once it is ready, `before_go` (stop accepting, write
+    what is shared), then tell it to go; its pid. Raises HandoverFailed (this process goes on serving)."""
     read_end, write_end = os.pipe()
+    go_read, go_write = os.pipe()
     try:
-        command = successor_command((listen_fd, lock_fd, write_end))
-        proc = await asyncio.to_thread(subprocess.Popen, command, pass_fds=(listen_fd, lock_fd, write_end),
+        command = successor_command((listen_fd, lock_fd, write_end, go_read))
+        proc = await asyncio.to_thread(subprocess.Popen, command, pass_fds=(listen_fd, lock_fd, write_end, go_read),
                                        stdin=subprocess.DEVNULL)
     except OSError as exc:
         os.close(read_end)
+        os.close(go_write)
         raise HandoverFailed(f"cannot start {command[0]}: {exc.strerror or exc}") from None
     except BaseException:
         os.close(read_end)
+        os.close(go_write)
         raise
     finally:
         os.close(write_end)
+        os.close(go_read)
+    try:
+        pid = await _until_ready(proc, read_end)
+        await before_go()
+    finally:
+        os.close(go_write)  # go (or, failed: nothing to wait for)
+    return pid
+
+
+async def _until_ready(proc: subprocess.Popen, read_end: int) -> int:
     _log.info("upgrade: new process starting", pid=proc.pid)
     reading = asyncio.ensure_future(asyncio.to_thread(_read_all, read_end))
     try:
