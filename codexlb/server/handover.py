@@ -33,7 +33,7 @@ GO_WAIT_S = 30.0  # the old process stops accepting and writes what it shares; p
 READY = b"\x01"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Inherited:
     """In the new process: what the old one handed over."""
 
@@ -71,7 +71,7 @@ class Inherited:
             pass  # the old process is gone: nobody to tell
         finally:
             os.close(self.ready_fd)
-            object.__setattr__(self, "ready_fd", -1)
+            self.ready_fd = -1
 
 
 class HandoverFailed(Exception):
