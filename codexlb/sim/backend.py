@@ -49,6 +49,9 @@ class SimConfig:
     models: tuple[str, ...] = DEFAULT_MODELS
     # The device-code poll interval the sim tells clients; the Codex CLI reads whole seconds only.
     device_poll_interval_s: float = 1.0
+    # How many request records are kept (the newest): a test under heavy load that reads back one
+    # conversation's requests keeps more.
+    records: int = 10_000
 
 
 @dataclass(slots=True)
@@ -149,7 +152,7 @@ class Backend:
         self.models = frozenset(self.config.models)
         self.state = StateStore(self.config.state_ttl_s)
         self.faults = FaultBook(self.config.seed)
-        self.records: deque[Record] = deque(maxlen=10_000)
+        self.records: deque[Record] = deque(maxlen=self.config.records)
         self.catalog_requests = 0  # GET /codex/models answered
         self.usage_polls: Counter[str] = Counter()  # GET /wham/usage answered, per account id
         # Responses WebSockets open right now: a client that leaves sockets behind shows here.
