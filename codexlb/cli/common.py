@@ -128,10 +128,13 @@ def add_server_flags(parser: argparse.ArgumentParser, *more: str) -> None:
     )
 
 
+def setting_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The setting flags given on the command line, by setting name."""
+    return {f.name: getattr(args, f"setting_{f.name}") for f in config.FIELDS if hasattr(args, f"setting_{f.name}")}
+
+
 def load_settings(args: argparse.Namespace) -> config.Loaded:
-    flags = {
-        f.name: getattr(args, f"setting_{f.name}") for f in config.FIELDS if hasattr(args, f"setting_{f.name}")
-    }
+    flags = setting_flags(args)
     try:
         return config.load(flags=flags, config_path=getattr(args, "config", None))
     except config.ConfigError as exc:
