@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import time
 
-from codexlb import config, server_record
-from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags, setting_flags
+from codexlb import config
+from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags, records, setting_flags, signal_server
 
-POLL_S = 0.05
 WAIT_S = 30.0
 
 _EPILOG = """\
@@ -36,21 +33,11 @@ def run(args: argparse.Namespace) -> int:
         data_dir = config.data_dir_of(setting_flags(args))
     except config.ConfigError as exc:
         raise CliError(str(exc)) from None
-    server = server_record.holder(data_dir)
-    if server is None or server.pid is None:
-        raise CliError(f"no codexlb server runs on data dir {data_dir}: start one with `codexlb serve`", 1)
-    sent_at = time.time()
-    try:
-        os.kill(server.pid, signal.SIGHUP)
-    except OSError as exc:
-        raise CliError(f"cannot signal the server (pid {server.pid}): {exc.strerror or exc}", 1) from None
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        now = server_record.holder(data_dir)
+    pid, sent_at = signal_server(data_dir, signal.SIGHUP)
+    for now in records(data_dir, WAIT_S):
         if now is not None and now.reload is not None and (now.reloaded_at or 0) >= sent_at:
-            return _report(server.pid, now.reload)
-        time.sleep(POLL_S)
-    raise CliError(f"the server (pid {server.pid}) did not say it reloaded within {WAIT_S:g} s; see its log", 1)
+            return _report(pid, now.reload)
+    raise CliError(f"the server (pid {pid}) did not say it reloaded within {WAIT_S:g} s; see its log", 1)
 
 
 def _report(pid: int, outcome: dict) -> int:
