@@ -18,7 +18,7 @@ from pathlib import Path
 from codexlb import config, log, reconfigure, server
 from codexlb.app import create_app
 from codexlb.server.reloading import Reloader
-from codexlb.services import GATES, SETTINGS
+from codexlb.services import GATES, POOL, ROSTER, SETTINGS
 from tests.fleet.conftest import import_accounts
 from tests.serving import codexlb
 from tests.test_upgrade import streaming_clients
@@ -129,19 +129,28 @@ async def test_a_config_file_that_does_not_parse_changes_nothing_and_says_why(se
 
 
 async def test_a_changed_port_is_named_as_needing_an_upgrade(settings, sim, clean_env, http):
+    await import_accounts(settings, sim)
     running = Running(settings, sim)
     del running.flags["port"]  # from the file, as the flags given would keep winning
     running.write_config("port = 0\n")
     async with running:
-        running.write_config('port = 1\nstrategy = "round_robin"\nheader_timeout_s = 5\n')
+        account_gate = running.app[GATES].account(running.app[ROSTER].all()[0])
+        running.write_config('port = 1\nstrategy = "round_robin"\nheader_timeout_s = 5\naccount_max_streams = 3\n')
         rc, out, err = await running.reload()
         assert rc == 0, err
-        assert re.search(r"reloaded pid \d+: strategy;", out), out
+        assert re.search(r"reloaded pid \d+: strategy, account_max_streams;", out), out
+        assert account_gate.capacity == 3 and type(running.app[POOL].strategy).__name__ == "RoundRobinStrategy"
         assert "not applied, needs `codexlb upgrade` (or a restart): port, header_timeout_s" in out, out
         async with http.get(f"{running.url}/health/ready") as resp:  # still where it was
             assert resp.status == 200
         assert running.app[SETTINGS].port == 0 and running.app[SETTINGS].strategy == "round_robin"
-    [line] = running.lines("settings changed that only a new process applies: run `codexlb upgrade` (or restart)")
+
+        pool = running.app[POOL]
+        running.write_config("sticky_ttl_s = 0\n")  # stickiness off: nothing shared, as a start with 0
+        assert (await running.reload())[0] == 0 and pool.share is None and pool.sticky.ttl_s == 0
+        running.write_config("sticky_ttl_s = 60\n")  # and on again, shared again
+        assert (await running.reload())[0] == 0 and pool.share is not None and pool.sticky.ttl_s == 60
+    line = running.lines("settings changed that only a new process applies: run `codexlb upgrade` (or restart)")[0]
     assert line["settings"] == ["port", "header_timeout_s"] and line["level"] == "warning"
 
 

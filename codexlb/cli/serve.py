@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import signal
 import socket
 
 from aiohttp import web
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, inherited: handover.Inherited | None) -> int:
+    # A reload asked for while this process starts (a worker the parent passes SIGHUP on to) finds it reading
+    # the settings anyway: ignored, not the default that ends the process, until serving handles it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     loaded = load_settings(args)
     settings = loaded.settings
     log.configure(settings.log_level, settings.log_format)
