@@ -74,7 +74,8 @@ class _Supervisor:
         self.all_ready = asyncio.Event()  # every worker got ready once
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.first_round = True
-        self._ready: set[int] = set()
+        self._ready: set[int] = set()  # worker numbers that got ready once
+        self.serving: set[int] = set()  # pids of the workers ready now
         # Workers hold the read end; the kernel closes the write end however the parent ends, and the
         # workers then drain and exit rather than serve on, orphaned, holding the port.
         self.alive_read, self.alive_write = os.pipe()
@@ -98,9 +99,9 @@ class _Supervisor:
         self.stopping.set()
         self.send(sig)
 
-    def send(self, sig: int) -> None:
+    def send(self, sig: int, *, serving_only: bool = False) -> None:
         for proc in self.procs.values():
-            if proc.returncode is None:
+            if proc.returncode is None and (proc.pid in self.serving or not serving_only):
                 proc.send_signal(sig)
 
     async def _keep(self, number: int) -> int:
@@ -111,6 +112,7 @@ class _Supervisor:
             returncode = await proc.wait()
             got_ready = await ready
             self.procs.pop(number, None)
+            self.serving.discard(proc.pid)
             if self.stopping.is_set():
                 return returncode
             if got_ready:
@@ -165,6 +167,7 @@ class _Supervisor:
             self.first_round = False
             _log.info("worker ready", worker=number, pid=proc.pid)
             self._ready.add(number)
+            self.serving.add(proc.pid)
             if len(self._ready) == self.settings.workers:
                 self.all_ready.set()
 
@@ -256,7 +259,8 @@ async def _run(supervisor: _Supervisor, hold: server_record.Hold, reloader: Relo
 
     def reload() -> None:
         reloader.request(hold)
-        supervisor.send(signal.SIGHUP)
+        # A worker still starting reads the settings as they are now anyway.
+        supervisor.send(signal.SIGHUP, serving_only=True)
 
     handled = (*SIGNALS, signal.SIGUSR2, signal.SIGHUP)
     for sig in SIGNALS:
