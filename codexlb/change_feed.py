@@ -35,7 +35,7 @@ class ChangeFeed:
         return lambda: self._listeners[kind].remove(listener)
 
     async def run(self) -> None:
-        await self._store.follow_changes(self._apply, self._resync)
+        await self._store.follow_changes(self._apply, self.resync)
 
     async def _apply(self, changes: list[Change]) -> None:
         kinds = {kind for kind, _ in changes}
@@ -53,7 +53,8 @@ class ChangeFeed:
             await self.load_sessions()
         _log.debug("changes from other replicas applied", changes=len(changes))
 
-    async def _resync(self) -> None:
+    async def resync(self) -> None:
+        """Everything read again: after changes may have been missed, and on a reload (SIGHUP)."""
         read_at = self._roster.version
         self._roster.apply_all_stored(await self._store.load_accounts(), read_at)
         await self._keys.reload()

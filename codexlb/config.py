@@ -124,12 +124,16 @@ def setting(
     check: Callable[[Any], None] | None = None,
     secret: bool = False,
     metavar: str | None = None,
+    reloads: bool = False,
 ) -> Any:
+    """`reloads`: a running server applies a change of it in place on SIGHUP (`codexlb reload`); any other
+    setting changes only with a new process (`codexlb upgrade`, or a restart)."""
     if section not in SECTIONS:
         raise ValueError(f"unknown settings section {section!r}")
     return field(
         default=default,
-        metadata={"section": section, "help": help, "choices": choices, "check": check, "secret": secret, "metavar": metavar},
+        metadata={"section": section, "help": help, "choices": choices, "check": check, "secret": secret,
+                  "metavar": metavar, "reloads": reloads},
     )
 
 
@@ -177,10 +181,10 @@ class Settings:
         "'direct' ignores the environment.", check=check_proxy_setting, metavar="URL",
     )
     log_level: str = setting(
-        "logging", "info", "Lowest level that is logged.", choices=("debug", "info", "warning", "error"))
+        "logging", "info", "Lowest level that is logged.", choices=("debug", "info", "warning", "error"), reloads=True)
     log_format: str = setting(
         "logging", "auto", "Log line format; auto is console on a terminal, JSON lines otherwise.",
-        choices=("auto", "console", "json"),
+        choices=("auto", "console", "json"), reloads=True,
     )
     database_url: str = setting(
         "storage", "", "Where durable state lives: empty is the SQLite file in the data dir; a "
@@ -199,11 +203,11 @@ class Settings:
     strategy: str = setting(
         "pool", "capacity", "How to pick an account: capacity (most remaining quota, earliest reset first), "
         "round_robin, fill_first or least_used.",
-        choices=STRATEGIES,
+        choices=STRATEGIES, reloads=True,
     )
     sticky_ttl_s: float = setting(
         "pool", 3600.0, "How long a conversation stays on its account after its last request.",
-        check=_check_non_negative, metavar="SECONDS",
+        check=_check_non_negative, metavar="SECONDS", reloads=True,
     )
     refresh_margin_s: float = setting(
         "pool", 600.0, "Refresh an access token this long before it expires.", check=_check_non_negative,
@@ -216,54 +220,56 @@ class Settings:
     max_body_mb: float = setting(
         "listening",
         16.0, "Largest request body accepted, in MiB (the Codex CLI gets a 400 for more, since it retries 413s).",
-        check=_check_positive, metavar="MIB",
+        check=_check_positive, metavar="MIB", reloads=True,
     )
     upstream_connect_timeout_s: float = setting(
         "upstream", 10.0, "Bound on connecting to upstream.", check=_check_positive, metavar="SECONDS",
     )
     upstream_first_event_timeout_s: float = setting(
         "upstream", 120.0, "Bound on waiting for upstream's first event; past it, the next account is tried.",
-        check=_check_positive, metavar="SECONDS",
+        check=_check_positive, metavar="SECONDS", reloads=True,
     )
     upstream_idle_timeout_s: float = setting(
         "upstream", 300.0, "Bound on silence between upstream events once a stream runs.", check=_check_positive,
-        metavar="SECONDS",
+        metavar="SECONDS", reloads=True,
     )
     failover_accounts: int = setting(
         "upstream",
         3, "Most accounts one request is tried on before the client gets an error.", check=_check_at_least_one,
-        metavar="N",
+        metavar="N", reloads=True,
     )
     failover_budget_s: float = setting(
         "upstream", 60.0, "Most time spent failing over before the client gets an error.", check=_check_positive,
-        metavar="SECONDS",
+        metavar="SECONDS", reloads=True,
     )
     keepalive_s: float = setting(
         "upstream", 10.0, "While the first event is awaited longer than this, send keep-alives this often (commits the "
-        "answer: no failover after the first one).", check=_check_positive, metavar="SECONDS",
+        "answer: no failover after the first one).", check=_check_positive, metavar="SECONDS", reloads=True,
     )
     max_inflight: int = setting(
         "admission", 512, "Most proxied requests served at once (an open WebSocket counts as one); more wait in line.",
-        check=_check_at_least_one, metavar="N",
+        check=_check_at_least_one, metavar="N", reloads=True,
     )
     queue_wait_s: float = setting(
         "admission", 10.0, "Longest a request waits in line at a full gate before it gets 429 proxy_overloaded with "
-        "Retry-After.", check=_check_non_negative, metavar="SECONDS",
+        "Retry-After.", check=_check_non_negative, metavar="SECONDS", reloads=True,
     )
     max_queue: int = setting(
         "admission", 1024, "Most requests waiting in line at one gate; past it, a newcomer gets 429 at once.",
-        check=_check_non_negative, metavar="N",
+        check=_check_non_negative, metavar="N", reloads=True,
     )
     account_max_streams: int = setting(
         "pool", 16, "Most streams at once on one account; a full account is passed over for another with room.",
-        check=_check_at_least_one, metavar="N",
+        check=_check_at_least_one, metavar="N", reloads=True,
     )
     max_upstream_connects: int = setting(
         "admission",
         32, "Most upstream WebSocket connects in progress at once.", check=_check_at_least_one, metavar="N",
+        reloads=True,
     )
     max_refreshes: int = setting(
         "admission", 4, "Most token refreshes in progress at once.", check=_check_at_least_one, metavar="N",
+        reloads=True,
     )
     http_bridge: bool = setting(
         "bridge", True, "Carry the Codex CLI's HTTP requests over one upstream WebSocket per conversation, sending "
@@ -296,7 +302,7 @@ class Settings:
     metrics_token: str | None = setting(
         "listening",
         None, "A bearer token that lets a Prometheus on another machine scrape /metrics (and nothing else); "
-        "unset, /metrics follows the admin API's rule.", secret=True, metavar="TOKEN",
+        "unset, /metrics follows the admin API's rule.", secret=True, metavar="TOKEN", reloads=True,
     )
     header_timeout_s: float = setting(
         "listening",
@@ -306,7 +312,7 @@ class Settings:
     )
     body_timeout_s: float = setting(
         "listening", 60.0, "Longest a request body may pause between two reads; then the request gets 408.",
-        check=_check_positive, metavar="SECONDS",
+        check=_check_positive, metavar="SECONDS", reloads=True,
     )
     workers: int = setting(
         "listening", 1, "Processes serving the port, each a full replica (1: one process, no supervisor).",
@@ -331,6 +337,8 @@ def _base_type(hint: Any) -> type:
 
 _TYPES: dict[str, type] = {name: _base_type(hint) for name, hint in typing.get_type_hints(Settings).items()}
 _OPTIONAL = {f.name for f in FIELDS if f.default is None}
+# The settings a running server changes in place on SIGHUP (`setting(..., reloads=True)`).
+RELOADABLE: frozenset[str] = frozenset(f.name for f in FIELDS if f.metadata["reloads"])
 
 
 def env_name(name: str) -> str:
@@ -432,6 +440,41 @@ class Loaded:
     settings: Settings
     sources: dict[str, str]
     config_file: Path | None
+    # What `load` was given, so that a reload reads the same layers again (the flags keep winning).
+    flags: Mapping[str, str] = field(default_factory=dict)
+    config_path: str | None = None
+
+    def again(self, env: Mapping[str, str] | None = None) -> "Loaded":
+        """The settings read afresh from the same flags and config path (blocks: reads the file)."""
+        return load(self.flags, env, self.config_path)
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """What a reload does to the running settings."""
+
+    settings: Settings  # the running ones with every reloadable change made
+    applied: tuple[str, ...]  # reloadable settings that changed
+    need_upgrade: tuple[str, ...]  # changed settings that only a new process applies
+
+
+def plan_reload(running: Settings, read: Settings) -> Reload:
+    changed = [f.name for f in FIELDS if getattr(running, f.name) != getattr(read, f.name)]
+    applied = tuple(name for name in changed if name in RELOADABLE)
+    return Reload(dataclasses.replace(running, **{name: getattr(read, name) for name in applied}), applied,
+                  tuple(name for name in changed if name not in RELOADABLE))
+
+
+def data_dir_of(flags: Mapping[str, str], env: Mapping[str, str] | None = None) -> Path:
+    """The data dir as `load` finds it (flag, environment, default), without reading the config file there: for
+    a command that only needs to find the server, whatever state that file is in. Raises ConfigError."""
+    env = os.environ if env is None else env
+    data_dir_field = next(f for f in FIELDS if f.name == "data_dir")
+    raw = flags.get("data_dir", env.get(env_name("data_dir")))
+    try:
+        return _validate(data_dir_field, data_dir_field.default if raw is None else _from_text(Path, raw))
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting 'data_dir': {exc}") from None
 
 
 def load(flags: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None,
@@ -482,7 +525,7 @@ def load(flags: Mapping[str, str] | None = None, env: Mapping[str, str] | None =
         if f.name in flags:
             put(f, flags[f.name], flag_name(f.name), _from_text)
 
-    return Loaded(Settings(**values), sources, config_file)
+    return Loaded(Settings(**values), sources, config_file, flags, config_path)
 
 
 def _redact_url(url: str) -> str:

@@ -173,13 +173,31 @@ class _ClientFaults(logging.Filter):
 _CLIENT_FAULTS = _ClientFaults()
 
 
+_stream: TextIO | None = None  # what `configure` was given; lines go to it through `_out`
+_out: TextIO | None = None
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Send every log line, ours and libraries', to `stream` (stderr by default)."""
-    stream = stream or sys.stderr
+    global _stream, _out
+    _stream = stream or sys.stderr
+    _out = _off_the_loop(_stream)
+    _install(level, fmt)
+
+
+def reconfigure(level: str, fmt: str) -> None:
+    """A new level and format for the lines that follow (a reload), to the same output: no line is lost."""
+    if _stream is None:
+        configure(level, fmt)
+    else:
+        _install(level, fmt)
+
+
+def _install(level: str, fmt: str) -> None:
+    assert _stream is not None and _out is not None
     if fmt == "auto":
-        fmt = "console" if stream.isatty() else "json"
-    colors = fmt == "console" and stream.isatty()
-    stream = _off_the_loop(stream)
+        fmt = "console" if _stream.isatty() else "json"
+    colors = fmt == "console" and _stream.isatty()
     renderers: list[Any] = (
         [structlog.dev.ConsoleRenderer(colors=colors)]
         if fmt == "console"
@@ -190,7 +208,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     tail = [structlog.processors.format_exc_info, _redact_processor, _timestamp, *renderers]
 
     # Libraries log through stdlib logging: one handler, the same tail.
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(_out)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
@@ -207,7 +225,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     structlog.configure(
         processors=[*_SHARED, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        logger_factory=structlog.WriteLoggerFactory(file=_out),
         cache_logger_on_first_use=True,
     )
 

@@ -34,6 +34,9 @@ class Holder:
     # The last upgrade this server tried that failed (it went on serving): when, and why.
     upgrade_failed_at: float | None = None
     upgrade_error: str | None = None
+    # The last reload (SIGHUP): when, and what came of it (`Hold.reloaded`).
+    reloaded_at: float | None = None
+    reload: dict | None = None
 
     @property
     def url(self) -> str | None:
@@ -78,6 +81,11 @@ class Hold:
     def upgrade_failed(self, error: str) -> None:
         """Record an upgrade that failed, for `codexlb upgrade` to tell."""
         self._record.update(upgrade_failed_at=time.time(), upgrade_error=error)
+        self._write()
+
+    def reloaded(self, outcome: dict) -> None:
+        """Record what the last reload did, for `codexlb reload` to tell."""
+        self._record.update(reloaded_at=time.time(), reload=outcome)
         self._write()
 
     def _write(self) -> None:
@@ -165,7 +173,8 @@ def _read_record(data_dir: Path, lock_fd: int | None = None) -> Holder:
     if pid is not None and record.get("pid") != pid:
         return Holder(pid)  # the holder's record is not written yet
     return Holder(record.get("pid"), record.get("host"), record.get("port"), record.get("started_at"),
-                  record.get("upgrade_failed_at"), record.get("upgrade_error"))
+                  record.get("upgrade_failed_at"), record.get("upgrade_error"), record.get("reloaded_at"),
+                  record.get("reload"))
 
 
 def _same_file(fd: int, path: Path) -> bool:

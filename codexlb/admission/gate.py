@@ -168,20 +168,37 @@ class Gate:
         self.rejected += 1
         return GateFull(self, why, self.retry_after())
 
+    def resize(self, capacity: int, *, wait_s: float | None = None, max_queue: int | None = None) -> None:
+        """New bounds, in place (a reload). More capacity admits waiters at once; less never takes a held slot
+        back: the gate admits no one until its use is under the new capacity. `wait_s` and `max_queue` bound
+        the waits that begin from now on."""
+        if capacity < 1 or (max_queue is not None and max_queue < 0) or (wait_s is not None and wait_s < 0):
+            raise ValueError("a gate needs capacity >= 1, max_queue >= 0 and wait_s >= 0")
+        self.capacity = capacity
+        self.wait_s = self.wait_s if wait_s is None else wait_s
+        self.max_queue = self.max_queue if max_queue is None else max_queue
+        self._admit_waiting()
+        if self.in_use < self.capacity and self.on_free is not None:
+            self.on_free()
+
     def _give_back(self) -> None:
         self._note_release()
-        line = self._line
-        while line:
-            turn = line.popleft()
+        # The count drops and the first waiter takes the slot in one step, so no newcomer overtakes the line;
+        # over capacity (shrunk by a reload) nobody takes it.
+        self.in_use -= 1
+        self._admit_waiting()
+        if self.in_use < self.capacity and self.on_free is not None:
+            self.on_free()
+
+    def _admit_waiting(self) -> None:
+        """Hand free slots to waiters, first in line first."""
+        while self.in_use < self.capacity and self._line:
+            turn = self._line.popleft()
             if not turn.done():
-                # The slot changes hands without the count dropping, so no newcomer overtakes the line.
+                self.in_use += 1
                 self.waiting -= 1
                 self.admitted += 1
                 turn.set_result(None)
-                return
-        self.in_use -= 1
-        if self.on_free is not None:
-            self.on_free()
 
     def _note_release(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -198,13 +215,7 @@ class Gate:
             # Drop the turns of waiters that left once they outnumber live ones: amortized O(1).
             self._line = deque(turn for turn in line if not turn.done())
         # The leaver may have been all that kept a free slot from the line (a release found only it).
-        while self.in_use < self.capacity and self._line:
-            turn = self._line.popleft()
-            if not turn.done():
-                self.in_use += 1
-                self.waiting -= 1
-                self.admitted += 1
-                turn.set_result(None)
+        self._admit_waiting()
 
 
 class _Turn(asyncio.Future[None]):

@@ -1,5 +1,6 @@
 """The process's gates, sized from the settings: proxied requests in flight, upstream WebSocket
-connects, token refreshes, streams per account, and requests per API key that has a limit."""
+connects, token refreshes, streams per account, and requests per API key that has a limit; resized in place
+when the settings are reloaded."""
 
 from __future__ import annotations
 
@@ -65,6 +66,19 @@ class Gates:
                 max_queue=self._settings.max_queue)
             gate.on_free = self.account_freed.set
         return gate
+
+    def resize(self, settings: Settings) -> None:
+        """Apply reloaded settings to every gate in place (`Gate.resize`): no held slot is taken back."""
+        self._settings = settings
+        bounds = {"wait_s": settings.queue_wait_s, "max_queue": settings.max_queue}
+        self.inflight.resize(settings.max_inflight, **bounds)
+        self.upstream_connects.resize(settings.max_upstream_connects, **bounds)
+        self.refreshes.resize(settings.max_refreshes, **bounds)
+        self.any_account.resize(1, **bounds)
+        for gate in self._accounts.values():
+            gate.resize(settings.account_max_streams, **bounds)
+        for gate in self._keys.values():
+            gate.resize(gate.capacity, **bounds)  # a key's own limit is the key's, not a setting
 
     def forget_account(self, account_id: str) -> None:
         """A removed account's gate leaves the listing; slots still held release into the old gate."""

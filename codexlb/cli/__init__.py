@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from codexlb import __version__
-from codexlb.cli import accounts, admin, config_cmd, demo, keys, serve, sim_cmd, upgrade, version
+from codexlb.cli import accounts, admin, config_cmd, demo, keys, reload, serve, sim_cmd, upgrade, version
 from codexlb.cli.common import CliError, HelpFormatter, Parser
 
 _EPILOG = """\
@@ -16,6 +16,7 @@ examples:
   codexlb serve                         run the proxy on 127.0.0.1:2455
   codexlb serve --port 8080 --log-format json
   codexlb upgrade                       hand the running server to a new binary, no downtime
+  codexlb reload                        apply a changed config.toml in place (limits, log level, ...)
   codexlb accounts import ~/.codex/auth.json
   codexlb accounts list
   codexlb keys create --name laptop     an API key for clients (printed once)
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"codexlb {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
-    for module in (demo, serve, upgrade, accounts, keys, admin, sim_cmd, config_cmd, version):
+    for module in (demo, serve, upgrade, reload, accounts, keys, admin, sim_cmd, config_cmd, version):
         module.register(commands)
     return parser
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import os
 import sys
-from typing import Any, Collection, Coroutine, Iterable, NoReturn, Sequence
+import time
+from pathlib import Path
+from typing import Any, Collection, Coroutine, Iterable, Iterator, NoReturn, Sequence
 
-from codexlb import config, server
+from codexlb import config, server, server_record
 
 
 class CliError(Exception):
@@ -128,14 +131,38 @@ def add_server_flags(parser: argparse.ArgumentParser, *more: str) -> None:
     )
 
 
+def setting_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The setting flags given on the command line, by setting name."""
+    return {f.name: getattr(args, f"setting_{f.name}") for f in config.FIELDS if hasattr(args, f"setting_{f.name}")}
+
+
 def load_settings(args: argparse.Namespace) -> config.Loaded:
-    flags = {
-        f.name: getattr(args, f"setting_{f.name}") for f in config.FIELDS if hasattr(args, f"setting_{f.name}")
-    }
+    flags = setting_flags(args)
     try:
         return config.load(flags=flags, config_path=getattr(args, "config", None))
     except config.ConfigError as exc:
         raise CliError(str(exc)) from None
+
+
+def signal_server(data_dir: Path, sig: int) -> tuple[int, float]:
+    """Send `sig` to the server holding `data_dir`: its pid, and when it was sent (for its record's answer)."""
+    held = server_record.holder(data_dir)
+    if held is None or held.pid is None:
+        raise CliError(f"no codexlb server runs on data dir {data_dir}: start one with `codexlb serve`", 1)
+    sent_at = time.time()
+    try:
+        os.kill(held.pid, sig)
+    except OSError as exc:
+        raise CliError(f"cannot signal the server (pid {held.pid}): {exc.strerror or exc}", 1) from None
+    return held.pid, sent_at
+
+
+def records(data_dir: Path, wait_s: float, poll_s: float = 0.05) -> Iterator[server_record.Holder | None]:
+    """The data dir's server record, read again every `poll_s` for `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        yield server_record.holder(data_dir)
+        time.sleep(poll_s)
 
 
 def ago(ts: float | None, now: float) -> str:

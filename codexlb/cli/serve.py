@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import signal
 import socket
 
-from codexlb import config, log, server
+from aiohttp import web
+
+from codexlb import config, log, reconfigure, server
+from codexlb.app import create_app
 from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags, load_settings, run_server
 from codexlb.server import handover, workers
+from codexlb.server.reloading import Reloader
 
 _EPILOG = """\
 examples:
@@ -22,6 +28,9 @@ SIGTERM or SIGINT stops accepting connections and gives in-flight requests
 SIGUSR2 (or `codexlb upgrade`) starts the program at its path again and hands
 it the listening socket: once the new process is ready, this one stops
 accepting and drains; if it cannot start, this one goes on serving.
+SIGHUP (or `codexlb reload`) reads the config file again and applies the
+settings that can change in place (log level, limits, timeouts, strategy)
+and reads accounts and API keys again; the others need `codexlb upgrade`.
 """
 
 
@@ -38,23 +47,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, inherited: handover.Inherited | None) -> int:
+    # A reload asked for while this process starts (a worker the parent passes SIGHUP on to) finds it reading
+    # the settings anyway: ignored, not the default that ends the process, until serving handles it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     loaded = load_settings(args)
     settings = loaded.settings
     log.configure(settings.log_level, settings.log_format)
     if args.worker_fd is not None:
-        return run_server(_work(settings, args))
+        return run_server(_work(loaded, args))
     if settings.workers > 1:
-        return run_server(workers.supervise(settings, _same_flags(args)))
-    return run_server(server.serve(settings, inherited=inherited))
+        return run_server(workers.supervise(settings, _same_flags(args), Reloader(loaded), inherited))
+    app = create_app(settings)
+    return run_server(server.serve(settings, app, inherited=inherited, reloader=_reloader(loaded, app)))
 
 
-async def _work(settings: config.Settings, args: argparse.Namespace) -> None:
+def _reloader(loaded: config.Loaded, app: web.Application) -> Reloader:
+    return Reloader(loaded, functools.partial(reconfigure.apply, app))
+
+
+async def _work(loaded: config.Loaded, args: argparse.Namespace) -> None:
     """One of `--workers N`: serve the parent's socket; the parent holds the data dir."""
     log.set_worker(args.worker_number)
     workers.watch_parent(args.worker_parent_fd)
     sock = socket.socket(fileno=args.worker_fd)
-    await server.serve(settings, on_listening=lambda _url: workers.tell_ready(args.worker_ready_fd),
-                       hold_data_dir=False, sock=sock)
+    app = create_app(loaded.settings)
+    await server.serve(loaded.settings, app, on_listening=lambda _url: workers.tell_ready(args.worker_ready_fd),
+                       hold_data_dir=False, sock=sock, reloader=_reloader(loaded, app))
 
 
 def _same_flags(args: argparse.Namespace) -> list[str]:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import time
 
-from codexlb import server_record
-from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags, load_settings
+from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags, load_settings, records, signal_server
 from codexlb.server import handover
 
 POLL_S = 0.1
@@ -31,25 +28,15 @@ one goes on serving and this command prints why and exits 1. Under systemd,
 
 def run(args: argparse.Namespace) -> int:
     data_dir = load_settings(args).settings.data_dir
-    old = server_record.holder(data_dir)
-    if old is None or old.pid is None:
-        raise CliError(f"no codexlb server runs on data dir {data_dir}: start one with `codexlb serve`", 1)
-    sent_at = time.time()
-    try:
-        os.kill(old.pid, signal.SIGUSR2)
-    except OSError as exc:
-        raise CliError(f"cannot signal the server (pid {old.pid}): {exc.strerror or exc}", 1) from None
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        now = server_record.holder(data_dir)
-        if now is not None and now.pid != old.pid and now.url is not None:
-            print(f"upgraded: pid {old.pid} handed over to pid {now.pid}, serving at {now.url}; "
-                  f"pid {old.pid} drains its in-flight requests")
+    pid, sent_at = signal_server(data_dir, signal.SIGUSR2)
+    for now in records(data_dir, WAIT_S, POLL_S):
+        if now is not None and now.pid != pid and now.url is not None:
+            print(f"upgraded: pid {pid} handed over to pid {now.pid}, serving at {now.url}; "
+                  f"pid {pid} drains its in-flight requests")
             return 0
         if now is not None and now.upgrade_failed_at is not None and now.upgrade_failed_at >= sent_at:
-            raise CliError(f"upgrade failed; pid {old.pid} goes on serving: {now.upgrade_error}", 1)
-        time.sleep(POLL_S)
-    raise CliError(f"the server (pid {old.pid}) did not hand over within {WAIT_S:g} s; see its log", 1)
+            raise CliError(f"upgrade failed; pid {pid} goes on serving: {now.upgrade_error}", 1)
+    raise CliError(f"the server (pid {pid}) did not hand over within {WAIT_S:g} s; see its log", 1)
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""Running the app: listen, wait for SIGTERM/SIGINT, drain, exit."""
+"""Running the app: listen, wait for SIGTERM/SIGINT, drain, exit; SIGHUP reloads the settings (`reloading`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from codexlb.config import Settings
 from codexlb.dir_changes import DirChanges
 from codexlb.handlers import health
 from codexlb.server import handover, sd_notify
+from codexlb.server.reloading import Reloader
 from codexlb.server import limits as server_limits
 from codexlb import services
 from codexlb.services import StartupError, ensure_data_dir
@@ -45,6 +46,7 @@ async def serve(
     hold_data_dir: bool = True,
     sock: socket.socket | None = None,
     inherited: handover.Inherited | None = None,
+    reloader: Reloader | None = None,
 ) -> None:
     """Serve until the first SIGTERM/SIGINT, then drain within `drain_timeout_s`.
 
@@ -54,11 +56,11 @@ async def serve(
     runs, and records where it listens (`server_record`); a start that fails leaves the data dir as it was.
     `sock`, a socket already listening (a worker's, from `serve --workers N`), is served instead of binding.
     `inherited`: what the server this one upgrades handed over (`handover`): its socket and data dir lock.
-    SIGUSR2 hands this server's own over to a new process in turn.
+    SIGUSR2 hands this server's own over to a new process in turn. SIGHUP has `reloader` reload the settings.
     """
     app = app or create_app(settings)
     if not hold_data_dir:
-        await _serve(settings, app, on_listening, None, sock)
+        await _serve(settings, app, on_listening, None, sock, reloader=reloader)
         return
     if inherited is not None:
         changes, hold, sock = None, server_record.Hold(settings.data_dir, inherited.lock_fd), inherited.socket()
@@ -75,7 +77,8 @@ async def serve(
     handed_over = False
     try:
         handed_over = await _serve(settings, app, listened, hold, sock,
-                                   before_listen=inherited.ready if inherited is not None else None)
+                                   before_listen=inherited.ready if inherited is not None else None,
+                                   reloader=reloader)
     finally:
         if handed_over or (inherited is not None and not listening):
             hold.hand_over()  # the data dir is the new process's now, or still the old one's
@@ -104,7 +107,8 @@ def let_go(hold: server_record.Hold, undo: DirChanges | None) -> None:
 
 async def _serve(settings: Settings, app: web.Application, on_listening: Callable[[str], None] | None,
                  hold: server_record.Hold | None, sock: socket.socket | None = None, *,
-                 before_listen: Callable[[], Awaitable[None]] | None = None) -> bool:
+                 before_listen: Callable[[], Awaitable[None]] | None = None,
+                 reloader: Reloader | None = None) -> bool:
     """Serve until stopped; True when stopped because a new process took over (`handover`). `before_listen`
     runs once the app is set up, before it accepts a connection."""
     started_at = time.time()
@@ -148,11 +152,14 @@ async def _serve(settings: Settings, app: web.Application, on_listening: Callabl
     orders: asyncio.Queue[str] = asyncio.Queue()
     # asyncio restores the defaults when its handlers go; put back whatever was there instead.
     handled = (*SIGNALS, signal.SIGUSR2) if hold is not None else SIGNALS
+    handled += (signal.SIGHUP,) if reloader is not None else ()
     previous = {sig: signal.getsignal(sig) for sig in handled}
     for sig in SIGNALS:
         loop.add_signal_handler(sig, orders.put_nowait, "stop")
     if hold is not None:
         loop.add_signal_handler(signal.SIGUSR2, orders.put_nowait, "upgrade")
+    if reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, reloader.request, hold)
     handed_over = False
     try:
         async def before_go() -> None:

@@ -6,7 +6,9 @@ none (SO_REUSEPORT would give each worker a queue of its own, dropped with it). 
 run again (`sys.executable`: the frozen binary itself, or `python -m codexlb`) with the same setting flags and
 a hidden `--worker-fd`, so it starts the same way from source and from the binary, and each is a full replica.
 The parent holds the data dir and its server record; workers never take the lock. A worker says it is ready by
-closing a pipe after a byte; one that exits before that failed to start.
+closing a pipe after a byte; one that exits before that failed to start. An upgrade (SIGUSR2) hands the socket
+and the data dir's lock to a new parent as `serve` hands its own (`handover`): the new parent starts its own
+workers on the same socket and says ready once they all are; then the old parent's workers drain and it exits.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import time
 
 from codexlb import log, server_record
 from codexlb.config import Settings
-from codexlb.server import SIGNALS, StartupError, hold_dir, let_go, listen_failure, sd_notify
+from codexlb.server import SIGNALS, StartupError, handover, hold_dir, let_go, listen_failure, sd_notify
+from codexlb.server import _until_stopped as until_stopped  # the upgrade loop `serve` runs, shared
 from codexlb.server.handover import exit_status
 from codexlb.server.limits import BACKLOG
+from codexlb.server.reloading import Reloader
 
 _log = log.get("codexlb.workers")
 
@@ -67,23 +71,18 @@ class _Supervisor:
     def __init__(self, settings: Settings, flags: list[str], sock: socket.socket) -> None:
         self.settings, self.flags, self.sock = settings, flags, sock
         self.stopping = asyncio.Event()
+        self.all_ready = asyncio.Event()  # every worker got ready once
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.first_round = True
+        self._ready: set[int] = set()  # worker numbers that got ready once
+        self.serving: set[int] = set()  # pids of the workers ready now
         # Workers hold the read end; the kernel closes the write end however the parent ends, and the
         # workers then drain and exit rather than serve on, orphaned, holding the port.
         self.alive_read, self.alive_write = os.pipe()
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in SIGNALS:
-            loop.add_signal_handler(sig, self._stop, sig)
-        try:
-            results = await asyncio.gather(
-                *(self._keep(number) for number in range(1, self.settings.workers + 1)), return_exceptions=True)
-        finally:
-            for sig in SIGNALS:
-                loop.remove_signal_handler(sig)
-                signal.signal(sig, signal.SIG_IGN)  # what is left is teardown
+        results = await asyncio.gather(
+            *(self._keep(number) for number in range(1, self.settings.workers + 1)), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         for exc in failed:
             if not isinstance(exc, GaveUp):
@@ -92,14 +91,17 @@ class _Supervisor:
             raise StartupError(str(failed[0]))
         return 0 if all(r == 0 for r in results) else 1
 
-    def _stop(self, sig: int) -> None:
+    def stop(self, sig: int) -> None:
         """Pass the signal on: each worker drains as `serve` does, and a second one cuts its drain."""
         if not self.stopping.is_set():
             _log.info("stopping workers", signal=signal.Signals(sig).name)
             asyncio.get_running_loop().call_later(self.settings.drain_timeout_s + EXIT_GRACE_S, self._kill)
         self.stopping.set()
+        self.send(sig)
+
+    def send(self, sig: int, *, serving_only: bool = False) -> None:
         for proc in self.procs.values():
-            if proc.returncode is None:
+            if proc.returncode is None and (proc.pid in self.serving or not serving_only):
                 proc.send_signal(sig)
 
     async def _keep(self, number: int) -> int:
@@ -110,6 +112,7 @@ class _Supervisor:
             returncode = await proc.wait()
             got_ready = await ready
             self.procs.pop(number, None)
+            self.serving.discard(proc.pid)
             if self.stopping.is_set():
                 return returncode
             if got_ready:
@@ -138,7 +141,7 @@ class _Supervisor:
 
     def _give_up(self) -> None:
         if not self.stopping.is_set():
-            self._stop(signal.SIGTERM)
+            self.stop(signal.SIGTERM)
 
     async def _start(self, number: int) -> tuple[asyncio.subprocess.Process, asyncio.Future[bool]]:
         read_end, write_end = os.pipe()
@@ -163,6 +166,10 @@ class _Supervisor:
         if not done.cancelled() and done.result():
             self.first_round = False
             _log.info("worker ready", worker=number, pid=proc.pid)
+            self._ready.add(number)
+            self.serving.add(proc.pid)
+            if len(self._ready) == self.settings.workers:
+                self.all_ready.set()
 
 
 def _read_ready(fd: int) -> bool:
@@ -191,39 +198,104 @@ def tell_ready(fd: int) -> None:
         os.close(fd)
 
 
-async def _no_upgrade(hold: server_record.Hold) -> None:
-    error = "an upgrade without downtime is not supported with --workers yet: restart instead"
-    _log.error("upgrade refused", error=error)
-    await asyncio.to_thread(hold.upgrade_failed, error)
+async def supervise(settings: Settings, flags: list[str], reloader: Reloader,
+                    inherited: handover.Inherited | None = None) -> int:
+    """Bind (or take over what `inherited` hands over: the socket and the data dir), hold the data dir, run
+    `settings.workers` workers with `flags` until stopped or handed over to a new parent; the exit code.
 
-
-async def supervise(settings: Settings, flags: list[str]) -> int:
-    """Bind, hold the data dir, run `settings.workers` workers with `flags` until stopped; the exit code."""
+    The parent's signals: SIGTERM/SIGINT stop the workers (they drain); SIGHUP reloads the settings here
+    (`reloader`: the log level; the record for `codexlb reload`) and in every worker; SIGUSR2 hands over to
+    a new parent as `serve` does (`handover`), which starts its own workers and is ready once they all are;
+    then this one's workers drain and it exits."""
     started_at = time.time()
-    changes, hold = await asyncio.to_thread(hold_dir, settings)
-    served = False
+    if inherited is not None:
+        changes, hold, sock = None, server_record.Hold(settings.data_dir, inherited.lock_fd), inherited.socket()
+    else:
+        changes, hold = await asyncio.to_thread(hold_dir, settings)
+        sock = None
+    served = ready = handed_over = False
     try:
-        try:
-            sock = bind(settings.host, settings.port)
-        except OSError as exc:
-            raise StartupError(listen_failure(settings.host, settings.port, exc)) from None
-        try:
-            host, port = sock.getsockname()[:2]
-            await asyncio.to_thread(hold.listening, host, port, started_at)
-            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-            _log.info("listening", url=url, workers=settings.workers)
-            supervisor = _Supervisor(settings, flags, sock)
-            sd_notify.notify(MAINPID=sd_notify.main_pid(), READY=1)
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGUSR2, lambda: asyncio.ensure_future(_no_upgrade(hold)))
+        if sock is None:
             try:
-                code = await supervisor.run()
+                sock = bind(settings.host, settings.port)
+            except OSError as exc:
+                raise StartupError(listen_failure(settings.host, settings.port, exc)) from None
+        try:
+            supervisor = _Supervisor(settings, flags, sock)
+            if inherited is None:
+                await _listening(settings, hold, sock, started_at)
+            try:
+                code, ready, handed_over = await _run(supervisor, hold, reloader, inherited, started_at)
             finally:
-                loop.remove_signal_handler(signal.SIGUSR2)
-            served = not supervisor.first_round
+                served = not supervisor.first_round
         finally:
             sock.close()
     finally:
-        await asyncio.to_thread(let_go, hold, None if served else changes)
+        if handed_over or (inherited is not None and not ready):
+            hold.hand_over()  # the data dir is the new parent's now, or still the old one's
+        else:
+            await asyncio.to_thread(let_go, hold, None if served else changes)
     _log.info("stopped", exit_code=code)
     return code
+
+
+async def _listening(settings: Settings, hold: server_record.Hold, sock: socket.socket, started_at: float) -> None:
+    host, port = sock.getsockname()[:2]
+    await asyncio.to_thread(hold.listening, host, port, started_at)
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    _log.info("listening", url=url, workers=settings.workers)
+    sd_notify.notify(MAINPID=sd_notify.main_pid(), READY=1)
+
+
+async def _run(supervisor: _Supervisor, hold: server_record.Hold, reloader: Reloader,
+               inherited: handover.Inherited | None, started_at: float) -> tuple[int, bool, bool]:
+    """Supervise under the parent's signals; (exit code, whether the workers got ready, whether handed over)."""
+    loop = asyncio.get_running_loop()
+    orders: asyncio.Queue[str] = asyncio.Queue()
+
+    def stop(sig: int) -> None:
+        supervisor.stop(sig)
+        orders.put_nowait("stop")  # ends an upgrade under way: the half-started new parent goes
+
+    def reload() -> None:
+        reloader.request(hold)
+        # A worker still starting reads the settings as they are now anyway.
+        supervisor.send(signal.SIGHUP, serving_only=True)
+
+    handled = (*SIGNALS, signal.SIGUSR2, signal.SIGHUP)
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, stop, sig)
+    loop.add_signal_handler(signal.SIGUSR2, orders.put_nowait, "upgrade")
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    running = asyncio.ensure_future(supervisor.run())
+    upgrades: asyncio.Future[bool] | None = None
+    try:
+        all_ready = asyncio.ensure_future(supervisor.all_ready.wait())
+        await asyncio.wait({running, all_ready}, return_when=asyncio.FIRST_COMPLETED)
+        all_ready.cancel()
+        ready = supervisor.all_ready.is_set()
+        if ready and inherited is not None:
+            # A new parent: its workers serve; the old parent's stop once it hears ready.
+            await inherited.ready()
+            await _listening(supervisor.settings, hold, supervisor.sock, started_at)
+        if ready:
+            upgrades = asyncio.ensure_future(
+                until_stopped(orders, supervisor.sock.fileno(), hold, _nothing_to_hand_off))
+            await asyncio.wait({running, upgrades}, return_when=asyncio.FIRST_COMPLETED)
+        handed_over = upgrades is not None and upgrades.done() and not upgrades.cancelled() and upgrades.result()
+        if handed_over:
+            supervisor.stop(signal.SIGTERM)
+        return await running, ready, handed_over
+    finally:
+        if upgrades is not None and not upgrades.done():
+            upgrades.cancel()
+            await asyncio.gather(upgrades, return_exceptions=True)
+        if not running.done():
+            running.cancel()
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)  # what is left is teardown
+
+
+async def _nothing_to_hand_off() -> None:
+    """The parent shares nothing: its workers write what they share as they drain."""
