@@ -259,7 +259,8 @@ class Settings:
         check=_check_non_negative, metavar="N", reloads=True,
     )
     account_max_streams: int = setting(
-        "pool", 16, "Most streams at once on one account; a full account is passed over for another with room.",
+        "pool", 16, "Most streams at once on one account; a new conversation goes to another with room, a placed "
+        "one waits for its own.",
         check=_check_at_least_one, metavar="N", reloads=True,
     )
     max_upstream_connects: int = setting(

@@ -219,21 +219,23 @@ class _Turn:
 async def relay(request: web.Request, up: Upstream, sessions: Sessions, key: str, payload: dict[str, Any],
                 keys: Sequence[str], outcome: Outcome) -> web.StreamResponse | None:
     """The request over its conversation's session; None when it must take the plain HTTP way instead:
-    no session to be had, its line is full or slow, its account has no free stream slot (the request
-    carries the whole conversation, so another account can serve it), or it failed before the client's
-    first byte for a reason another account may not have."""
+    no session to be had, its line is full or slow, or it failed before the client's first byte for a reason
+    another account may not have (the request carries the whole conversation, so another account can serve it).
+    Raises GateFull (429) when its account's stream slots stay full past the wait."""
     session = await sessions.get(key, request.headers, keys)
     if session is None or session.queued >= MAX_QUEUED:
         return None
     session.queued += 1
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + up.settings.queue_wait_s  # one bound for the line and the account's slot together
     try:
         try:
-            async with asyncio.timeout(up.settings.queue_wait_s):
+            async with asyncio.timeout_at(deadline):
                 await session.lock.acquire()
         except TimeoutError:
             return None
         try:
-            return await _in_session(request, up, sessions, session, payload, outcome)
+            return await _in_session(request, up, sessions, session, payload, outcome, max(0.0, deadline - loop.time()))
         finally:
             session.lock.release()
     finally:
@@ -243,10 +245,11 @@ async def relay(request: web.Request, up: Upstream, sessions: Sessions, key: str
 
 
 async def _in_session(request: web.Request, up: Upstream, sessions: Sessions, session: Session,
-                      payload: dict[str, Any], outcome: Outcome) -> web.StreamResponse | None:
-    slot = up.gates.account(session.account).try_acquire()
-    if slot is None:
-        return None
+                      payload: dict[str, Any], outcome: Outcome, wait_s: float) -> web.StreamResponse | None:
+    # The conversation waits for its account's slot, as the pool has any placed conversation wait: on another
+    # account the reasoning its own sealed cannot be read, and its prompt cache is cold.
+    gate = up.gates.account(session.account)
+    slot = gate.try_acquire() or await gate.acquire(wait_s)
     outcome.account = session.account
     turn = _Turn(request, up, session, payload, outcome)
     try:

@@ -77,7 +77,8 @@ class Pool:
     def choose(self, keys: Sequence[str] = (), exclude: Collection[str] = (), now: float | None = None) -> Account:
         """The account for a request with these conversation keys; raises the pool's APIError when none fits.
 
-        An account with no free stream slot is passed over, for stickiness too, while another has one."""
+        An account with no free stream slot is passed over while another has one (`admit` has already kept a
+        placed conversation on its account: this chooses for the rest, and says what the pool would answer)."""
         now = time.time() if now is None else now
         usable = self.roster.usable(now)
         if exclude:
@@ -98,14 +99,15 @@ class Pool:
 
     async def admit(self, keys: Sequence[str] = (), exclude: Collection[str] = (),
                     wait_s: float | None = None) -> tuple[Account, Slot]:
-        """An account and one of its stream slots. A request anchored on a response (`resp:` key) waits
-        for the account that holds that response's state; any other goes to an account with a free slot,
-        and only when every usable account is full waits in one line (`any_account`, FIFO) for whichever
-        frees a slot first. Raises the pool's APIError or GateFull."""
+        """An account and one of its stream slots. A conversation the pool has placed (any of its keys is
+        sticky to a usable account) waits for that account's slot rather than move: its upstream state, its
+        prompt cache and the reasoning it sealed (which no other account can open) live there. Any other request
+        goes to an account with a free slot, and only when every usable account is full waits in one line
+        (`any_account`, FIFO) for whichever frees a slot first. Raises the pool's APIError or GateFull."""
         now = time.time()
         if self.share is not None and keys:
             await self.share.recall(keys, now)
-        pinned = self._sticky(keys[0], exclude, now) if keys and keys[0].startswith("resp:") else None
+        pinned = next((a for a in (self._sticky(key, exclude, now) for key in keys) if a is not None), None)
         if pinned is not None:
             self._stick(keys, pinned, now)
             gate = self.gates.account(pinned)

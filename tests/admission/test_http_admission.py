@@ -369,6 +369,70 @@ async def test_full_accounts_are_passed_over_and_anchored_requests_wait(aiohttp_
     await assert_all_gates_idle(http, proxy)
 
 
+@pytest.mark.parametrize("way", ["bridge", "plain", "websocket"])
+async def test_a_placed_conversation_waits_for_its_account_instead_of_moving(aiohttp_server, settings, sim, http, way):
+    """Every account's stream slots full, one frees elsewhere: a conversation the pool placed waits for its own
+    account (its prompt cache and the reasoning it sealed are there; another account answers that reasoning with
+    400 invalid_encrypted_content), over the HTTP bridge, the plain HTTP way and a client WebSocket alike; a
+    request of no conversation takes the free slot meanwhile. Past the wait it gets 429, not another account."""
+    # A short wait, that the 429 comes soon; no keep-alive before it (that would commit the answer first).
+    proxy = await start_proxy(aiohttp_server, settings, sim, account_max_streams=1, queue_wait_s=2,
+                              keepalive_s=30, http_bridge=way == "bridge")
+    gates = gates_of(proxy)
+    conversation = {"session_id": f"conv-{way}"}
+    status, _, events = await post(http, codex_url(proxy), body(user("first")), conversation)
+    assert_full_stream(status, events, "first")
+    home = sim.backend.records[-1].account_id
+
+    await add_fault(http, sim, action="stall", after_events=1, times=3)
+    held = await asyncio.gather(*(hold(http, codex_url(proxy), f"held {i}") for i in range(3)))
+    on = {r.account_id: h for h in held for r in sim.backend.records if r.response_id == h.response_id}
+    assert len(on) == 3 and all(a.inflight == 1 for a in proxy.roster.all())
+    elsewhere = next(account for account in on if account != home)
+    on[elsewhere].hang_up()
+    await until(lambda: next(a for a in proxy.roster.all() if a.id == elsewhere).inflight == 0,
+                "the other account's stream to end", show=gates.snapshot)
+
+    async def next_turn() -> str:
+        if way != "websocket":
+            status, _, events = await post(http, codex_url(proxy), body(user("first"), user("next")), conversation)
+            assert_full_stream(status, events, "next")
+            return sim.backend.records[-1].account_id
+        async with http.ws_connect(codex_url(proxy), headers=conversation) as ws:
+            await ws.send_str(orjson.dumps({"type": "response.create", **body(user("next"))}).decode())
+            while orjson.loads((await ws.receive()).data)["type"] != "response.completed":
+                pass
+            return sim.backend.records[-1].account_id
+
+    follow_up = asyncio.create_task(next_turn())
+    home_gate = next(g for g in gates.all() if g.name.startswith("account:") and g.account.id == home)
+    await until(lambda: home_gate.waiting == 1, "the conversation in line for its account", show=gates.snapshot)
+    async with asyncio.timeout(3):  # no conversation: the free account serves it meanwhile
+        status, _, events = await post(http, codex_url(proxy), body(user("unplaced")))
+    assert_full_stream(status, events, "unplaced")
+    assert sim.backend.records[-1].account_id == elsewhere and not follow_up.done()
+    on[home].hang_up()
+    assert await asyncio.wait_for(follow_up, 5) == home
+
+    # Its account full past the wait: 429 with Retry-After, still not another account.
+    blocker = gates.account(next(a for a in proxy.roster.all() if a.id == home)).try_acquire()
+    assert blocker is not None
+    try:
+        if way == "websocket":
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(codex_url(proxy), headers=conversation)
+            assert refused.value.status == 429 and "Retry-After" in refused.value.headers
+        else:
+            status, headers, payload = await post(http, codex_url(proxy), body(user("first"), user("again")),
+                                                  conversation)
+            assert_overloaded(status, headers, payload, code="proxy_overloaded", names="account")
+    finally:
+        blocker.release()
+    for stream in held:
+        stream.hang_up()
+    await assert_all_gates_idle(http, proxy)
+
+
 async def test_waiter_takes_whichever_account_frees_first(aiohttp_server, settings, sim, http):
     """With every account full, a request with no anchor waits in the any-account line; when any account
     frees a slot, that waiter (not a later arrival) gets it."""

@@ -10,7 +10,6 @@ import orjson
 import pytest
 
 from codexlb.bridge.http import SESSIONS, _sse_frame
-from codexlb.services import GATES
 from codexlb.upstream.state import UPSTREAM
 from tests.bridge.test_websocket import settled
 from tests.proxy.conftest import Proxy, start_proxy
@@ -237,10 +236,10 @@ def test_an_upstream_event_with_line_breaks_in_its_json_stays_one_sse_frame():
 
 
 async def test_reasoning_another_account_sealed_stays_off_the_sessions_account(aiohttp_server, settings, sim, http):
-    """A turn that went the plain way to another account (the session's was full) leaves reasoning only that
-    account can open in the history; the next turn on the session sends it anchored, less that reasoning
-    (it reached the session's account, which answered 400 invalid_encrypted_content: 57 of 69,672 bridged
-    requests in the soak benchmark)."""
+    """A turn that went the plain way to another account (its session's account failed it before the first
+    byte) leaves reasoning only that account can open in the history; the next turn on the session sends it
+    anchored, less that reasoning (it reached the session's account, which answered 400
+    invalid_encrypted_content: 57 of 69,672 bridged requests in the soak benchmark)."""
     proxy = await start_proxy(aiohttp_server, settings, sim, account_max_streams=1)
     headers = {"session_id": "conv-sealed"}
     history: list[dict] = []
@@ -253,12 +252,7 @@ async def test_reasoning_another_account_sealed_stays_off_the_sessions_account(a
         return records(proxy)[-1]["account_id"]
 
     home = await say("one")
-    session = next(iter(proxy.app[SESSIONS]._by_key.values()))
-    held = proxy.app[GATES].account(session.account).try_acquire()
-    assert held is not None
-    try:
-        assert await say("two") != home  # the plain way, on another account
-    finally:
-        held.release()
+    await add_fault(http, proxy.sim, account=home, transport="ws", action="status", status=500, times=1)
+    assert await say("two") != home  # the plain way, on another account
     assert await say("three") == home
     assert records(proxy)[-1]["transport"] == "ws" and records(proxy)[-1]["previous_response_id"] is not None

@@ -21,11 +21,9 @@ from tests.fleet.conftest import import_accounts
 from tests.test_upgrade import Served, codexlb, streaming_clients
 
 TURNS = 30
-# The issue asks for 50. With 50 on the sim's 3 accounts every account's stream slots are full, and a
-# conversation placed anew after a hand-over (over HTTP: the bridge's takeover, or the plain way; over
-# WebSocket: the relay) goes to an account with a free slot, where upstream refuses the reasoning items its
-# own account sealed (invalid_encrypted_content): a placement bug, left open in issue 21.
-CLIENTS = 12
+# The issue's figure: with 50 every account's stream slots are full, and a conversation placed anew after a
+# hand-over must still wait for its own account (the reasoning it sealed opens nowhere else).
+CLIENTS = 50
 EVERY_S = 5.0
 RECORDS = 200_000  # the load's requests too: the sim must keep the conversation's first ones
 # A tool that runs for a second, as real ones do: the session spans several hand-overs, some while the CLI's
