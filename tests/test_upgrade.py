@@ -228,14 +228,20 @@ async def test_an_idle_keep_alive_connection_goes_on_in_the_new_process(settings
         await served.stop()
 
 
+async def slow_turn_upstream(http, sim, ws, first_byte_ms: int) -> asyncio.Task:
+    """A turn whose answer upstream holds back `first_byte_ms`, once upstream has it."""
+    await simclient.add_fault(http, sim, action="delay", transport="ws", first_byte_ms=first_byte_ms)
+    turn = asyncio.create_task(ws_turn(ws, body(user("a slow one")), timeout=30))
+    while not ws_records(sim):
+        await asyncio.sleep(0.01)
+    return turn
+
+
 async def test_a_websocket_busy_at_the_hand_over_goes_on_once_its_response_is_out(settings, sim, tmp_path, http):
     served, url = await serving(settings, sim, tmp_path)
     try:
         async with http.ws_connect(f"{url}/backend-api/codex/responses", headers=WS_HEADERS) as ws:
-            await simclient.add_fault(http, sim, action="delay", transport="ws", first_byte_ms=2000)
-            turn = asyncio.create_task(ws_turn(ws, body(user("a slow one")), timeout=30))
-            while not ws_records(sim):
-                await asyncio.sleep(0.01)
+            turn = await slow_turn_upstream(http, sim, ws, first_byte_ms=2000)
             upgraded = asyncio.create_task(upgrade(served))
             answer = await turn
             assert answer[-1]["type"] == "response.completed", answer
@@ -254,10 +260,7 @@ async def test_a_new_process_that_takes_no_connection_leaves_no_client_hanging(s
     try:
         async with http.ws_connect(f"{url}/backend-api/codex/responses", headers=WS_HEADERS) as ws:
             # In flight until well after the new process is stopped.
-            await simclient.add_fault(http, sim, action="delay", transport="ws", first_byte_ms=4000)
-            turn = asyncio.create_task(ws_turn(ws, body(user("a slow one")), timeout=30))
-            while not ws_records(sim):
-                await asyncio.sleep(0.01)
+            turn = await slow_turn_upstream(http, sim, ws, first_byte_ms=4000)
             rc, _out, err = await codexlb("upgrade", "--data-dir", str(served.data_dir))
             assert rc == 0, err
             new = served.holder().pid
