@@ -22,6 +22,7 @@ reconnects rather than hang), and the rest drain here as they would without a su
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 from collections import deque
@@ -96,7 +97,7 @@ def _header(app: web.Application, handler: Any) -> dict[str, Any] | None:
     """What goes with the connection, if it is at rest."""
     relay = app[RELAYS].get(handler)
     if relay is None:
-        return {"kind": "http"} if getattr(handler, "at_rest", lambda: False)() else None
+        return {"kind": "http"} if handler.at_rest() else None
     bridge, client = relay
     state = bridge.at_rest()
     if state is None or not client.at_rest():
@@ -177,15 +178,22 @@ async def adopt_connections(app: web.Application, channel: socket.socket,
 
 async def _adopt(loop: asyncio.AbstractEventLoop, app: web.Application, protocol: Callable[[], asyncio.Protocol],
                  header: dict[str, Any], fd: int) -> None:
-    sock = socket.socket(fileno=fd)  # closed with the transport, or here when that is not made
+    sock = socket.socket(fileno=fd)
     if header["kind"] == "http":
-        await loop.connect_accepted_socket(protocol, sock)
-        return
-    handler = protocol()
-    app[RESUMED][handler] = Resumed(**header["state"])
-    head = "".join([f"{header['method']} {header['path']} HTTP/1.1\r\n",
-                    *(f"{name}: {value}\r\n" for name, value in header["headers"]), "\r\n"])
-    await loop.connect_accepted_socket(lambda: _Replay(handler, head.encode("latin-1")), sock)
+        factory = protocol
+    else:
+        handler = protocol()
+        app[RESUMED][handler] = Resumed(**header["state"])
+        head = "".join([f"{header['method']} {header['path']} HTTP/1.1\r\n",
+                        *(f"{name}: {value}\r\n" for name, value in header["headers"]), "\r\n"])
+        factory = functools.partial(_Replay, handler, head.encode("latin-1"))
+    try:
+        await loop.connect_accepted_socket(factory, sock)
+    except BaseException:
+        sock.close()
+        if header["kind"] != "http":
+            app[RESUMED].pop(handler, None)
+        raise
 
 
 class _Replay(asyncio.Protocol):
