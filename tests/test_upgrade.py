@@ -255,6 +255,29 @@ async def test_a_websocket_busy_at_the_hand_over_goes_on_once_its_response_is_ou
     assert second["previous_response_id"] == first["response_id"] and second["n_input"] == 1
 
 
+async def test_a_keep_alive_connection_busy_at_the_hand_over_goes_on_once_its_response_is_out(settings, sim, tmp_path,
+                                                                                              http):
+    served, url = await serving(settings, sim, tmp_path)
+    host = url.removeprefix("http://")
+    reader, writer = await asyncio.open_connection(*host.rsplit(":", 1))
+    try:
+        await simclient.add_fault(http, sim, action="delay", transport="http", first_byte_ms=2000)
+        payload = orjson.dumps(body(user("a slow one"), stream=True))
+        writer.write(f"POST /backend-api/codex/responses HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        while not sim.backend.records_view():
+            await asyncio.sleep(0.01)
+        upgraded = asyncio.create_task(upgrade(served))
+        stream = await asyncio.wait_for(reader.readuntil(b"\r\n0\r\n\r\n"), 30)  # the last chunk of the answer
+        assert b"response.completed" in stream and b"connection: close" not in stream.lower()
+        new = await upgraded
+        _head, after = await keep_alive_get(reader, writer, host)  # the same connection, in the new process
+        assert after["pid"] == new
+    finally:
+        writer.close()
+        await served.stop()
+
+
 async def test_a_new_process_that_takes_no_connection_leaves_no_client_hanging(settings, sim, tmp_path, http):
     served, url = await serving(settings, sim, tmp_path, "--drain-timeout-s", "60")
     try:
