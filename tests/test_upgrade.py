@@ -283,7 +283,7 @@ async def test_a_new_process_that_takes_no_connection_leaves_no_client_hanging(s
     try:
         async with http.ws_connect(f"{url}/backend-api/codex/responses", headers=WS_HEADERS) as ws:
             # In flight until well after the new process is stopped.
-            turn = await slow_turn_upstream(http, sim, ws, first_byte_ms=4000)
+            turn = await slow_turn_upstream(http, sim, ws, first_byte_ms=6000)
             rc, _out, err = await codexlb("upgrade", "--data-dir", str(served.data_dir))
             assert rc == 0, err
             new = served.holder().pid
