@@ -8,6 +8,11 @@ refusal is a real HTTP status. One account serves the socket and holds a stream 
 request without an anchor that upstream refuses (429, 5xx) before the client saw anything moves it
 to another account. A lost upstream socket is recovered as `codexlb.recovery` decides: invisibly
 between requests and before the client has a byte of the response, with one `response.failed` after.
+
+At an upgrade the client socket can go on in the new process (`codexlb.server.conn_handover`): `at_rest` says
+when nothing of it is under way here, and what the new process needs (`Resumed`); the new process's Bridge starts
+as one whose upstream socket was lost between requests, on the same account and turn state, with the transcript
+of the conversation so far, so the client's next anchored request is answered as if nothing happened.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from codexlb import log, recovery
+from codexlb.account import Account
 from codexlb.accounting import account_usage
 from codexlb.admission.gate import Slot
 from codexlb.errors import APIError
@@ -66,30 +72,63 @@ class _InFlight:
         return self.payload["input"]
 
 
+@dataclass(slots=True)
+class Resumed:
+    """A client socket handed over at an upgrade: where its conversation lives upstream, and its transcript."""
+
+    account_id: str
+    turn_state: str | None
+    last_response: str | None  # the response the client anchors its next request on
+    history: list[Any] | None  # the whole conversation up to it, should upstream have lost it
+
+    def to_json(self) -> dict[str, Any]:
+        return {"account_id": self.account_id, "turn_state": self.turn_state, "last_response": self.last_response,
+                "history": self.history}
+
+
 class Bridge:
     def __init__(self, up: Upstream, store: Store, request: web.Request, client: web.WebSocketResponse,
-                 sock: UpstreamSocket, slot: Slot, keys: Sequence[str]) -> None:
+                 sock: UpstreamSocket | None, slot: Slot, keys: Sequence[str], *,
+                 resumed: tuple[Account, Resumed] | None = None) -> None:
+        """`sock`: the upstream socket; None for a client socket handed over (`resumed`: its account and state),
+        whose upstream socket is opened again before its next request."""
         self._up, self._store, self._request, self._client, self._keys = up, store, request, client, keys
         # The transcript's conversation: the client's session, else this socket alone.
         self._conversation = keys[0] if keys else f"socket:{id(self)}"
         self._sock: UpstreamSocket | None = sock
-        self._account, self._turn_state = sock.account, sock.turn_state
+        self._ready = asyncio.Event()  # set while there is an upstream socket to read
+        self._last_response: str | None = None
+        if sock is not None:
+            self._account, self._turn_state = sock.account, sock.turn_state
+            self._ready.set()
+        else:
+            assert resumed is not None
+            self._account, state = resumed
+            self._turn_state, self._last_response = state.turn_state, state.last_response
+            if state.last_response is not None and state.history is not None:
+                up.transcripts.record(self._conversation, state.last_response, None, state.history, [])
         self._slot = slot
         self._inflight: _InFlight | None = None
         self._lock = asyncio.Lock()  # one reconnect at a time; sends wait for it
-        self._ready = asyncio.Event()  # set while there is an upstream socket to read
-        self._ready.set()
+        self._receiving = False  # waiting for the client's next frame, with nothing of this one left to do
 
     async def run(self) -> None:
         """Relay until the client leaves; the upstream socket and the account slot are given back however it ends."""
         pump = asyncio.create_task(self._pump())
         try:
-            async for message in self._client:
+            while True:
+                self._receiving = True
+                try:
+                    message = await self._client.receive()
+                finally:
+                    self._receiving = False
                 if message.type is WSMsgType.TEXT:
                     await self._from_client(message.data)
                 elif message.type is WSMsgType.BINARY:
                     await self._refuse(APIError(400, "Only text frames with JSON are accepted.",
                                                 code="invalid_value"))
+                elif message.type in _CLOSED:
+                    break
         finally:
             # Everything that must happen is done before the first await: a client that drops its TCP
             # connection cancels this handler again, and a second cancellation cuts a finally short.
@@ -100,6 +139,16 @@ class Bridge:
             if self._inflight is not None:
                 self._finish(499, "client_closed")
             await asyncio.wait([pump])
+
+    def at_rest(self) -> Resumed | None:
+        """What the new process needs to go on with this client socket, if nothing of it is under way here: no
+        request in flight, no upstream reconnect, the read loop waiting for the client's next frame (whether a byte
+        of it was read is the client socket's to say: `handlers.websocket.ClientSocket.at_rest`)."""
+        if self._inflight is not None or self._lock.locked() or not self._receiving:
+            return None
+        last = self._last_response
+        return Resumed(self._account.id, self._turn_state, last,
+                       self._up.transcripts.history(last) if last is not None else None)
 
     async def _from_client(self, text: str) -> None:
         try:
@@ -191,6 +240,7 @@ class Bridge:
             inflight.output.append(data["item"])
         if isinstance(kind, str) and observe(self._up, self._account, inflight.outcome, kind, data):
             if kind == "response.completed" and inflight.outcome.response_id:
+                self._last_response = inflight.outcome.response_id
                 self._up.transcripts.record(self._conversation, inflight.outcome.response_id, inflight.previous,
                                             inflight.items, inflight.output)
             status = 200 if kind == "response.completed" else int(data.get("status") or 502)

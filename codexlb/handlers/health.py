@@ -14,9 +14,11 @@ from aiohttp.typedefs import Handler
 class Lifecycle:
     """Process state: `draining` (readiness fails, and every response closes its connection) flips when the
     server stops or hands over to a new process; requests in flight are counted so a drain can wait for them
-    before it closes the connections that are left (idle ones)."""
+    before it closes the connections that are left (idle ones). While `passing`, connections go on to the process
+    that took over (`server.conn_handover`) rather than being closed, so responses keep them alive."""
 
     draining: bool = False
+    passing: bool = False
     in_flight: int = 0
     _started: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -73,7 +75,8 @@ async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
     # The client opens its next connection elsewhere (the new process, another replica) instead of racing
     # this one's close with its next request.
-    if request.app[LIFECYCLE].draining:
+    lifecycle = request.app[LIFECYCLE]
+    if lifecycle.draining and not lifecycle.passing:
         response.force_close()
         response.headers[hdrs.CONNECTION] = "close"  # the headers were made before this hook: say it there too
 

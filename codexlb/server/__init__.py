@@ -17,7 +17,7 @@ from codexlb.app import create_app
 from codexlb.config import Settings
 from codexlb.dir_changes import DirChanges
 from codexlb.handlers import health
-from codexlb.server import handover, sd_notify
+from codexlb.server import conn_handover, handover, sd_notify
 from codexlb.server.reloading import Reloader
 from codexlb.server import limits as server_limits
 from codexlb import services
@@ -78,7 +78,7 @@ async def serve(
     try:
         handed_over = await _serve(settings, app, listened, hold, sock,
                                    before_listen=inherited.ready if inherited is not None else None,
-                                   reloader=reloader)
+                                   conns=inherited.conns() if inherited is not None else None, reloader=reloader)
     finally:
         if handed_over or (inherited is not None and not listening):
             hold.hand_over()  # the data dir is the new process's now, or still the old one's
@@ -108,9 +108,10 @@ def let_go(hold: server_record.Hold, undo: DirChanges | None) -> None:
 async def _serve(settings: Settings, app: web.Application, on_listening: Callable[[str], None] | None,
                  hold: server_record.Hold | None, sock: socket.socket | None = None, *,
                  before_listen: Callable[[], Awaitable[None]] | None = None,
-                 reloader: Reloader | None = None) -> bool:
+                 conns: socket.socket | None = None, reloader: Reloader | None = None) -> bool:
     """Serve until stopped; True when stopped because a new process took over (`handover`). `before_listen`
-    runs once the app is set up, before it accepts a connection."""
+    runs once the app is set up, before it accepts a connection; `conns`: where the process this one took over
+    from hands its connections over (`conn_handover`)."""
     started_at = time.time()
     runner = web.AppRunner(
         app,
@@ -147,6 +148,8 @@ async def _serve(settings: Settings, app: web.Application, on_listening: Callabl
         on_listening(url)
     if hold is not None:
         sd_notify.notify(MAINPID=sd_notify.main_pid(), READY=1)
+    adopting = None if conns is None else asyncio.create_task(conn_handover.adopt_connections(
+        app, conns, server_limits.handlers(runner, header_timeout_s=settings.header_timeout_s)))
 
     loop = asyncio.get_running_loop()
     orders: asyncio.Queue[str] = asyncio.Queue()
@@ -160,20 +163,23 @@ async def _serve(settings: Settings, app: web.Application, on_listening: Callabl
         loop.add_signal_handler(signal.SIGUSR2, orders.put_nowait, "upgrade")
     if reloader is not None:
         loop.add_signal_handler(signal.SIGHUP, reloader.request, hold)
+    successor: socket.socket | None = None
     handed_over = False
     try:
         async def before_go() -> None:
             listener.close()  # the new process accepts from here on: the kernel's queue is one
             await services.hand_off(app)
 
-        handed_over = await _until_stopped(orders, listener.sockets[0].fileno(), hold, before_go)
+        successor = await _until_stopped(orders, listener.sockets[0].fileno(), hold, before_go)
+        handed_over = successor is not None
         first_signal_at = loop.time()
+        app[health.LIFECYCLE].passing = handed_over
         app[health.LIFECYCLE].draining = True
         _log.info("draining", timeout_s=settings.drain_timeout_s)
         if hold is not None and not handed_over:
             sd_notify.notify(STOPPING=1)
         listener.close()  # no new connections; the runner then drains those open
-        cleanup = asyncio.ensure_future(_drain(runner, app[health.LIFECYCLE], settings.drain_timeout_s))
+        cleanup = asyncio.ensure_future(_drain(runner, app, settings.drain_timeout_s, successor))
 
         def second_signal() -> None:
             # The frozen binary's launcher forwards the signal the terminal already sent us:
@@ -190,6 +196,10 @@ async def _serve(settings: Settings, app: web.Application, on_listening: Callabl
             raise
     finally:
         listener.close()
+        if successor is not None:
+            successor.close()
+        if adopting is not None:
+            adopting.cancel()
         for sig, handler in previous.items():
             loop.remove_signal_handler(sig)
             # Under run_until_stopped what is left is teardown: a late signal may not break into it.
@@ -198,20 +208,27 @@ async def _serve(settings: Settings, app: web.Application, on_listening: Callabl
     return handed_over
 
 
-async def _drain(runner: web.AppRunner, lifecycle: health.Lifecycle, timeout_s: float) -> None:
-    """Let requests in flight finish (every answer now closes its connection), then close the rest."""
+async def _drain(runner: web.AppRunner, app: web.Application, timeout_s: float,
+                 successor: socket.socket | None) -> None:
+    """Hand each connection over to the `successor` once it is at rest (`conn_handover`); without one, or once it
+    fails, let requests in flight finish (every answer now closes its connection); then close the rest."""
+    lifecycle = app[health.LIFECYCLE]
     try:
         async with asyncio.timeout(timeout_s):
-            await lifecycle.quiet(IDLE_GRACE_S)
+            if successor is not None and runner.server is not None:
+                lifecycle.passing = await conn_handover.pass_connections(app, runner.server, successor)
+            if not lifecycle.passing:
+                await lifecycle.quiet(IDLE_GRACE_S)
     except TimeoutError:
         _log.warning("drain time is up; closing what is still open", in_flight=lifecycle.in_flight)
     await runner.cleanup()
 
 
 async def _until_stopped(orders: asyncio.Queue[str], listen_fd: int, hold: server_record.Hold | None,
-                         before_go: Callable[[], Awaitable[None]]) -> bool:
-    """Wait for a stop signal, or for an upgrade that gets a new process ready (then True). An upgrade that
-    fails is logged and recorded, and this process goes on; a stop during an upgrade ends the new process."""
+                         before_go: Callable[[], Awaitable[None]]) -> socket.socket | None:
+    """Wait for a stop signal (then None), or for an upgrade that gets a new process ready: the channel to hand it
+    the connections over. An upgrade that fails is logged and recorded, and this process goes on; a stop during
+    an upgrade ends the new process."""
     while await orders.get() != "stop":
         assert hold is not None
         upgrading = asyncio.ensure_future(handover.hand_over(listen_fd, hold.fd, before_go))
@@ -224,16 +241,16 @@ async def _until_stopped(orders: asyncio.Queue[str], listen_fd: int, hold: serve
                 upgrading.cancel()
             await asyncio.gather(upgrading, stopping, return_exceptions=True)
         if upgrading.cancelled():
-            return False
+            return None
         try:
-            pid = upgrading.result()
+            pid, channel = upgrading.result()
         except handover.HandoverFailed as exc:
             _log.error("upgrade failed; this process goes on serving", error=str(exc))
             await asyncio.to_thread(hold.upgrade_failed, str(exc))
             continue
         _log.info("upgrade: new process ready; this one drains", pid=pid)
-        return True
-    return False
+        return channel
+    return None
 
 
 async def _next_stop(orders: asyncio.Queue[str]) -> None:

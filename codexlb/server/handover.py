@@ -9,7 +9,9 @@ SO_REUSEPORT has a queue of its own, whose connections are reset when it closes)
 any `serve` does (config, database, migrations), serves the inherited socket, records itself in `server.json`
 and says ready over a pipe; only then does the old one stop accepting and drain its in-flight requests. A new
 process that cannot start writes its one-line error to that pipe instead: the old one logs it, records it for
-`codexlb upgrade`, and goes on serving.
+`codexlb upgrade`, and goes on serving. A fifth descriptor, one end of a Unix socket pair, is the channel over which
+the old process hands its client connections over as each comes to rest (`conn_handover`); a process started by
+a version without it gets four, and its connections are closed by the drain as before.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from codexlb import log
 
 _log = log.get("codexlb.server")
 
-FLAG = "--handover-fds"  # listening socket, data dir lock, where to say ready (or why not), where to hear "go"
+# listening socket, data dir lock, where to say ready (or why not), where to hear "go", where connections come
+FLAG = "--handover-fds"
 READY_WAIT_S = 120.0  # a start that migrates a big database takes a while; one that hangs must not block upgrades
 GO_WAIT_S = 30.0  # the old process stops accepting and writes what it shares; past this the new one goes anyway
 READY = b"\x01"
@@ -41,14 +44,17 @@ class Inherited:
     lock_fd: int
     ready_fd: int
     go_fd: int
+    conns_fd: int = -1  # the connections channel; -1 from an old process that hands none over
 
     @classmethod
     def parse(cls, value: str) -> "Inherited":
-        listen_fd, lock_fd, ready_fd, go_fd = (int(part) for part in value.split(","))
-        return cls(listen_fd, lock_fd, ready_fd, go_fd)
+        return cls(*(int(part) for part in value.split(",")))
 
     def socket(self) -> socket.socket:
         return socket.socket(fileno=self.listen_fd)
+
+    def conns(self) -> socket.socket | None:
+        return socket.socket(fileno=self.conns_fd) if self.conns_fd >= 0 else None
 
     async def ready(self) -> None:
         """Say ready (set up, not accepting yet), then wait for the old process's go: it has stopped accepting
@@ -78,39 +84,48 @@ class HandoverFailed(Exception):
     """The new process did not get ready; the message says why (its own error line when it sent one)."""
 
 
-def successor_command(fds: tuple[int, int, int]) -> list[str]:
+def successor_command(fds: tuple[int, ...]) -> list[str]:
     """This program's command line again (without a hand-over of its own), handed `fds`."""
     argv = [a for a in sys.argv[1:] if not a.startswith(f"{FLAG}=")]
     program = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "codexlb"]
     return [*program, *argv, f"{FLAG}={','.join(map(str, fds))}"]
 
 
-async def hand_over(listen_fd: int, lock_fd: int, before_go: Callable[[], Awaitable[None]]) -> int:
+async def hand_over(listen_fd: int, lock_fd: int,
+                    before_go: Callable[[], Awaitable[None]]) -> tuple[int, socket.socket]:
     """Start the new process with the socket and the lock; once it is ready, `before_go` (stop accepting, write
-    what is shared), then tell it to go; its pid. Raises HandoverFailed (this process goes on serving)."""
+    what is shared), then tell it to go; its pid, and this end of the connections channel. Raises HandoverFailed
+    (this process goes on serving)."""
     read_end, write_end = os.pipe()
     go_read, go_write = os.pipe()
+    conns, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    fds = (listen_fd, lock_fd, write_end, go_read, theirs.fileno())
     try:
-        command = successor_command((listen_fd, lock_fd, write_end, go_read))
-        proc = await asyncio.to_thread(subprocess.Popen, command, pass_fds=(listen_fd, lock_fd, write_end, go_read),
-                                       stdin=subprocess.DEVNULL)
+        command = successor_command(fds)
+        proc = await asyncio.to_thread(subprocess.Popen, command, pass_fds=fds, stdin=subprocess.DEVNULL)
     except OSError as exc:
         os.close(read_end)
         os.close(go_write)
+        conns.close()
         raise HandoverFailed(f"cannot start {command[0]}: {exc.strerror or exc}") from None
     except BaseException:
         os.close(read_end)
         os.close(go_write)
+        conns.close()
         raise
     finally:
         os.close(write_end)
         os.close(go_read)
+        theirs.close()
     try:
         pid = await _until_ready(proc, read_end)
         await before_go()
+    except BaseException:
+        conns.close()
+        raise
     finally:
         os.close(go_write)  # go (or, failed: nothing to wait for)
-    return pid
+    return pid, conns
 
 
 async def _until_ready(proc: subprocess.Popen, read_end: int) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 from aiohttp import web
@@ -76,6 +76,11 @@ class _HeadDeadline(web.RequestHandler):
         response.force_close()
         return response
 
+    def at_rest(self) -> bool:
+        """Between requests with no byte of the next one read (a connection that can go to another process)."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._bytes_since_armed
+
     def _arm(self) -> None:
         self._disarm()
         self._bytes_since_armed = False
@@ -89,7 +94,8 @@ class _HeadDeadline(web.RequestHandler):
     def _overdue(self) -> None:
         self._deadline = None
         # Idle between requests, as aiohttp's own keep-alive timer tells it: `start()` awaits `_waiter` for the
-        # next head and for nothing else (the one private name used here; the same in 3.12 through 3.14).
+        # next head and for nothing else (the one private name used here, and in `at_rest`; the same in 3.12
+        # through 3.14).
         waiter = self._waiter
         if waiter is None or waiter.done() or self.transport is None:
             return  # a request is being handled: its end arms the deadline again
@@ -103,10 +109,9 @@ class _HeadDeadline(web.RequestHandler):
         self.force_close()
 
 
-async def listen(runner: web.BaseRunner, host: str, port: int, *, header_timeout_s: float,
-                 sock: socket.socket | None = None) -> asyncio.AbstractServer:
-    """Accept connections on host:port, or on `sock` already listening, for `runner` (already set up); the caller
-    closes what it returns."""
+def handlers(runner: web.BaseRunner, *, header_timeout_s: float) -> Callable[[], _HeadDeadline]:
+    """The protocol factory for `runner`'s connections: the accepted ones, and those a process that upgrades
+    hands over (`conn_handover`)."""
     loop = asyncio.get_running_loop()
     server = runner.server
     assert server is not None, "runner.setup() first"
@@ -115,6 +120,15 @@ async def listen(runner: web.BaseRunner, host: str, port: int, *, header_timeout
         # No aiohttp access log: codexlb writes its own request line (middlewares.access_log).
         return _HeadDeadline(server, loop=loop, access_log=None, header_timeout_s=header_timeout_s)
 
+    return connection
+
+
+async def listen(runner: web.BaseRunner, host: str, port: int, *, header_timeout_s: float,
+                 sock: socket.socket | None = None) -> asyncio.AbstractServer:
+    """Accept connections on host:port, or on `sock` already listening, for `runner` (already set up); the caller
+    closes what it returns."""
+    loop = asyncio.get_running_loop()
+    connection = handlers(runner, header_timeout_s=header_timeout_s)
     # What web.TCPSite would do, but with our handler: TCPSite has no way to choose it.
     if sock is not None:
         return await loop.create_server(connection, sock=sock, backlog=BACKLOG)
