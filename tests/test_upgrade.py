@@ -75,9 +75,9 @@ class Served:
 
 
 async def streaming_clients(url: str, stop: asyncio.Event, outcomes: dict[str, int], failures: list[str],
-                            clients: int = CLIENTS) -> None:
+                            clients: int = CLIENTS, headers: dict[str, str] | None = None) -> None:
     async def client(n: int) -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=headers) as http:
             while not stop.is_set():
                 try:
                     async with http.post(f"{url}/backend-api/codex/responses",

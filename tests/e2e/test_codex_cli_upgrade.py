@@ -126,11 +126,8 @@ async def session_through_upgrades(codex_bin, settings, sim, tmp_path, transport
     assert all(r["continuity"] != "diverged" for r in answered), shown
     # Whole-input sends over the upstream WebSocket: the conversation's first, and at most one per hand-over.
     assert len(whole) - len(plain) <= 1 + len(upgrades), shown
-    if transport == "http":
-        assert max(drained) <= DRAIN_BOUND_S
-    else:
-        # Until client WebSockets are handed over (open in issue 21), an old process keeps the CLI's socket until
-        # `drain_timeout_s` and only then closes it.
-        # One socket for the whole session, and the whole history sent once (the startup prewarm): a hand-over
-        # closed none of the CLI's sockets.
+    assert max(drained) <= DRAIN_BOUND_S
+    if transport == "ws":
+        # One socket for the whole session, and the whole history sent once (the startup prewarm): each hand-over
+        # passed the CLI's socket on to the new process, none closed it.
         assert (cli_connects, cli_whole) == (1, 1), shown
