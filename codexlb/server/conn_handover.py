@@ -2,7 +2,7 @@
 client notices nothing: its TCP connection goes on in the new process.
 
 Why not close them: any close of an idle Codex CLI WebSocket (close frame, FIN, reset) makes the CLI open a new
-socket and send its whole history, unanchored (notes/ws-close-between-turns.md on branch wsclose); a connection
+socket and send its whole history, unanchored (README, "Upgrading without downtime"); a connection
 handed over at a frame boundary goes on, anchored. The kernel sends no FIN while any process holds the socket.
 
 The channel is a Unix socket pair made before the new process starts (`handover`). Once the new process serves,
