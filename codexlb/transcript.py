@@ -106,6 +106,11 @@ class Transcripts:
             del self._conversation_bytes[conversation]
 
 
+# Upstream's refusal of reasoning another account sealed.
+SEALED_REFUSED = "invalid_encrypted_content"
+_NOBODY = ""  # the owner of sealed items an account refused: not one this process knows
+
+
 class ItemOwners:
     """Which account produced each reasoning item with `encrypted_content` (by item id; the newest
     `max_items`), so a conversation that moved accounts stops sending the new one what it cannot open."""
@@ -117,6 +122,18 @@ class ItemOwners:
         for item in output if isinstance(output, list) else ():
             if _sealed(item) and isinstance(item.get("id"), str):
                 self._owner[item["id"]] = account_id
+
+    def refused(self, items: list[Any], account_id: str) -> bool:
+        """Upstream on `account_id` could not open sealed reasoning in `items` (SEALED_REFUSED): it came from
+        another account this process has no record of (a conversation placed anew after an upgrade, or while the
+        shared sticky map could not be read). Those items are marked as no account's to read from here on; True
+        when any was marked, so a retry without them may succeed."""
+        marked = False
+        for item in items:
+            if _sealed(item) and isinstance(item_id := item.get("id"), str) and not self._foreign(item, account_id):
+                self._owner[item_id] = _NOBODY
+                marked = True
+        return marked
 
     def readable_by(self, items: list[Any], account_id: str) -> list[Any] | None:
         """`items` less those another account sealed; None when there is none (the common case)."""

@@ -25,6 +25,7 @@ from codexlb.errors import APIError
 from codexlb.keys import API_KEY
 from codexlb.recovery import Action, Phase
 from codexlb.relay import CODEX_KEEPALIVE, SSE_HEADERS, KeepAlive, failed_event
+from codexlb.transcript import SEALED_REFUSED
 from codexlb.upstream.failover import client_error, next_step, refusal
 from codexlb.upstream.sse import encode
 from codexlb.upstream.state import Outcome, Upstream, observe
@@ -186,6 +187,9 @@ class _Turn:
         if failure.error.get("code") == "previous_response_not_found" and self.anchored:
             self.up.recoveries["http:resend_whole"] += 1
             raise _Resend(whole=True)
+        if failure.code == SEALED_REFUSED and self.up.owners.refused(self.items, self.session.account.id):
+            self.up.recoveries["http:unsealed"] += 1
+            raise _Resend(whole=self.whole)
         if next_step(failure, refreshed=True) == "answer":
             raise client_error(failure)
         raise _Unbridged

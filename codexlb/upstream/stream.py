@@ -22,6 +22,7 @@ from codexlb.admission.gate import Slot
 from codexlb.errors import APIError
 from codexlb.pool.quota import verdict_for_error, windows_from_headers
 from codexlb.recovery import Action
+from codexlb.transcript import SEALED_REFUSED
 from codexlb.upstream.failover import Failure, event_error, fail_over
 from codexlb.upstream.headers import upstream_request_headers
 from codexlb.upstream.session import account_headers
@@ -206,9 +207,16 @@ async def open_stream(up: Upstream, payload: dict[str, Any], client_headers: Map
         readable = up.owners.readable_by(payload["input"], account.id)
         return body if readable is None else orjson.dumps({**payload, "input": readable})
 
+    async def attempt(account: Account, slot: Slot) -> Stream | Failure:
+        result = await _attempt(up, account, slot, body_for(account), client_headers, outcome, deadline)
+        if (isinstance(result, Failure) and result.code == SEALED_REFUSED
+                and up.owners.refused(payload["input"], account.id)):
+            up.recoveries["http:unsealed"] += 1  # once, without the reasoning this account cannot open
+            result = await _attempt(up, account, slot, body_for(account), client_headers, outcome, deadline)
+        return result
+
     try:
-        stream, _slot = await fail_over(up, keys, outcome, lambda account, slot: _attempt(
-            up, account, slot, body_for(account), client_headers, outcome, deadline))
+        stream, _slot = await fail_over(up, keys, outcome, attempt)
     except APIError as exc:
         anchor = payload.get("previous_response_id")
         if exc.code != "previous_response_not_found" or not isinstance(anchor, str):

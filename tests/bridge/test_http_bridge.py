@@ -4,14 +4,18 @@ CLI does, while only new items go upstream; and the seed's scenarios of a lost u
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import orjson
 import pytest
 
+from codexlb.app import create_app
 from codexlb.bridge.http import SESSIONS, _sse_frame
+from codexlb.services import ROSTER
 from codexlb.upstream.state import UPSTREAM
 from tests.bridge.test_websocket import settled
+from tests.accounts.conftest import login_of
 from tests.proxy.conftest import Proxy, start_proxy
 from tests.proxy.test_codex_route import post
 from tests.simclient import add_fault, body, user
@@ -256,3 +260,35 @@ async def test_reasoning_another_account_sealed_stays_off_the_sessions_account(a
     assert await say("two") != home  # the plain way, on another account
     assert await say("three") == home
     assert records(proxy)[-1]["transport"] == "ws" and records(proxy)[-1]["previous_response_id"] is not None
+
+
+@pytest.mark.parametrize("bridged", [True, False], ids=["bridge", "plain"])
+async def test_reasoning_sealed_by_an_account_this_process_never_saw_is_sent_again_without_it(
+        aiohttp_server, settings, sim, http, bridged):
+    """A conversation that comes to a process with no record of who sealed its reasoning (a new process after an
+    upgrade, or a replica that could not read the shared sticky map) and lands on another account: upstream
+    refuses the reasoning (400 invalid_encrypted_content) before the client has a byte; the request goes again,
+    once, without it, on the same account, and the turn succeeds (before: the client got the 400)."""
+    first = await start_proxy(aiohttp_server, settings, sim)
+    history = [user("one")]
+    resp, events = await post(http, first, body(*history, include=["reasoning.encrypted_content"]), SESSION)
+    assert completed(resp, events), events
+    history.extend(events[-1]["response"]["output"])
+    assert any(item.get("encrypted_content") for item in history if item.get("type") == "reasoning")
+    home = records(first)[-1]["account_id"]
+
+    # A process of its own (its own store: no shared map) with only the other accounts.
+    app = create_app(dataclasses.replace(settings, data_dir=settings.data_dir / "second", http_bridge=bridged,
+                                         upstream_base_url=sim.upstream_base_url, auth_base_url=sim.url))
+    server = await aiohttp_server(app)
+    for sim_account in sim.backend.accounts:
+        if sim_account.account_id != home:
+            await app[ROSTER].add_login(login_of(sim_account))
+    second = Proxy(str(server.make_url("")).rstrip("/"), app, sim)
+    history.append(user("two"))
+    resp, events = await post(http, second, body(*history, include=["reasoning.encrypted_content"]), SESSION)
+    assert completed(resp, events), events
+    refused, retried = records(second)[-2:]
+    assert refused["error_code"] == "invalid_encrypted_content" and retried["outcome"] == "completed"
+    assert refused["account_id"] == retried["account_id"] != home
+    assert app[UPSTREAM].recoveries["http:unsealed"] == 1
