@@ -38,7 +38,10 @@ from codexlb.handlers.websocket import RELAYS, RESUMED
 _log = log.get("codexlb.server")
 
 POLL_S = 0.02  # how often connections not yet at rest are looked at again
-SEND_WAIT_S = 5.0  # for one connection's frame to go and its answer to come
+# For one connection's frame to go and its answer to come. Generous: a new process still starting under load can
+# take seconds to answer, and a connection shut down after the wait may be one it already serves (a response
+# cut in flight: seen once in the rolling e2e with a 5 s wait on a busy machine).
+SEND_WAIT_S = 15.0
 ACK = b"\x06"
 _MAX_FDS = 16
 
