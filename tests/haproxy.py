@@ -46,8 +46,9 @@ def config(port: int, backends: list[tuple[str, int]], mode: str) -> str:
 defaults
     mode http
     log global
-    # One line per request (a WebSocket's when its tunnel ends): which replica served it, for `served()`.
-    log-format "{SERVED_LOG} %s %ST %HM %HU"
+    # One line per request (a WebSocket's when its tunnel ends): which replica served it, for `served()`, and how
+    # often connecting to a replica was retried (refused), for `retries()`.
+    log-format "{SERVED_LOG} %s %ST %HM %HU %rc"
     timeout connect 5s
     # Streams run for minutes, and WebSockets for as long as a CLI session: long idle limits on both sides.
     timeout client 30m
@@ -116,12 +117,16 @@ class HAProxy:
 
     def served(self) -> list[tuple[str, int, str, str]]:
         """(backend, status, method, path) of every request finished so far, in the order they finished."""
-        found = []
-        for line in self.log().splitlines():
-            words = line.split()
-            if len(words) == 5 and words[0] == SERVED_LOG:
-                found.append((words[1], int(words[2]), words[3], words[4]))
-        return found
+        return [(backend, int(status), method, path) for backend, status, method, path, _rc in self._lines()]
+
+    def retries(self) -> int:
+        """Connections to a replica that failed (refused) and were tried again, over every request so far."""
+        # %rc is "+n" when the last try went to another replica (redispatch).
+        return sum(int(rc.lstrip("+")) for *_served, rc in self._lines())
+
+    def _lines(self) -> list[list[str]]:
+        return [words[1:] for words in map(str.split, self.log().splitlines())
+                if len(words) == 6 and words[0] == SERVED_LOG]
 
     def log(self) -> str:
         path = self._dir / "haproxy.log"
