@@ -57,6 +57,17 @@ async def rolling(replicas: list[Replica], stop: asyncio.Event, upgraded: list[s
         upgraded.append(name(replicas, replica))
 
 
+async def a_session(codex: CodexHome, turns: int) -> str:
+    """`turns` turns with a tool call each, one `codex exec` a turn resuming the last session; its id."""
+    sessions = set()
+    for turn in range(turns):
+        resume = ("resume", "--last") if turn else ()
+        run = await codex.run("exec", "--skip-git-repo-check", *resume, TOOL_PROMPT)
+        sessions.add(_check_turn(run, TOOL_REPLY))  # rc 0, no retry, no fallback, no error
+    [session] = sessions  # every turn went on with the first one's session
+    return session
+
+
 @pytest.mark.parametrize("transport", ["http", "ws"])
 async def test_a_session_through_rolling_upgrades(codex_bin, pg_database, settings, sim, tmp_path, transport):
     await import_accounts(dataclasses.replace(settings, database_url=pg_database, secret_key=SECRET_KEY), sim)
@@ -68,16 +79,11 @@ async def test_a_session_through_rolling_upgrades(codex_bin, pg_database, settin
             load = asyncio.create_task(streaming_clients(front.url, stop, outcomes, failures, clients=CLIENTS))
             roller = asyncio.create_task(rolling(replicas, stop, upgraded))
             (tmp_path / "cli").mkdir()
+            # No API key made: the load sends none.
             codex = CodexHome(codex_bin, tmp_path / "cli", sim, websockets=transport == "ws",
-                              base_url=f"{front.url}/backend-api/codex", api_key="sk-unused")  # no key made: the load runs without one
-            session = None
+                              base_url=f"{front.url}/backend-api/codex", api_key="sk-unused")
             try:
-                for turn in range(TURNS):
-                    args = ("exec", "--skip-git-repo-check", TOOL_PROMPT) if turn == 0 else (
-                        "exec", "--skip-git-repo-check", "resume", "--last", TOOL_PROMPT)
-                    got = _check_turn(await codex.run(*args), TOOL_REPLY)  # rc 0, no retry, no fallback, no error
-                    session = session or got
-                    assert got == session
+                session = await a_session(codex, TURNS)
             finally:
                 stop.set()
                 await asyncio.wait_for(asyncio.gather(load, roller), 240)
