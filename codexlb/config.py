@@ -323,6 +323,11 @@ class Settings:
         "listening", 30.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.",
         check=_check_non_negative, metavar="SECONDS",
     )
+    drain_pause_s: float = setting(
+        "listening", 0.0, "Seconds after SIGTERM/SIGINT that readiness fails while the port still accepts, before "
+        "the drain: time for a front door's health check to stop sending new connections here.",
+        check=_check_non_negative, metavar="SECONDS",
+    )
 
 
 FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(Settings)

@@ -46,8 +46,9 @@ def config(port: int, backends: list[tuple[str, int]], mode: str) -> str:
 defaults
     mode http
     log global
-    # One line per request (a WebSocket's when its tunnel ends): which replica served it, for `served()`.
-    log-format "{SERVED_LOG} %s %ST %HM %HU"
+    # One line per request (a WebSocket's when its tunnel ends): which replica served it, for `served()`, and how
+    # often connecting to a replica was retried (refused), for `retries()`, and the Codex CLI session's header.
+    log-format "{SERVED_LOG} %s %ST %HM %HU %rc %[capture.req.hdr(0)]"
     timeout connect 5s
     # Streams run for minutes, and WebSockets for as long as a CLI session: long idle limits on both sides.
     timeout client 30m
@@ -60,6 +61,7 @@ defaults
 
 frontend front
     bind 127.0.0.1:{port}
+    http-request capture req.hdr({SESSION_HEADER}) len 64
     default_backend replicas
 
 backend replicas
@@ -114,14 +116,21 @@ class HAProxy:
                 await self._proc.wait()
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def served(self) -> list[tuple[str, int, str, str]]:
-        """(backend, status, method, path) of every request finished so far, in the order they finished."""
-        found = []
-        for line in self.log().splitlines():
-            words = line.split()
-            if len(words) == 5 and words[0] == SERVED_LOG:
-                found.append((words[1], int(words[2]), words[3], words[4]))
-        return found
+    def served(self, session: str | None = None) -> list[tuple[str, int, str, str]]:
+        """(backend, status, method, path) of every request finished so far, in the order they finished; only
+        those of the Codex CLI session `session` if given."""
+        return [(backend, int(status), method, path) for backend, status, method, path, _rc, sent in self._lines()
+                if session is None or sent == session]
+
+    def retries(self) -> int:
+        """Connections to a replica that failed (refused) and were tried again, over every request so far."""
+        # %rc is "+n" when the last try went to another replica (redispatch).
+        return sum(int(rc.lstrip("+")) for *_served, rc, _session in self._lines())
+
+    def _lines(self) -> list[list[str]]:
+        # A request without the session header logs "-" there.
+        return [words[1:] for words in map(str.split, self.log().splitlines())
+                if len(words) == 7 and words[0] == SERVED_LOG]
 
     def log(self) -> str:
         path = self._dir / "haproxy.log"

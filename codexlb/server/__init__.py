@@ -178,8 +178,8 @@ async def _serve(settings: Settings, app: web.Application, on_listening: Callabl
         _log.info("draining", timeout_s=settings.drain_timeout_s)
         if hold is not None and not handed_over:
             sd_notify.notify(STOPPING=1)
-        listener.close()  # no new connections; the runner then drains those open
-        cleanup = asyncio.ensure_future(_drain(runner, app, settings.drain_timeout_s, successor))
+        pause_s = 0.0 if handed_over else settings.drain_pause_s  # handed over: the port is served on
+        cleanup = asyncio.ensure_future(_drain(runner, app, settings.drain_timeout_s, listener, pause_s, successor))
 
         def second_signal() -> None:
             # The frozen binary's launcher forwards the signal the terminal already sent us:
@@ -208,11 +208,17 @@ async def _serve(settings: Settings, app: web.Application, on_listening: Callabl
     return handed_over
 
 
-async def _drain(runner: web.AppRunner, app: web.Application, timeout_s: float,
-                 successor: socket.socket | None) -> None:
-    """Hand each connection over to the `successor` once it is at rest (`conn_handover`); without one, or once it
-    fails, let requests in flight finish (every answer now closes its connection); then close the rest."""
+async def _drain(runner: web.AppRunner, app: web.Application, timeout_s: float, listener: asyncio.AbstractServer,
+                 pause_s: float, successor: socket.socket | None) -> None:
+    """Stop accepting after `pause_s`; hand each connection over to the `successor` once it is at rest
+    (`conn_handover`); without one, or once it fails, let requests in flight finish (every answer now closes its
+    connection); then close the rest."""
     lifecycle = app[health.LIFECYCLE]
+    if pause_s:
+        # Readiness fails from now on while the port still accepts: a front door's health check takes this
+        # replica out before a connection to it could be refused.
+        await asyncio.sleep(pause_s)
+    listener.close()  # no new connections; the runner then drains those open
     try:
         async with asyncio.timeout(timeout_s):
             if successor is not None and runner.server is not None:
