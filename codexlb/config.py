@@ -320,7 +320,8 @@ class Settings:
         check=_check_workers, metavar="N",
     )
     drain_timeout_s: float = setting(
-        "listening", 30.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.",
+        "listening", 600.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT or an upgrade before they "
+        "are cut (a Codex turn can stream for minutes; a drain ends as soon as nothing is in flight).",
         check=_check_non_negative, metavar="SECONDS",
     )
     drain_pause_s: float = setting(

@@ -8,6 +8,7 @@ import pytest
 
 from codexlb.app import create_app
 from codexlb.config import Settings
+from tests.serving import TEST_DRAIN_TIMEOUT_S
 
 
 # The engine the suite runs on: "sqlite" (the default) or "postgres" (a fresh database per test).
@@ -65,7 +66,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     # Nothing in a test may reach the real ChatGPT backend: port 9 (discard) refuses at once.
     return dataclasses.replace(Settings(), data_dir=tmp_path / "data", port=0, upstream_base_url="http://127.0.0.1:9",
                                auth_base_url="http://127.0.0.1:9", usage_poll_interval_s=0,
-                               database_url=database_url)
+                               database_url=database_url, drain_timeout_s=TEST_DRAIN_TIMEOUT_S)
 
 
 @pytest.fixture

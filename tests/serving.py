@@ -14,6 +14,9 @@ from aiohttp import web
 from codexlb import server
 from codexlb.config import Settings
 
+# A test that stops a server with an answer still held open waits this long, not the product's 600 s default.
+TEST_DRAIN_TIMEOUT_S = 30.0
+
 
 @asynccontextmanager
 async def serving(settings: Settings, app: web.Application) -> AsyncIterator[str]:
@@ -32,7 +35,7 @@ def child_env(**extra: str) -> dict[str, str]:
     """This environment without the developer's CODEXLB_* settings, but with the test's database (the
     PostgreSQL one when the suite runs on that engine), plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXLB_") or k == "CODEXLB_DATABASE_URL"}
-    return {**env, **extra}
+    return {**env, "CODEXLB_DRAIN_TIMEOUT_S": str(TEST_DRAIN_TIMEOUT_S), **extra}
 
 
 async def codexlb(*args: str) -> tuple[int, str, str]:
