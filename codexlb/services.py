@@ -28,6 +28,7 @@ from codexlb.upstream.usage_poller import UsagePoller
 
 _log = log.get("codexlb.services")
 HAND_OFF_S = 5.0  # writing the shared state at an upgrade, before the new process serves
+TAKE_OVER_MAX = 100_000  # sticky entries a new process reads at an upgrade: the pool's default table size
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 ROSTER = web.AppKey("roster", Roster)
@@ -53,6 +54,22 @@ async def hand_off(app: web.Application) -> None:
             await app[STORE].db.barrier()
     except (TimeoutError, DatabaseError) as exc:
         _log.warning("upgrade: shared state not all written before the new process serves", error=str(exc))
+
+
+async def take_over(app: web.Application) -> None:
+    """In an upgrade's new process, once the old one has written what it shares and before this one serves: the
+    sticky map's recent entries read into memory, so conversations stay on their accounts. Bounded; a failure
+    is logged (requests then look their conversation up one by one)."""
+    pool = app[POOL]
+    if pool.share is None:
+        return
+    try:
+        async with asyncio.timeout(HAND_OFF_S):
+            taken = await pool.share.take_over(time.time(), TAKE_OVER_MAX)
+        _log.info("upgrade: sticky map taken over", conversations=taken)
+    except (TimeoutError, DatabaseError) as exc:
+        _log.warning("upgrade: sticky map not taken over; conversations are looked up as they come",
+                     error=str(exc)[:200] or "timeout")
 
 
 class StartupError(Exception):

@@ -46,6 +46,16 @@ class StickyShare:
             return
         await self._reads.do(unknown[0], lambda: self._read(unknown, now))
 
+    async def take_over(self, now: float, limit: int) -> int:
+        """Fill memory with the map's most recent entries (an upgrade's new process, before it serves): a
+        conversation's next request then needs no lookup, which a database slow to answer a process that just
+        started would fail within READ_WAIT_S. Unbounded here; the caller bounds it. How many were taken."""
+        rows = await conversations.recent_sticky(self._db, now - self._table.ttl_s, limit)
+        for key, account_id, seen in rows:
+            if key not in self._table:
+                self._table.put(key, account_id, seen, shared=True)
+        return len(rows)
+
     async def _read(self, keys: list[str], now: float) -> None:
         self.reads += 1
         try:

@@ -77,7 +77,7 @@ async def serve(
     handed_over = False
     try:
         handed_over = await _serve(settings, app, listened, hold, sock,
-                                   before_listen=inherited.ready if inherited is not None else None,
+                                   before_listen=_taking_over(inherited, app) if inherited is not None else None,
                                    conns=inherited.conns() if inherited is not None else None, reloader=reloader)
     finally:
         if handed_over or (inherited is not None and not listening):
@@ -97,6 +97,14 @@ def hold_dir(settings: Settings) -> tuple[DirChanges, server_record.Hold]:
     except OSError as exc:
         changes.undo()
         raise StartupError(f"cannot prepare data dir {settings.data_dir}: {exc.strerror or exc}") from None
+
+
+def _taking_over(inherited: handover.Inherited, app: web.Application) -> Callable[[], Awaitable[None]]:
+    """Before the new process accepts: ready, the old one's go, then what it shared read in."""
+    async def take_over() -> None:
+        await inherited.ready()
+        await services.take_over(app)
+    return take_over
 
 
 def let_go(hold: server_record.Hold, undo: DirChanges | None) -> None:

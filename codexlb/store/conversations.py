@@ -36,6 +36,12 @@ async def sticky_rows(db: Engine, keys: Sequence[str]) -> list[tuple[str, str, f
         f"SELECT key, account_id, seen FROM sticky WHERE key IN ({_marks(len(keys))})", tuple(keys))]
 
 
+async def recent_sticky(db: Engine, since: float, limit: int) -> list[tuple[str, str, float]]:
+    """(key, account id, seen) of the `limit` entries seen last, none before `since`."""
+    return [tuple(row) for row in await db.fetch(  # type: ignore[misc]
+        "SELECT key, account_id, seen FROM sticky WHERE seen > ? ORDER BY seen DESC LIMIT ?", (since, limit))]
+
+
 def save_sticky_soon(db: Engine, rows: Sequence[tuple[str, str, float]]) -> None:
     """Queue (key, account id, seen) rows, in one transaction."""
     db.submit_many(UPSERT_STICKY, rows)

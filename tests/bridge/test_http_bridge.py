@@ -277,8 +277,10 @@ async def test_reasoning_sealed_by_an_account_this_process_never_saw_is_sent_aga
     assert any(item.get("encrypted_content") for item in history if item.get("type") == "reasoning")
     home = records(first)[-1]["account_id"]
 
-    # A process of its own (its own store: no shared map) with only the other accounts.
-    app = create_app(dataclasses.replace(settings, data_dir=settings.data_dir / "second", http_bridge=bridged,
+    # A process of its own (its own SQLite store, whatever the suite's engine: no shared map) with only the other
+    # accounts.
+    app = create_app(dataclasses.replace(settings, data_dir=settings.data_dir / "second", database_url="",
+                                         http_bridge=bridged,
                                          upstream_base_url=sim.upstream_base_url, auth_base_url=sim.url))
     server = await aiohttp_server(app)
     for sim_account in sim.backend.accounts:
