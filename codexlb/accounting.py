@@ -8,6 +8,7 @@ import time
 
 from aiohttp import web
 
+from codexlb.key_limits.enforce import LIMITS_KEY
 from codexlb.keys import API_KEY
 from codexlb.metrics import METRICS
 from codexlb.store import Store, UsageRecord
@@ -21,6 +22,8 @@ def account_usage(store: Store, request: web.Request, outcome: Outcome, started:
     key = request.get(API_KEY)
     duration_s = time.monotonic() - started
     ttfb_s = None if outcome.first_event_at is None else outcome.first_event_at - started
+    if key is not None:
+        request.app[LIMITS_KEY].charge(key, int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0))
     request.app[METRICS].observe_request(request.path, outcome.status,
                                          outcome.account.alias if outcome.account else None, ttfb_s, duration_s)
     store.record_usage(UsageRecord(

@@ -17,10 +17,12 @@ import hmac
 import re
 import secrets
 import time
+from typing import Any, Mapping
 
 from aiohttp import web
 
 from codexlb import log
+from codexlb.key_limits.policy import PolicyError, changes
 from codexlb.store import Store
 from codexlb.store.api_keys import KeyRecord
 
@@ -51,9 +53,16 @@ def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def new_record(key: str, name: str, max_concurrency: int | None, now: float) -> KeyRecord:
+def new_record(key: str, name: str, now: float) -> KeyRecord:
     return KeyRecord(id="key_" + secrets.token_hex(6), name=name, prefix=key[:DISPLAY_LENGTH], hash=digest(key),
-                     created_at=now, max_concurrency=max_concurrency)
+                     created_at=now)
+
+
+def _checked(fields: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
+    try:
+        return changes(fields or {}, now)
+    except PolicyError as exc:
+        raise KeyRingError(str(exc)) from None
 
 
 class KeyRing:
@@ -97,13 +106,13 @@ class KeyRing:
                 record.last_used_at = live[record.id].last_used_at
         return records
 
-    async def create(self, name: str | None = None, max_concurrency: int | None = None) -> tuple[str, KeyRecord]:
-        """A new key and its record. The key exists only in the return value: show it once, then drop it."""
+    async def create(self, name: str | None = None, fields: Mapping[str, Any] | None = None) -> tuple[str, KeyRecord]:
+        """A new key and its record, with `fields` (limits, models, expiry, note: `key_limits.policy`). The key
+        exists only in the return value: show it once, then drop it."""
         if name is not None and not _NAME_OK.match(name):
             raise KeyRingError(f"key name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
-        if max_concurrency is not None and (isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
-                                            or max_concurrency < 1):
-            raise KeyRingError("max concurrency must be a whole number of at least 1")
+        now = time.time()
+        checked = _checked(fields, now)
         async with self._lock:
             records = await self._store.list_api_keys()
             if name is None:
@@ -115,23 +124,47 @@ class KeyRing:
             elif any(r.name == name and r.revoked_at is None for r in records):
                 raise KeyRingError(f"an active key is already named {name!r}")
             key = generate()
-            record = new_record(key, name, max_concurrency, time.time())
+            record = new_record(key, name, now)
+            for field, value in checked.items():
+                setattr(record, field, value)
             # Durable before usable: a key that worked must not vanish with a restart.
             await self._store.create_api_key(record)
             self._by_hash[record.hash] = record
-        _log.info("api key created", key_id=record.id, name=record.name, max_concurrency=max_concurrency)
+        _log.info("api key created", key_id=record.id, name=record.name, **_logged(checked))
         return key, record
+
+    async def update(self, ref: str, fields: Mapping[str, Any]) -> KeyRecord:
+        """Change an active key's limits, models, expiry or note (by id or name); None clears one. Every field is
+        checked before anything is written."""
+        checked = _checked(fields, time.time())
+        async with self._lock:
+            record = self._find(await self._store.list_api_keys(), ref)
+            if record.revoked_at is not None:
+                raise KeyRingError(f"API key {record.name!r} ({record.id}) is revoked; create a new one")
+            for field, value in checked.items():
+                setattr(record, field, value)
+            await self._store.update_api_key(record)
+            live = self._by_hash.get(record.hash)
+            if live is not None:  # the record requests hold: changed in place, so the next request sees it
+                for field, value in checked.items():
+                    setattr(live, field, value)
+        _log.info("api key updated", key_id=record.id, name=record.name, **_logged(checked))
+        return live if live is not None else record
+
+    @staticmethod
+    def _find(records: list[KeyRecord], ref: str) -> KeyRecord:
+        """By id, else an active key's name, else a revoked key's."""
+        matches = ([r for r in records if r.id == ref]
+                   or [r for r in records if r.name == ref and r.revoked_at is None]
+                   or [r for r in records if r.name == ref])
+        if not matches:
+            raise KeyRingError(f"no API key {ref!r} (see `codexlb keys list`)", not_found=True)
+        return matches[0]
 
     async def revoke(self, ref: str) -> KeyRecord:
         """Revoke by id or name (an active key's name first)."""
         async with self._lock:
-            records = await self._store.list_api_keys()
-            matches = ([r for r in records if r.id == ref]
-                       or [r for r in records if r.name == ref and r.revoked_at is None]
-                       or [r for r in records if r.name == ref])
-            if not matches:
-                raise KeyRingError(f"no API key {ref!r} (see `codexlb keys list`)", not_found=True)
-            record = matches[0]
+            record = self._find(await self._store.list_api_keys(), ref)
             if record.revoked_at is not None:
                 raise KeyRingError(f"API key {record.name!r} ({record.id}) is already revoked")
             # Out of the ring before the write: a revoked key stops working even if the write fails.
@@ -160,3 +193,8 @@ class KeyRing:
             if record.last_used_at is not None and record.last_used_at > self._written_at.get(record.id, 0.0):
                 self._written_at[record.id] = record.last_used_at
                 self._store.touch_api_key_soon(record.id, record.last_used_at)
+
+
+def _logged(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """What a log line may say of a key's settings: everything but the note, which is the operator's free text."""
+    return {k: v for k, v in fields.items() if k != "note"}

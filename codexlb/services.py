@@ -17,12 +17,13 @@ from codexlb.admission.gates import Gates
 from codexlb.auth.refresh import Refresher
 from codexlb.change_feed import ChangeFeed
 from codexlb.config import Settings
+from codexlb.key_limits.enforce import LIMITS_KEY, KeyLimits
 from codexlb.keys import KeyRing
 from codexlb.leader import Job, Leader
 from codexlb.loopback import is_loopback_host
 from codexlb.pool.pool import Pool
 from codexlb.pool.roster import Roster
-from codexlb.store import DatabaseError, Store
+from codexlb.store import DatabaseError, Store, key_spend
 from codexlb.upstream.session import make_session, upstream_via
 from codexlb.upstream.usage_poller import UsagePoller
 
@@ -93,6 +94,7 @@ def ensure_data_dir(settings: Settings) -> None:
 
 
 RETENTION_INTERVAL_S = 3600.0
+KEY_SPEND_KEEP_S = 8 * 86400.0  # the longest limit's window is a week
 
 
 def retention_limits(settings: Settings, now: float) -> tuple[float | None, int | None]:
@@ -103,12 +105,13 @@ def retention_limits(settings: Settings, now: float) -> tuple[float | None, int 
 
 async def keep_request_log(store: Store, settings: Settings, pool: Pool | None = None,
                            interval_s: float = RETENTION_INTERVAL_S) -> None:
-    """Hold the request log to `request_log_days` and `request_log_max_rows`, and the shared sticky map to
-    `sticky_ttl_s`, now and every interval."""
+    """Hold the request log to `request_log_days` and `request_log_max_rows`, the shared sticky map to
+    `sticky_ttl_s`, and the keys' spend to the windows that can still count, now and every interval."""
     while True:
         try:
             deleted = await store.prune_usage(*retention_limits(settings, time.time()))
             forgotten = await pool.share.prune(time.time()) if pool is not None and pool.share is not None else 0
+            await key_spend.prune(store.db, time.time() - KEY_SPEND_KEEP_S)
         except DatabaseError as exc:
             _log.error("request log retention failed", error=str(exc))
         else:
@@ -134,6 +137,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         keys = await KeyRing.load(store)
         check_exposure(settings, keys)
         app[KEYS] = keys
+        limits = app[LIMITS_KEY] = KeyLimits(store.db)
         app[ADMIN] = AdminAuth.local(settings.data_dir, await store.admin_password())
         roster = await Roster.load(store)
         gates = app[GATES] = Gates(settings)
@@ -152,7 +156,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         await feed.load_sessions()  # a login from before a restart, or made on another replica, holds here
         loops = [asyncio.create_task(leader.run(), name="codexlb-leader"),
                  asyncio.create_task(roster.run_flusher(), name="codexlb-account-flush"),
-                 asyncio.create_task(feed.run(), name="codexlb-change-feed")]
+                 asyncio.create_task(feed.run(), name="codexlb-change-feed"),
+                 asyncio.create_task(limits.run(), name="codexlb-key-spend-sync")]
         try:
             yield
         finally:
@@ -162,6 +167,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
             if app[POOL].share is not None:
                 app[POOL].share.flush()
             roster.flush_dirty()
+            await limits.flush()
             await refresher.close()
     finally:
         await http.close()

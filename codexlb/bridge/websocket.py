@@ -31,6 +31,8 @@ from codexlb.account import Account
 from codexlb.accounting import account_usage
 from codexlb.admission.gate import Slot
 from codexlb.errors import APIError
+from codexlb.key_limits.enforce import LIMITS_KEY
+from codexlb.keys import API_KEY
 from codexlb.recovery import Action, Phase
 from codexlb.relay import failed_event
 from codexlb.request_checks import check_frame
@@ -151,8 +153,10 @@ class Bridge:
                        self._up.transcripts.history(last) if last is not None else None)
 
     async def _from_client(self, text: str) -> None:
+        request = self._request
         try:
             payload = check_frame(text)
+            await request.app[LIMITS_KEY].admit(request.get(API_KEY), payload["model"], request.path)
         except APIError as exc:
             await self._refuse(exc)
             return
@@ -361,7 +365,10 @@ class Bridge:
         """A frame upstream would refuse too, answered here as upstream answers it: one `error` event. The
         session stays open; nothing went upstream."""
         try:
-            await self._client.send_str(orjson.dumps({"type": "error", "status": exc.status, **exc.body()}).decode())
+            # A wait goes in the frame's `headers`, where the Codex CLI reads it on a socket.
+            headers = {k.lower(): v for k, v in exc.headers.items() if k.lower() == "retry-after"}
+            await self._client.send_str(orjson.dumps({"type": "error", "status": exc.status, **exc.body(),
+                                                      **({"headers": headers} if headers else {})}).decode())
         except (aiohttp.ClientError, ConnectionError):
             pass  # the client is gone: the read loop ends on its own
         outcome = Outcome(account=None, status=exc.status, error_code=exc.code)

@@ -1,4 +1,4 @@
-"""`codexlb keys`: create, list and revoke the API keys clients use to reach the proxy.
+"""`codexlb keys`: create, list, update and revoke the API keys clients use to reach the proxy, with their limits.
 
 Like `codexlb accounts`, it goes through the admin API of the server running on the data dir (a new or
 revoked key takes effect at once), else it works on the data dir.
@@ -24,15 +24,27 @@ from codexlb.cli.common import (
 from codexlb.cli.target import AdminClient, open_store, reads_only, running_server, with_target
 from codexlb.config import Settings
 from codexlb.handlers.api.keys import key_view
+from codexlb.key_limits.enforce import KeyLimits
+from codexlb.key_limits.policy import FIELDS, LIMITS
 from codexlb.keys import KeyRing, KeyRingError
 from codexlb.store import Store
 
 _EPILOG = """\
 examples:
   codexlb keys create --name laptop       # prints the key once: copy it then
-  codexlb keys create --name ci --max-concurrency 4
+  codexlb keys create --name ci --max-concurrency 4 --rpm 60 --tokens-day 2000000
+  codexlb keys update ci --models 'gpt-5*,o4-mini' --expires 2027-03-31T18:00:00Z --note "CI runners"
+  codexlb keys update ci --tokens-day none     # none clears a limit
   codexlb keys list
   codexlb keys revoke laptop              # by name or id
+
+limits (all optional, per key, across every replica sharing the database):
+  --rpm N                 model requests per minute (the minute on the clock)
+  --tokens-5h/-day/-week  input + output tokens, as upstream reports them, per 5-hour block (from
+                          00:00, 05:00, 10:00, 15:00, 20:00 UTC), per UTC day, per week from Monday
+A request over a limit gets 429 (`key_rate_limited`, `key_budget_exhausted`) with Retry-After; a model not
+allowed 403 `model_not_allowed`; an expired key 401 `api_key_expired` (400 on the Codex CLI's route).
+Nothing reaches upstream. A fleet can go over a limit by at most (replicas - 1) x a tenth of it.
 """
 
 
@@ -42,7 +54,10 @@ class KeysTarget:
     async def list(self) -> list[dict[str, Any]]:
         raise NotImplementedError
 
-    async def create(self, name: str | None, max_concurrency: int | None) -> tuple[str, dict[str, Any]]:
+    async def create(self, name: str | None, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        raise NotImplementedError
+
+    async def update(self, ref: str, fields: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
     async def revoke(self, ref: str) -> dict[str, Any]:
@@ -59,6 +74,7 @@ class KeysTarget:
 class LocalKeys(KeysTarget):
     def __init__(self, store: Store, ring: KeyRing, settings: Settings) -> None:
         self.store, self.ring, self.settings = store, ring, settings
+        self.limits = KeyLimits(store.db)
 
     @classmethod
     async def open(cls, settings: Settings) -> "LocalKeys":
@@ -69,14 +85,23 @@ class LocalKeys(KeysTarget):
         return _client_url(self.settings.host, self.settings.port)
 
     async def list(self) -> list[dict[str, Any]]:
-        return [key_view(r) for r in await self.ring.list()]
+        records = await self.ring.list()
+        use = await self.limits.use([r for r in records if r.revoked_at is None])
+        return [key_view(r, use.get(r.id)) for r in records]
 
-    async def create(self, name: str | None, max_concurrency: int | None) -> tuple[str, dict[str, Any]]:
+    async def create(self, name: str | None, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         try:
-            key, record = await self.ring.create(name, max_concurrency)
+            key, record = await self.ring.create(name, fields)
         except KeyRingError as exc:
             raise CliError(str(exc), exit_code=1) from None
         return key, key_view(record)
+
+    async def update(self, ref: str, fields: dict[str, Any]) -> dict[str, Any]:
+        try:
+            record = await self.ring.update(ref, fields)
+        except KeyRingError as exc:
+            raise CliError(str(exc), exit_code=1) from None
+        return key_view(record, (await self.limits.use([record])).get(record.id))
 
     async def revoke(self, ref: str) -> dict[str, Any]:
         try:
@@ -95,9 +120,12 @@ class RemoteKeys(KeysTarget):
     async def list(self) -> list[dict[str, Any]]:
         return (await self.admin.call("GET", "/api/keys"))["keys"]
 
-    async def create(self, name: str | None, max_concurrency: int | None) -> tuple[str, dict[str, Any]]:
-        payload = await self.admin.call("POST", "/api/keys", {"name": name, "max_concurrency": max_concurrency})
+    async def create(self, name: str | None, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        payload = await self.admin.call("POST", "/api/keys", {"name": name, **fields})
         return payload["key"], payload["api_key"]
+
+    async def update(self, ref: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return (await self.admin.call("PATCH", f"/api/keys/{quote(ref, safe='')}", fields))["api_key"]
 
     async def revoke(self, ref: str) -> dict[str, Any]:
         return (await self.admin.call("DELETE", f"/api/keys/{quote(ref, safe='')}"))["api_key"]
@@ -122,8 +150,13 @@ def _client_url(host: str, port: int) -> str:
     return f"http://{host}:{port}/v1"
 
 
+def _fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line, as the admin API takes them (checked there, in one place)."""
+    return {field: getattr(args, field) for field in FIELDS if hasattr(args, field)}
+
+
 async def _create(target: KeysTarget, args: argparse.Namespace) -> int:
-    key, view = await target.create(args.name, args.max_concurrency)
+    key, view = await target.create(args.name, _fields(args))
     if args.json:
         sys.stdout.write(orjson.dumps({"key": key, "api_key": view}, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
@@ -136,16 +169,41 @@ async def _create(target: KeysTarget, args: argparse.Namespace) -> int:
     return 0
 
 
+def _use(view: dict[str, Any], kind: str) -> str:
+    limit = view.get(kind)
+    if limit is None:
+        return "-"
+    used = (view.get("use") or {}).get(kind, {}).get("used")
+    return f"{_count(limit)}" if used is None else f"{_count(used)}/{_count(limit)}"
+
+
+def _count(n: int) -> str:
+    for size, unit in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def _expiry(at: float | None, now: float) -> str:
+    if at is None:
+        return "-"
+    return "expired" if at <= now else time.strftime("%Y-%m-%d %H:%M", time.gmtime(at)) + "Z"
+
+
 def render_table(views: list[dict[str, Any]], now: float) -> str:
-    header = ("ID", "NAME", "PREFIX", "CREATED", "LAST USED", "MAX CONCURRENCY", "STATUS")
+    header = ("ID", "NAME", "PREFIX", "CREATED", "LAST USED", "MAX CONC", "RPM", "TOKENS 5H", "TOKENS DAY",
+              "TOKENS WEEK", "MODELS", "EXPIRES", "STATUS")
     rows = [header] + [
         (v["id"], v["name"], v["prefix"] + "…", ago(v["created_at"], now), ago(v["last_used_at"], now),
-         v["max_concurrency"] or "-",
+         v["max_concurrency"] or "-", *(_use(v, kind) for kind in LIMITS), ",".join(v.get("models") or ()) or "-",
+         _expiry(v.get("expires_at"), now),
          v["status"] if v["revoked_at"] is None else f"revoked {ago(v['revoked_at'], now)}")
         for v in views
     ]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    table = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    notes = [f"{v['name']}: {v['note']}" for v in views if v.get("note")]
+    return table + ("\n\nnotes:\n  " + "\n  ".join(notes) if notes else "")
 
 
 @reads_only
@@ -160,20 +218,57 @@ async def _list(target: KeysTarget, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _update(target: KeysTarget, args: argparse.Namespace) -> int:
+    fields = _fields(args)
+    if not fields:
+        raise CliError("nothing to change: give at least one of --max-concurrency, --rpm, --tokens-5h, "
+                       "--tokens-day, --tokens-week, --models, --expires, --note", exit_code=2)
+    view = await target.update(args.key, fields)
+    if args.json:
+        sys.stdout.write(orjson.dumps({"api_key": view}, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(f"Updated API key {view['name']!r} ({view['id']}):\n" + render_table([view], time.time()))
+    return 0
+
+
 async def _revoke(target: KeysTarget, args: argparse.Namespace) -> int:
     view = await target.revoke(args.key)
     print(f"Revoked API key {view['name']!r} ({view['id']}).")
     return 0
 
 
-def _positive(text: str) -> int:
+def _limit(text: str) -> int | None | str:
+    """A whole number, `none` to clear, or the text as given (the policy check says what is wrong with it)."""
+    if text.strip().lower() in ("none", "off", "unlimited"):
+        return None
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+        return text
+
+
+def _cleared(text: str) -> str | None:
+    return None if text.strip().lower() == "none" else text
+
+
+def _models(text: str) -> list[str] | None:
+    return None if text.strip().lower() in ("none", "any", "*") else [m.strip() for m in text.split(",")]
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    """The flags `create` and `update` share; each may be `none` to clear it. One not given is left out of the
+    namespace (SUPPRESS), as against `none`, which clears."""
+    p.add_argument("--max-concurrency", default=argparse.SUPPRESS, type=_limit, metavar="N",
+                   help="requests this key may have in flight at once (an open WebSocket counts as one)")
+    p.add_argument("--rpm", default=argparse.SUPPRESS, type=_limit, metavar="N", help="model requests per minute")
+    p.add_argument("--tokens-5h", default=argparse.SUPPRESS, type=_limit, metavar="N", help="tokens (input + output) per 5-hour block")
+    p.add_argument("--tokens-day", default=argparse.SUPPRESS, type=_limit, metavar="N", help="tokens per UTC day")
+    p.add_argument("--tokens-week", default=argparse.SUPPRESS, type=_limit, metavar="N", help="tokens per week (from Monday 00:00 UTC)")
+    p.add_argument("--models", default=argparse.SUPPRESS, type=_models, metavar="GLOB[,GLOB...]",
+                   help="the models the key may use, by name or glob (e.g. 'gpt-5*,o4-mini'); none: any")
+    p.add_argument("--expires", default=argparse.SUPPRESS, dest="expires_at", type=_cleared, metavar="ISO-8601",
+                   help="when the key stops working, e.g. 2027-03-31T18:00:00Z (no zone: UTC); none: never")
+    p.add_argument("--note", default=argparse.SUPPRESS, type=_cleared, metavar="TEXT", help="a note for operators (who, what for)")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -192,12 +287,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         p.set_defaults(run=with_target(open_target, work))
         return p
 
-    p = sub("create", "create a key and print it (once)", _create)
+    p = sub("create", "create a key and print it (once); limits are optional (default: none)", _create)
     p.add_argument("--name", help="a name to tell the key by (default: key-N)")
-    p.add_argument("--max-concurrency", type=_positive, metavar="N",
-                   help="requests this key may have in flight at once (default: no limit)")
+    _add_settings(p)
     p.add_argument("--json", action="store_true", help="print JSON (the key and its record)")
-    p = sub("list", "list keys (never the keys themselves)", _list)
+    p = sub("update", "change a key's limits, models, expiry or note; `none` clears one", _update)
+    p.add_argument("key", metavar="KEY", help="the key's name or id (see `codexlb keys list`)")
+    _add_settings(p)
+    p.add_argument("--json", action="store_true", help="print JSON (the key's record)")
+    p = sub("list", "list keys with their limits and this window's use (never the keys themselves)", _list)
     p.add_argument("--json", action="store_true", help="print JSON")
     p = sub("revoke", "revoke a key; clients using it are refused from the next request", _revoke)
     p.add_argument("key", metavar="KEY", help="the key's name or id (see `codexlb keys list`)")

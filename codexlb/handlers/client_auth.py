@@ -14,6 +14,7 @@ from aiohttp.typedefs import Handler
 
 from codexlb import host_check
 from codexlb.errors import APIError
+from codexlb.key_limits.enforce import LIMITS_KEY, expired
 from codexlb.keys import API_KEY
 from codexlb.loopback import forwarded, is_local_request
 from codexlb.services import KEYS, SETTINGS
@@ -64,5 +65,10 @@ async def client_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     if record is None:
         message = "Incorrect API key provided (unknown or revoked). " if presented else "No API key provided. "
         raise _refusal(request, message + _HOW)
+    limits = request.app[LIMITS_KEY]
+    refusal = expired(record, request.path, limits.clock())
+    if refusal is not None:
+        limits.rejections[(record.name, "expired")] += 1
+        raise refusal
     request[API_KEY] = record
     return await handler(request)

@@ -16,6 +16,7 @@ from codexlb.account import Status
 from codexlb.admin_auth import same_secret
 from codexlb.bridge.http import SESSIONS
 from codexlb.handlers.api.admin import require_admin
+from codexlb.key_limits.enforce import LIMITS_KEY
 from codexlb.metrics import METRICS, Metrics
 from codexlb.services import GATES, REFRESHER, ROSTER, SETTINGS
 from codexlb.upstream.state import UPSTREAM
@@ -56,6 +57,12 @@ class _Live(Collector):
         for result, count in sorted(app[REFRESHER].results.items()):
             refreshes.add_metric((result,), count)
         yield refreshes
+        rejections = CounterMetricFamily("codexlb_key_rejections", "Requests refused by their API key's limits, by "
+                                         "key and limit (rpm, tokens_5h, tokens_day, tokens_week, model, expired).",
+                                         labels=("key", "limit"))
+        for (key, limit), count in sorted(app[LIMITS_KEY].rejections.items()):
+            rejections.add_metric((key, limit), count)
+        yield rejections
         for field, count in up.transcripts.stats().items():
             kind = CounterMetricFamily if field in ("hits", "misses", "evictions") else GaugeMetricFamily
             yield kind(f"codexlb_transcript_{field}", f"Transcripts: {field}.", value=count)

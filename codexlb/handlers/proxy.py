@@ -17,6 +17,7 @@ from codexlb.bridge import http as bridge
 from codexlb.bridge.ownership import Ownership
 from codexlb.errors import APIError
 from codexlb.handlers.request_body import read_json
+from codexlb.key_limits.enforce import LIMITS_KEY
 from codexlb.keys import API_KEY
 from codexlb.pool.pool import Pool
 from codexlb.pool.sticky import conversation_keys
@@ -43,6 +44,12 @@ def _json(body: Any, status: int = 200) -> web.Response:
 async def _payload(request: web.Request, *, codex_client: bool) -> dict[str, Any]:
     max_bytes = int(request.app[SETTINGS].max_body_mb * 1024 * 1024)
     return await read_json(request, max_bytes, too_large_status=400 if codex_client else 413)
+
+
+async def _admit(request: web.Request, outcome: Outcome, model: str) -> None:
+    """The request's model, checked against its key's limits (and counted) before anything goes upstream."""
+    outcome.model = model
+    await request.app[LIMITS_KEY].admit(request.get(API_KEY), model, request.path)
 
 
 def accounted(handler: Callable[[web.Request, Outcome], Awaitable[web.StreamResponse]]
@@ -73,7 +80,7 @@ def accounted(handler: Callable[[web.Request, Outcome], Awaitable[web.StreamResp
 async def codex_responses(request: web.Request, outcome: Outcome) -> web.StreamResponse:
     """POST /backend-api/codex/responses: the Codex CLI with a custom provider."""
     payload = check_responses(await _payload(request, codex_client=True))
-    outcome.model = payload["model"]
+    await _admit(request, outcome, payload["model"])
     up, keys = request.app[UPSTREAM], conversation_keys(request.headers, payload)
     key = bridge.session_key(request, keys) if up.settings.http_bridge else None
     if key is not None:
@@ -90,7 +97,7 @@ async def v1_responses(request: web.Request, outcome: Outcome) -> web.StreamResp
     streamed = raw.get("stream") is True
     payload = check_responses(raw)
     keys = conversation_keys(request.headers, payload)
-    outcome.model = payload["model"]
+    await _admit(request, outcome, payload["model"])
     if streamed:
         return await relay.relay_sse(request, request.app[UPSTREAM], payload, keys, outcome,
                                      keepalive=relay.COMMENT_KEEPALIVE)
@@ -110,7 +117,7 @@ async def chat_completions(request: web.Request, outcome: Outcome) -> web.Stream
     except TranslationError as exc:
         raise APIError(400, str(exc), code="invalid_value", param=exc.param) from None
     keys = conversation_keys(request.headers, payload)
-    outcome.model = payload["model"]
+    await _admit(request, outcome, payload["model"])
     if raw.get("stream") is True:
         translator = chat.ChatStream.for_request(raw)
 
@@ -148,7 +155,7 @@ async def compact(request: web.Request, outcome: Outcome) -> web.Response:
     payload = check_responses(raw)
     payload["input"] = [*payload["input"], {"type": "compaction_trigger"}]
     keys = conversation_keys(request.headers, payload)
-    outcome.model = payload["model"]
+    await _admit(request, outcome, payload["model"])
     events = await relay.collect(request.app[UPSTREAM], request, payload, keys, outcome)
     try:
         response = aggregate_response(events, payload)

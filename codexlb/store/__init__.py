@@ -162,6 +162,9 @@ class Store:
     async def create_api_key(self, record: KeyRecord) -> None:
         await self.db.transaction([(key_rows.INSERT, key_rows.to_row(record)), self._told("keys")])
 
+    async def update_api_key(self, record: KeyRecord) -> None:
+        await self.db.transaction([(key_rows.UPDATE, key_rows.update_row(record)), self._told("keys")])
+
     async def list_api_keys(self) -> list[KeyRecord]:
         return [key_rows.from_row(row) for row in await self.db.fetch(key_rows.SELECT_ALL)]
 

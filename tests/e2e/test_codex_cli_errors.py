@@ -53,3 +53,23 @@ async def test_a_model_upstream_does_not_serve_stops_the_cli_at_once(codex_bin, 
     proxy = await start_proxy(aiohttp_server, settings, sim, accounts=1)
     await assert_stops_at_once(codex_bin, tmp_path, sim, proxy, websockets, "model is not supported",
                                "-c", 'model="gpt-nope"')
+
+
+@pytest.mark.parametrize("websockets", [False, True], ids=["http", "websocket"])
+async def test_a_key_over_its_token_budget_stops_the_cli_at_once(codex_bin, tmp_path, aiohttp_server, settings, sim,
+                                                                 http, websockets):
+    """A budget resets in hours: the CLI must show it once, not wait out Retry-After five times over."""
+    proxy = await start_proxy(aiohttp_server, settings, sim, accounts=1)
+    key, _ = await proxy.app[KEYS].create("laptop", {"tokens_day": 1})
+    async with http.post(f"{proxy.url}/v1/responses", json={"model": "gpt-5.5", "input": "spend it"},
+                         headers={"Authorization": f"Bearer {key}"}) as resp:
+        assert resp.status == 200
+    sent = len(sim.backend.records)
+    codex = CodexHome(codex_bin, tmp_path, sim, websockets=websockets, base_url=proxy.codex_base_url, api_key=key)
+    started = time.monotonic()
+    run = await codex.run("exec", "--skip-git-repo-check", "hello")
+    took = time.monotonic() - started
+    # The CLI words it itself, with the reset it read from the error: "You've hit your usage limit. Try again at …"
+    assert run.rc == 1 and "usage limit. Try again at" in run.stderr, run.describe()
+    assert "Reconnecting" not in run.stderr and took < 5.0, (took, run.describe())
+    assert len(sim.backend.records) == sent  # nothing reached upstream

@@ -18,7 +18,8 @@ async def test_create_list_revoke(client, app):
     assert view["name"] == "laptop" and view["max_concurrency"] == 2 and view["status"] == "active"
     assert view["prefix"] == key[:11] and key not in str(view)
     assert set(view) == {"id", "name", "prefix", "status", "created_at", "last_used_at", "revoked_at",
-                         "max_concurrency"}
+                         "max_concurrency", "rpm", "tokens_5h", "tokens_day", "tokens_week", "models", "expires_at",
+                         "note", "use"}
     assert app[KEYS].verify(key) is not None
 
     listed = await client.get("/api/keys")
@@ -44,7 +45,8 @@ async def test_create_list_revoke(client, app):
     (b'{"name": "has space"}', "invalid_value"),
     (b'{"max_concurrency": 0}', "invalid_value"),
     (b'{"max_concurrency": "3"}', "invalid_value"),
-    (b'{"rpm": "abc"}', "unknown_parameter"),
+    (b'{"rpm": "abc"}', "invalid_value"),
+    (b'{"rpmm": 3}', "unknown_parameter"),
     (b'{"name": "k", "max_concurency": 2}', "unknown_parameter"),
 ])
 async def test_bad_creates_are_refused(client, body, code):
