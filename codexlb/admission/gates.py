@@ -85,11 +85,13 @@ class Gates:
         self._accounts.pop(account_id, None)
 
     def key(self, key_id: str, name: str, limit: int) -> Gate:
-        """The concurrency gate of an API key with a limit (made on first use)."""
+        """The concurrency gate of an API key with a limit (made on first use, resized when the key's changed)."""
         gate = self._keys.get(key_id)
         if gate is None:
             gate = self._keys[key_id] = self._gate(f"key:{name}", limit, f"API key {name}'s concurrency limit",
                                                    code="concurrency_limit_exceeded")
+        elif gate.capacity != limit:
+            gate.resize(limit)
         return gate
 
     @asynccontextmanager

@@ -144,7 +144,8 @@ async def test_a_version_1_database_gains_api_keys_and_keeps_its_accounts(tmp_pa
         assert conn.execute("PRAGMA user_version").fetchone()[0] == db_module.SCHEMA_VERSION
         columns = [row[1] for row in conn.execute("PRAGMA table_info(api_keys)")]
         assert "ttfb_ms" in [row[1] for row in conn.execute("PRAGMA table_info(usage)")]
-    assert columns == ["id", "name", "prefix", "hash", "created_at", "last_used_at", "revoked_at", "max_concurrency"]
+    assert columns == ["id", "name", "prefix", "hash", "created_at", "last_used_at", "revoked_at", "max_concurrency",
+                       "rpm", "tokens_5h", "tokens_day", "tokens_week", "models", "expires_at", "note"]
     assert len(list(data.glob("codexlb.db.v1-*.bak"))) == 1
 
 

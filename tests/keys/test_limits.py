@@ -12,7 +12,7 @@ import pytest
 
 from codexlb.key_limits.enforce import LIMITS_KEY
 from codexlb.key_limits.meter import window_end, window_start
-from codexlb.services import KEYS
+from codexlb.services import GATES, KEYS
 from tests.proxy.conftest import start_proxy
 from tests.test_metrics import scrape, total
 from tests.simclient import MODEL, body, user
@@ -243,3 +243,13 @@ async def test_refusals_are_counted_by_key_and_limit_on_metrics(keyed, http):
     samples = await scrape(http, proxy)
     assert total(samples, "codexlb_key_rejections_total", key="team", limit="rpm") == 1
     assert total(samples, "codexlb_key_rejections_total", key="team", limit="model") == 1
+
+
+async def test_a_changed_concurrency_limit_applies_to_the_next_request(keyed, http, sim):
+    proxy, _ = keyed
+    key = await _key(proxy, max_concurrency=1)
+    assert (await _post(http, proxy, key))[0] == 200
+    await proxy.app[KEYS].update("team", {"max_concurrency": 3})
+    assert (await _post(http, proxy, key))[0] == 200
+    gate = next(g for g in proxy.app[GATES].all() if g.name == "key:team")
+    assert gate.capacity == 3
