@@ -279,8 +279,8 @@ async def test_key_limit_makes_the_second_request_wait(aiohttp_server, settings,
     # Two global slots: the waiting request of key a must not hold one, or b could not get through.
     proxy = await start_proxy(aiohttp_server, settings, sim, max_inflight=2, queue_wait_s=10)
     gates = gates_of(proxy)
-    key_a, _ = await proxy.app[KEYS].create("a", max_concurrency=1)
-    key_b, _ = await proxy.app[KEYS].create("b", max_concurrency=1)
+    key_a, _ = await proxy.app[KEYS].create("a", {"max_concurrency": 1})
+    key_b, _ = await proxy.app[KEYS].create("b", {"max_concurrency": 1})
     await add_fault(http, sim, action="stall", after_events=1, times=1)
     held = await hold(http, codex_url(proxy), headers=bearer(key_a))
     second = asyncio.create_task(post(http, codex_url(proxy), body(user("a again")), headers=bearer(key_a)))
@@ -302,8 +302,8 @@ async def test_key_limit_makes_the_second_request_wait(aiohttp_server, settings,
 
 async def test_key_limit_rejects_past_the_wait(aiohttp_server, settings, sim, http):
     proxy = await start_proxy(aiohttp_server, settings, sim, queue_wait_s=0.3)
-    key_a, _ = await proxy.app[KEYS].create("a", max_concurrency=1)
-    key_b, _ = await proxy.app[KEYS].create("b", max_concurrency=1)
+    key_a, _ = await proxy.app[KEYS].create("a", {"max_concurrency": 1})
+    key_b, _ = await proxy.app[KEYS].create("b", {"max_concurrency": 1})
     await add_fault(http, sim, action="stall", after_events=1, times=1)
     held = await hold(http, codex_url(proxy), headers=bearer(key_a))
     status, headers, payload = await post(http, codex_url(proxy), body(user("a again")), headers=bearer(key_a))
@@ -506,7 +506,7 @@ async def test_admission_view_shape(aiohttp_server, settings, sim, http):
     assert set(before) == {"inflight", "upstream_connects", "refreshes", "any_account"}
     assert before["inflight"] == {"capacity": 7, "in_use": 0, "waiting": 0, "admitted": 0, "rejected": 0}
     assert before["upstream_connects"]["capacity"] == 3 and before["refreshes"]["capacity"] == 2
-    key, _ = await proxy.app[KEYS].create("ci", max_concurrency=4)
+    key, _ = await proxy.app[KEYS].create("ci", {"max_concurrency": 4})
     await proxy.app[KEYS].create("unlimited")
     status, _, events = await post(http, codex_url(proxy), body(user("hi")), headers=bearer(key))
     assert_full_stream(status, events, "hi")

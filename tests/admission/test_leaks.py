@@ -147,7 +147,7 @@ async def test_random_cancellations(aiohttp_server, settings, sim, client):
     ):
         await add_fault(client, sim, times=None, **fault)
     # Keys: one with a limit (its own gate, taken before the global one), one without.
-    limited, _ = await proxy.app[KEYS].create("limited", max_concurrency=3)
+    limited, _ = await proxy.app[KEYS].create("limited", {"max_concurrency": 3})
     unlimited, _ = await proxy.app[KEYS].create("unlimited")
     keys = (limited, unlimited)
     total, workers = 1600, 24
