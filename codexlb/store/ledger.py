@@ -30,7 +30,7 @@ _SUMMARY = (
     "ORDER BY l.ts DESC LIMIT 1) AS account_id, MIN(ts) AS first_seen, MAX(ts) AS last_seen, "
     f"COUNT(DISTINCT turn_id) AS turns, {_SUMS} FROM usage u WHERE {{where}} GROUP BY conversation) s "
     "LEFT JOIN api_keys k ON k.id = s.api_key_id LEFT JOIN accounts a ON a.id = s.account_id "
-    "ORDER BY s.last_seen DESC LIMIT ?"
+    "ORDER BY s.last_seen DESC, s.conversation LIMIT ?"
 )
 _SUMMARY_FIELDS = ("conversation", "api_key_id", "account_id", "first_seen", "last_seen", "turns",
                    *(name for name, _ in _TOTALS), "api_key_name", "account_alias")

@@ -77,5 +77,5 @@ async def usage(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/api/conversations", list_conversations)
-    app.router.add_get("/api/conversations/{conversation}", show_conversation)
+    app.router.add_get("/api/conversations/{conversation:.+}", show_conversation)  # a cache key may hold a /
     app.router.add_get("/api/usage", usage)
