@@ -10,12 +10,12 @@ import time
 import pytest
 
 from codexlb.app import create_app
-from codexlb.cli import main
 from codexlb.cli.usage import parse_time
 from codexlb.cli.common import CliError
 from codexlb.keys import KeyRing
 from codexlb.services import KEYS, STORE, ensure_data_dir
 from codexlb.store import Store, UsageRecord
+from tests.keys.test_keys_cli import run
 from tests.serving import codexlb, serving
 
 NOW = time.time()
@@ -54,13 +54,6 @@ def data_dir(settings):
 
     asyncio.run(fill())
     return str(settings.data_dir)
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main(list(args))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_the_table_per_key_and_conversation(capsys, data_dir):
