@@ -95,6 +95,24 @@ MIGRATIONS: tuple[str, ...] = (
                             used {bigint} NOT NULL, PRIMARY KEY (key_id, kind, window_start));
     CREATE INDEX key_spend_window ON key_spend (window_start);
     """,
+    # 6: the ledger (`store/ledger`): per request, its conversation (session id or prompt_cache_key) and turn, the
+    # carrier, what the client sent against what went upstream, the recoveries and what they added, and what a
+    # client resending its whole history would have sent (bytes as BIGINT: a long conversation's history passes
+    # PostgreSQL's INTEGER). NULL in the rows written before.
+    """
+    ALTER TABLE usage ADD COLUMN conversation TEXT;
+    ALTER TABLE usage ADD COLUMN turn_id TEXT;
+    ALTER TABLE usage ADD COLUMN transport TEXT;
+    ALTER TABLE usage ADD COLUMN client_bytes {bigint};
+    ALTER TABLE usage ADD COLUMN client_items INTEGER;
+    ALTER TABLE usage ADD COLUMN upstream_bytes {bigint};
+    ALTER TABLE usage ADD COLUMN upstream_items INTEGER;
+    ALTER TABLE usage ADD COLUMN recoveries INTEGER;
+    ALTER TABLE usage ADD COLUMN recovery_kinds TEXT;
+    ALTER TABLE usage ADD COLUMN recovery_bytes {bigint};
+    ALTER TABLE usage ADD COLUMN unanchored_bytes {bigint};
+    CREATE INDEX usage_conversation_ts ON usage (conversation, ts);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
