@@ -23,7 +23,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.bench_proxy import cpu_s, settled, start_sim_and_serve, throughput  # noqa: E402
+from tests.bench.bench_proxy import cpu_s, settled, start_sim_and_serve, stop, throughput  # noqa: E402
 
 LIMITS = ("--rpm", str(10**9), "--tokens-5h", str(10**12), "--tokens-day", str(10**12), "--tokens-week",
           str(10**12), "--models", "gpt-5*,o4-*", "--expires", "2999-01-01T00:00:00Z")
@@ -70,9 +70,7 @@ async def main() -> None:
                   f"{statistics.median(ratios):.3f} [{ratios[0]:.2f}-{ratios[-1]:.2f}]")
         print(f"  (cpu count {os.cpu_count()})")
     finally:
-        for proc in (proxy, sim):
-            proc.terminate()
-            await proc.wait()
+        await stop(proxy, sim)
 
 
 if __name__ == "__main__":

@@ -242,9 +242,13 @@ async def main() -> None:
             await bare.wait()
         print(f"  (mean direct first event {statistics.mean(d) * 1000:.2f} ms; cpu count {os.cpu_count()})")
     finally:
-        for proc in (proxy, sim):
-            proc.terminate()
-            await proc.wait()
+        await stop(proxy, sim)
+
+
+async def stop(*procs: asyncio.subprocess.Process) -> None:
+    for proc in procs:
+        proc.terminate()
+        await proc.wait()
 
 
 if __name__ == "__main__":
