@@ -1,5 +1,6 @@
 """The one accounting point: every proxied request, whatever its route or transport, ends here once, as a
-row in the request log (tokens, status, timings, account, API key) and a count in the metrics registry.
+row in the request log (tokens, status, timings, account, API key; and the ledger's figures: conversation, turn,
+carrier, bytes and items each way, recoveries) and counts in the metrics registry.
 """
 
 from __future__ import annotations
@@ -21,15 +22,25 @@ def account_usage(store: Store, request: web.Request, outcome: Outcome, started:
     key = request.get(API_KEY)
     duration_s = time.monotonic() - started
     ttfb_s = None if outcome.first_event_at is None else outcome.first_event_at - started
-    request.app[METRICS].observe_request(request.path, outcome.status,
-                                         outcome.account.alias if outcome.account else None, ttfb_s, duration_s)
+    input_tokens, cached_tokens = int(usage.get("input_tokens") or 0), int(details.get("cached_tokens") or 0)
+    output_tokens = int(usage.get("output_tokens") or 0)
+    reasoning_tokens = int(output_details.get("reasoning_tokens") or 0)
+    unanchored = outcome.unanchored_bytes
+    metrics = request.app[METRICS]
+    metrics.observe_request(request.path, outcome.status, outcome.account.alias if outcome.account else None,
+                            ttfb_s, duration_s)
+    metrics.observe_ledger(key.name if key is not None else None, input_tokens, cached_tokens, output_tokens,
+                           reasoning_tokens, 0 if unanchored is None else max(0, unanchored - outcome.client_bytes))
+    kinds = outcome.recovery_kinds
     store.record_usage(UsageRecord(
         ts=time.time(), account_id=outcome.account.id if outcome.account else None,
         api_key_id=key.id if key is not None else None, route=request.path, model=outcome.model,
         status=outcome.status, error_code=outcome.error_code,
-        input_tokens=int(usage.get("input_tokens") or 0), cached_tokens=int(details.get("cached_tokens") or 0),
-        output_tokens=int(usage.get("output_tokens") or 0),
-        reasoning_tokens=int(output_details.get("reasoning_tokens") or 0),
-        duration_ms=round(duration_s * 1000, 2),
+        input_tokens=input_tokens, cached_tokens=cached_tokens, output_tokens=output_tokens,
+        reasoning_tokens=reasoning_tokens, duration_ms=round(duration_s * 1000, 2),
         ttfb_ms=None if ttfb_s is None else round(ttfb_s * 1000, 2),
+        conversation=outcome.conversation, turn_id=outcome.turn_id, transport=outcome.transport,
+        client_bytes=outcome.client_bytes, client_items=outcome.client_items, upstream_bytes=outcome.upstream_bytes,
+        upstream_items=outcome.upstream_items, recoveries=len(kinds), recovery_kinds=",".join(kinds) or None,
+        recovery_bytes=outcome.recovery_bytes, unanchored_bytes=unanchored,
     ))

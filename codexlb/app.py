@@ -12,6 +12,7 @@ from codexlb.handlers import websocket as ws_route
 from codexlb.handlers.api import admin as admin_api
 from codexlb.handlers.api import accounts as accounts_api
 from codexlb.handlers.api import bridge_stats as bridge_api
+from codexlb.handlers.api import conversations as conversations_api
 from codexlb.handlers.api import device_login as device_login_api
 from codexlb.handlers.api import gates as gates_api
 from codexlb.handlers.api import keys as keys_api
@@ -39,6 +40,7 @@ def create_app(settings: Settings) -> web.Application:
     accounts_api.setup(app)
     keys_api.setup(app)
     requests_api.setup(app)
+    conversations_api.setup(app)
     session_api.setup(app)
     gates_api.setup(app)
     bridge_api.setup(app)

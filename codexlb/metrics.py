@@ -25,9 +25,15 @@ class Metrics:
                               buckets=_BUCKETS, registry=self.registry)
         self.duration = Histogram("codexlb_request_duration_seconds", "Whole request time.", ("route",),
                                   buckets=_BUCKETS, registry=self.registry)
+        self.key_tokens = Counter("codexlb_key_tokens", "Tokens upstream reported, by API key (its name) and kind "
+                                  "(input, cached, output, reasoning).", ("key", "kind"), registry=self.registry)
+        self.bytes_saved = Counter("codexlb_bytes_saved", "Bytes clients did not send thanks to anchoring: what "
+                                   "resending the whole history would have sent, less what was sent, by API key.",
+                                   ("key",), registry=self.registry)
         # The labelled children, looked up once: `labels()` takes a lock and builds keys on every call.
         self._counted: dict[tuple[str, int, str | None], Any] = {}
         self._timed: dict[str, tuple[Any, Any]] = {}
+        self._keyed: dict[str, tuple[Any, Any, Any, Any, Any]] = {}
 
     def observe_request(self, route: str, status: int, account: str | None, ttfb_s: float | None,
                         duration_s: float) -> None:
@@ -41,6 +47,18 @@ class Metrics:
         if ttfb_s is not None:
             timed[0].observe(ttfb_s)
         timed[1].observe(duration_s)
+
+    def observe_ledger(self, key: str | None, input_tokens: int, cached_tokens: int, output_tokens: int,
+                       reasoning_tokens: int, saved_bytes: int) -> None:
+        """A request's tokens and the bytes anchoring saved, by API key name ("" without a key)."""
+        name = key or ""
+        keyed = self._keyed.get(name)
+        if keyed is None:
+            keyed = self._keyed[name] = (*(self.key_tokens.labels(name, kind) for kind in
+                                           ("input", "cached", "output", "reasoning")), self.bytes_saved.labels(name))
+        for child, value in zip(keyed, (input_tokens, cached_tokens, output_tokens, reasoning_tokens, saved_bytes)):
+            if value:
+                child.inc(value)
 
 
 METRICS = web.AppKey("metrics", Metrics)

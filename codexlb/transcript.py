@@ -33,6 +33,9 @@ class _Response:
     previous: str | None
     items: bytes  # a JSON array: the request's items, then its output
     size: int
+    # Bytes of the whole conversation up to and including its output, as the items of a JSON array (each item
+    # and its comma): what a request anchored on it would add to its input sent whole. None if a link was missing.
+    total: int | None
 
 
 class Transcripts:
@@ -53,11 +56,14 @@ class Transcripts:
     def record(self, conversation: str, response_id: str, previous: str | None, items: list[Any],
                output: list[Any]) -> None:
         parts = [orjson.dumps(item) for item in (*items, *output)]
-        size = BOOKKEEPING + sum(map(len, parts))
+        own = sum(map(len, parts))
+        size = BOOKKEEPING + own
+        before = 0 if previous is None else self.history_bytes(previous)
+        total = None if before is None else before + own + len(parts)
         if size > self._max_conversation or size > self._max:
             return  # one response larger than a whole budget: keeping it would evict everything else
         self._forget(response_id)
-        self._responses[response_id] = _Response(conversation, previous, b"[" + b",".join(parts) + b"]", size)
+        self._responses[response_id] = _Response(conversation, previous, b"[" + b",".join(parts) + b"]", size, total)
         self._conversations.setdefault(conversation, OrderedDict())[response_id] = None
         self._conversation_bytes[conversation] = self._conversation_bytes.get(conversation, 0) + size
         self.bytes += size
@@ -84,6 +90,12 @@ class Transcripts:
         for response in reversed(chain):
             items.extend(orjson.loads(response.items))
         return items
+
+    def history_bytes(self, response_id: str) -> int | None:
+        """The size of `history(response_id)` as items of a JSON array (each item and its comma), without decoding
+        it; None when the response is not kept, or a link of its chain was missing when it was."""
+        response = self._responses.get(response_id)
+        return None if response is None else response.total
 
     def stats(self) -> dict[str, int]:
         return {"responses": len(self._responses), "conversations": len(self._conversations), "bytes": self.bytes,

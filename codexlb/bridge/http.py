@@ -84,6 +84,8 @@ class _Turn:
         self.sent_at = time.monotonic()
         self.resends = 0
         self.finished = False  # the terminal event went to the client
+        self.recovery: str | None = None  # why the next send is made again (the ledger's kind)
+        self.sent_items = 0  # items in the last frame made
 
     def frame(self) -> str:
         anchor = self.session.anchor
@@ -99,6 +101,7 @@ class _Turn:
         if readable is not None:
             body["input"] = readable
         text = orjson.dumps({"type": "response.create", **body}).decode()
+        self.sent_items = len(body["input"])
         if self.anchored:
             self.anchored_size = len(text)
         elif self.anchored_size:  # the anchor was lost upstream: what sending it whole costs
@@ -130,10 +133,15 @@ class _Turn:
         session, settings = self.session, self.up.settings
         if session.sock is None:
             await self._lost()
+            if self.recovery is None:  # lost between requests: the reconnect itself sends nothing
+                self.outcome.recovered("reconnect")
         inbox = session.begin()
         assert session.sock is not None
+        text = self.frame()
+        self.outcome.sent(session.account.id, len(text), self.sent_items, self.recovery)
+        self.recovery = None
         try:
-            await session.sock.ws.send_str(self.frame())
+            await session.sock.ws.send_str(text)
         except (aiohttp.ClientError, ConnectionError):
             # Closed under us since the look: the same as losing it now.
             session.drop_socket()
@@ -186,6 +194,7 @@ class _Turn:
         failure = refusal(event)
         if failure.error.get("code") == "previous_response_not_found" and self.anchored:
             self.up.recoveries["http:resend_whole"] += 1
+            self.recovery = "whole_send"
             raise _Resend(whole=True)
         if failure.code == SEALED_REFUSED and self.up.owners.refused(self.items, self.session.account.id):
             self.up.recoveries["http:unsealed"] += 1
@@ -208,6 +217,7 @@ class _Turn:
         self.up.recoveries[f"http:{decision.reason}"] += 1
         if decision.action is Action.RESEND:
             self.resends += 1
+            self.recovery = "reconnect"
             raise _Resend(whole=False)
         self.outcome.status, self.outcome.error_code = 502, decision.code
         if self.response is None:

@@ -31,6 +31,7 @@ from codexlb.account import Account
 from codexlb.accounting import account_usage
 from codexlb.admission.gate import Slot
 from codexlb.errors import APIError
+from codexlb.pool.sticky import MAX_KEY_VALUE, conversation_of, turn_of
 from codexlb.recovery import Action, Phase
 from codexlb.relay import failed_event
 from codexlb.request_checks import check_frame
@@ -55,6 +56,7 @@ class _InFlight:
     seen: bool = False  # the client has received an event of this response
     resends: int = 0
     rebuilt: bool = False  # `text` is the whole conversation, no longer anchored
+    n_items: int = 0  # the items in `text`
     tried: set[str] = field(default_factory=set)  # accounts that refused it (failover)
     output: list[Any] = field(default_factory=list)  # output items, for the transcript
     history: list[Any] | None = None  # the anchor's whole history, once a refusal asked the transcript
@@ -95,6 +97,7 @@ class Bridge:
         self._up, self._store, self._request, self._client, self._keys = up, store, request, client, keys
         # The transcript's conversation: the client's session, else this socket alone.
         self._conversation = keys[0] if keys else f"socket:{id(self)}"
+        self._session = conversation_of(list(keys))  # the ledger's: the session id, else each frame's cache key
         self._sock: UpstreamSocket | None = sock
         self._ready = asyncio.Event()  # set while there is an upstream socket to read
         self._last_response: str | None = None
@@ -126,7 +129,7 @@ class Bridge:
                     await self._from_client(message.data)
                 elif message.type is WSMsgType.BINARY:
                     await self._refuse(APIError(400, "Only text frames with JSON are accepted.",
-                                                code="invalid_value"))
+                                                code="invalid_value"), len(message.data))
                 elif message.type in _CLOSED:
                     break
         finally:
@@ -150,11 +153,11 @@ class Bridge:
         return Resumed(self._account.id, self._turn_state, last,
                        self._up.transcripts.history(last) if last is not None else None)
 
-    async def _from_client(self, text: str) -> None:
+    async def _from_client(self, client_text: str) -> None:
         try:
-            payload = check_frame(text)
+            payload = check_frame(client_text)
         except APIError as exc:
-            await self._refuse(exc)
+            await self._refuse(exc, len(client_text))
             return
         readable = self._up.owners.readable_by(payload["input"], self._account.id)
         if readable is not None:
@@ -162,17 +165,33 @@ class Bridge:
             payload = {**payload, "input": readable}
         # What goes up is what was checked: one JSON text, whatever duplicate keys or spacing the client's had.
         text = orjson.dumps(payload).decode()
-        self._inflight = _InFlight(text, payload, Outcome(account=self._account, model=payload["model"]))
+        self._inflight = inflight = _InFlight(text, payload, self._outcome(payload, len(client_text)),
+                                              n_items=len(payload["input"]))
         async with self._lock:
-            if self._sock is None and not await self._reconnect("between requests"):
-                await self._fail("upstream_unavailable", "Upstream could not be reached again; retry.")
-                return
+            if self._sock is None:
+                if not await self._reconnect("between requests"):
+                    await self._fail("upstream_unavailable", "Upstream could not be reached again; retry.")
+                    return
+                inflight.outcome.recovered("reconnect")
             sock = self._sock
         assert sock is not None
+        inflight.outcome.sent(self._account.id, len(text), inflight.n_items)
         try:
             await sock.ws.send_str(text)
         except (aiohttp.ClientError, ConnectionError):
             pass  # the socket is broken: the pump sees it end and recovers with the request held
+
+    def _outcome(self, payload: dict[str, Any], client_bytes: int) -> Outcome:
+        """A response's ledger entry. Had the client sent its whole history instead of anchoring, the request
+        would also hold the history its anchor stands for (the transcript knows its size)."""
+        previous = payload.get("previous_response_id")
+        history = 0 if previous is None else self._up.transcripts.history_bytes(previous)
+        conversation = self._session
+        if conversation is None and isinstance(payload.get("prompt_cache_key"), str):
+            conversation = payload["prompt_cache_key"].strip()[:MAX_KEY_VALUE] or None
+        return Outcome(account=self._account, model=payload["model"], transport="ws", conversation=conversation,
+                       turn_id=turn_of(payload), client_bytes=client_bytes, client_items=len(payload["input"]),
+                       unanchored_bytes=None if history is None else client_bytes + history)
 
     async def _pump(self) -> None:
         """Read whichever upstream socket is current; when one ends, recover. The upstream socket is
@@ -229,7 +248,8 @@ class Bridge:
             if kind in ("error", "response.failed"):
                 action = self._refused(inflight, data)
                 if action is Action.REBUILD:
-                    await self._send(self._rebuild(inflight, portable=False))
+                    self._rebuild(inflight, portable=False)
+                    await self._send(inflight, "rebuild")
                     return True
                 if action is Action.MOVE:
                     return False
@@ -265,8 +285,8 @@ class Bridge:
             self._up.recoveries[f"ws:{decision.reason}"] += 1
         return decision.action
 
-    def _rebuild(self, inflight: _InFlight, *, portable: bool) -> str:
-        """The request with its whole history and no anchor; `portable`: for another account."""
+    def _rebuild(self, inflight: _InFlight, *, portable: bool) -> None:
+        """Make the request in flight its whole history and no anchor; `portable`: for another account."""
         previous = inflight.previous
         assert previous is not None
         items = [*(inflight.history or []), *inflight.items]
@@ -276,19 +296,21 @@ class Bridge:
             items = readable
         body = {k: v for k, v in inflight.payload.items() if k != "previous_response_id"}
         text = orjson.dumps({**body, "input": items}).decode()
+        inflight.n_items = len(items)
         added = len(text) - len(inflight.text)
         self._up.recoveries["ws:rebuild_bytes"] += added
         _log.info("request rebuilt from the transcript", account=self._account.alias, anchor=previous,
                   items=len(items), added_bytes=added, portable=portable)
         inflight.text, inflight.rebuilt = text, True
-        return text
 
-    async def _send(self, text: str) -> None:
+    async def _send(self, inflight: _InFlight, recovery: str | None) -> None:
+        """Send the request in flight as it now stands (`recovery`: why again, for the ledger)."""
         sock = self._sock
         if sock is None:
             return  # lost meanwhile: the pump's recovery resends the request as it now stands
+        inflight.outcome.sent(self._account.id, len(inflight.text), inflight.n_items, recovery)
         try:
-            await sock.ws.send_str(text)
+            await sock.ws.send_str(inflight.text)
         except (aiohttp.ClientError, ConnectionError):
             pass  # read next, that socket ends too and recovery takes over
 
@@ -312,7 +334,9 @@ class Bridge:
             self._sock = sock
             self._ready.set()
             # A request with an anchor moves with its whole history, less what only the old account can read.
-            await self._send(self._rebuild(inflight, portable=True) if inflight.previous else inflight.text)
+            if inflight.previous:
+                self._rebuild(inflight, portable=True)
+            await self._send(inflight, None)  # to another account: the ledger counts a move
 
     async def _lost(self, sock: UpstreamSocket) -> None:
         async with self._lock:
@@ -338,10 +362,7 @@ class Bridge:
                 assert inflight is not None
                 inflight.resends += 1
                 if await self._reconnect("request in flight") and self._sock is not None:
-                    try:
-                        await self._sock.ws.send_str(inflight.text)
-                    except (aiohttp.ClientError, ConnectionError):
-                        pass  # read next, that socket ends too and comes back here
+                    await self._send(inflight, "reconnect")  # if it fails, that socket ends too and comes back here
                     return
 
     async def _reconnect(self, why: str) -> bool:
@@ -357,14 +378,15 @@ class Bridge:
         _log.info("upstream reconnected", account=self._account.alias, why=why)
         return True
 
-    async def _refuse(self, exc: APIError) -> None:
+    async def _refuse(self, exc: APIError, client_bytes: int) -> None:
         """A frame upstream would refuse too, answered here as upstream answers it: one `error` event. The
         session stays open; nothing went upstream."""
         try:
             await self._client.send_str(orjson.dumps({"type": "error", "status": exc.status, **exc.body()}).decode())
         except (aiohttp.ClientError, ConnectionError):
             pass  # the client is gone: the read loop ends on its own
-        outcome = Outcome(account=None, status=exc.status, error_code=exc.code)
+        outcome = Outcome(account=None, status=exc.status, error_code=exc.code, transport="ws",
+                          conversation=self._session, client_bytes=client_bytes)
         account_usage(self._store, self._request, outcome, time.monotonic())
 
     async def _fail(self, code: str, message: str) -> None:

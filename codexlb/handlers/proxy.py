@@ -16,10 +16,10 @@ from codexlb.account import Status
 from codexlb.bridge import http as bridge
 from codexlb.bridge.ownership import Ownership
 from codexlb.errors import APIError
-from codexlb.handlers.request_body import read_json
+from codexlb.handlers.request_body import read_json_sized
 from codexlb.keys import API_KEY
 from codexlb.pool.pool import Pool
-from codexlb.pool.sticky import conversation_keys
+from codexlb.pool.sticky import conversation_keys, conversation_of, turn_of
 from codexlb.request_checks import check_responses
 from codexlb.services import FEED, GATES, HTTP, POOL, REFRESHER, ROSTER, SETTINGS, STORE
 from codexlb.singleflight import SingleFlight
@@ -40,9 +40,21 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-async def _payload(request: web.Request, *, codex_client: bool) -> dict[str, Any]:
+async def _payload(request: web.Request, outcome: Outcome, *, codex_client: bool) -> dict[str, Any]:
     max_bytes = int(request.app[SETTINGS].max_body_mb * 1024 * 1024)
-    return await read_json(request, max_bytes, too_large_status=400 if codex_client else 413)
+    payload, outcome.client_bytes = await read_json_sized(request, max_bytes,
+                                                          too_large_status=400 if codex_client else 413)
+    return payload
+
+
+def _ledger(request: web.Request, outcome: Outcome, payload: dict[str, Any], keys: list[str]) -> None:
+    """What the ledger keeps of a plain HTTP request. Its client sent the whole input (unless it anchored on a
+    response itself, whose history this proxy does not know): resending the history would have cost nothing more."""
+    outcome.transport = "http"
+    outcome.conversation, outcome.turn_id = conversation_of(keys), turn_of(payload, request.headers)
+    outcome.client_items = len(payload["input"])
+    if payload.get("previous_response_id") is None:
+        outcome.unanchored_bytes = outcome.client_bytes
 
 
 def accounted(handler: Callable[[web.Request, Outcome], Awaitable[web.StreamResponse]]
@@ -72,24 +84,28 @@ def accounted(handler: Callable[[web.Request, Outcome], Awaitable[web.StreamResp
 @accounted
 async def codex_responses(request: web.Request, outcome: Outcome) -> web.StreamResponse:
     """POST /backend-api/codex/responses: the Codex CLI with a custom provider."""
-    payload = check_responses(await _payload(request, codex_client=True))
+    payload = check_responses(await _payload(request, outcome, codex_client=True))
     outcome.model = payload["model"]
     up, keys = request.app[UPSTREAM], conversation_keys(request.headers, payload)
+    _ledger(request, outcome, payload, keys)
     key = bridge.session_key(request, keys) if up.settings.http_bridge else None
     if key is not None:
+        outcome.transport = "bridge"
         bridged = await bridge.relay(request, up, request.app[bridge.SESSIONS], key, payload, keys, outcome)
         if bridged is not None:
             return bridged
+        outcome.transport = "http"
     return await relay.relay_sse(request, up, payload, keys, outcome, keepalive=relay.CODEX_KEEPALIVE)
 
 
 @accounted
 async def v1_responses(request: web.Request, outcome: Outcome) -> web.StreamResponse:
     """POST /v1/responses: the OpenAI SDK; `stream: false` gets one aggregated Response object."""
-    raw = await _payload(request, codex_client=False)
+    raw = await _payload(request, outcome, codex_client=False)
     streamed = raw.get("stream") is True
     payload = check_responses(raw)
     keys = conversation_keys(request.headers, payload)
+    _ledger(request, outcome, payload, keys)
     outcome.model = payload["model"]
     if streamed:
         return await relay.relay_sse(request, request.app[UPSTREAM], payload, keys, outcome,
@@ -104,12 +120,13 @@ async def v1_responses(request: web.Request, outcome: Outcome) -> web.StreamResp
 @accounted
 async def chat_completions(request: web.Request, outcome: Outcome) -> web.StreamResponse:
     """POST /v1/chat/completions, carried over the Responses API."""
-    raw = await _payload(request, codex_client=False)
+    raw = await _payload(request, outcome, codex_client=False)
     try:
         payload = chat.chat_to_responses(raw)
     except TranslationError as exc:
         raise APIError(400, str(exc), code="invalid_value", param=exc.param) from None
     keys = conversation_keys(request.headers, payload)
+    _ledger(request, outcome, payload, keys)
     outcome.model = payload["model"]
     if raw.get("stream") is True:
         translator = chat.ChatStream.for_request(raw)
@@ -144,10 +161,11 @@ def _chat_failure(_outcome: Outcome, code: str, message: str) -> bytes:
 async def compact(request: web.Request, outcome: Outcome) -> web.Response:
     """`/responses/compact`: today's backend compacts on `/responses` with a `compaction_trigger` item."""
     codex_client = request.path.startswith("/backend-api/")
-    raw = await _payload(request, codex_client=codex_client)
+    raw = await _payload(request, outcome, codex_client=codex_client)
     payload = check_responses(raw)
     payload["input"] = [*payload["input"], {"type": "compaction_trigger"}]
     keys = conversation_keys(request.headers, payload)
+    _ledger(request, outcome, payload, keys)
     outcome.model = payload["model"]
     events = await relay.collect(request.app[UPSTREAM], request, payload, keys, outcome)
     try:

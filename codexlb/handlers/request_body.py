@@ -51,8 +51,14 @@ async def read_json(request: web.Request, max_bytes: int, *, too_large_status: i
 
     `too_large_status` is 400 for the Codex CLI, which retries a 413 although the payload can never fit.
     """
+    return (await read_json_sized(request, max_bytes, too_large_status=too_large_status))[0]
+
+
+async def read_json_sized(request: web.Request, max_bytes: int, *, too_large_status: int
+                          ) -> tuple[dict[str, Any], int]:
+    """`read_json`, and the body's size in bytes."""
     body = await read_body(request, max_bytes, functools.partial(_too_large, max_bytes, too_large_status))
-    return parse_json(body)
+    return parse_json(body), len(body)
 
 
 def _too_large(max_bytes: int, status: int) -> APIError:

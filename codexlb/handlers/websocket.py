@@ -81,7 +81,7 @@ async def responses_ws(request: web.Request) -> web.StreamResponse:
         raise APIError(426, "This route speaks WebSocket (Upgrade: websocket) or POST.", code="upgrade_required",
                        type="invalid_request_error", headers={"Upgrade": "websocket"})
     up = request.app[UPSTREAM]
-    handshake, started = Outcome(), time.monotonic()
+    handshake, started = Outcome(transport="ws"), time.monotonic()
     try:
         async with up.gates.admitted(request.get(API_KEY)):
             keys = conversation_keys(request.headers, None)

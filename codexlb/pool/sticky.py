@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import orjson
+
 from codexlb.recent_map import RecentMap
 
 MAX_KEY_VALUE = 256  # characters of a client-supplied id kept in a key; longer values are truncated
@@ -53,6 +55,33 @@ def conversation_keys(headers: Mapping[str, str], body: Mapping[str, Any] | None
                     keys.append(f"{namespace}:{value[:MAX_KEY_VALUE]}")
                     break
     return keys
+
+
+def conversation_of(keys: list[str]) -> str | None:
+    """The conversation a request belongs to, for the ledger: its session id, else its prompt_cache_key (for the
+    Codex CLI both are the session's uuid)."""
+    for key in keys:
+        if key.startswith(("session:", "cache:")):
+            return key.partition(":")[2]
+    return None
+
+
+def turn_of(payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> str | None:
+    """The Codex turn a request serves: `client_metadata.turn_id`, else the `turn_id` of the
+    `x-codex-turn-metadata` JSON (the body's copy, else the header's); None for a prewarm (an empty id) or none."""
+    metadata = payload.get("client_metadata")
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    turn = metadata.get("turn_id")
+    if turn is None:
+        raw = metadata.get("x-codex-turn-metadata")
+        if raw is None and headers is not None:
+            raw = headers.get("x-codex-turn-metadata")
+        try:
+            parsed = orjson.loads(raw) if isinstance(raw, str) else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        turn = parsed.get("turn_id") if isinstance(parsed, dict) else None
+    return turn[:MAX_KEY_VALUE] if isinstance(turn, str) and turn else None
 
 
 class StickyTable:

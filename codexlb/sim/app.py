@@ -90,12 +90,13 @@ async def responses_http(request: web.Request) -> web.StreamResponse:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     try:
         account = await backend.authenticate(request.headers)
-        payload = validate.parse_json(await request.read())
+        raw = await request.read()
+        payload = validate.parse_json(raw)
         items = validate.check_payload(payload, backend.models, http=True)
         turn_state = request.headers.get("x-codex-turn-state") or backend.new_turn_state()
         turn = backend.begin(payload, items, account, transport="http", turn_state=turn_state,
                              metadata=turn_metadata(request.headers, payload), headers=request.headers,
-                             peer=f"{peer[0]}:{peer[1]}" if peer else "")
+                             peer=f"{peer[0]}:{peer[1]}" if peer else "", body_bytes=len(raw))
     except SimError as exc:
         limits = account.rate_limit_headers(time.time()) if account else {}
         return await _split_error(request, exc, limits) if exc.split_s else _error(exc, limits)
@@ -136,7 +137,8 @@ async def responses_ws(request: web.Request) -> web.StreamResponse:
                 validate.check_ws_frame(payload)
                 items = validate.check_payload(payload, backend.models, http=False)
                 turn = backend.begin(payload, items, account, transport="ws", turn_state=turn_state,
-                                     metadata=turn_metadata(request.headers, payload), headers=request.headers)
+                                     metadata=turn_metadata(request.headers, payload), headers=request.headers,
+                                     body_bytes=len(message.data))
             except SimError as exc:
                 await sink.send_error(exc)
                 continue

@@ -80,6 +80,8 @@ class Record:
     headers: dict[str, str] = field(default_factory=dict)
     # The client's address and port: requests that share it came over one connection.
     peer: str = ""
+    # The whole request as it arrived: the HTTP body's bytes, or the WebSocket frame's text length.
+    body_bytes: int = 0
 
 
 class Sink:
@@ -258,7 +260,7 @@ class Backend:
 
     def begin(self, payload: dict[str, Any], items: list[Any], account: SimAccount, *, transport: str,
               turn_state: str, metadata: Mapping[str, Any], headers: Mapping[str, str] | None = None,
-              peer: str = "") -> Turn:
+              peer: str = "", body_bytes: int = 0) -> Turn:
         previous = payload.get("previous_response_id")
         generate = payload.get("generate", True) is not False
         kind = "prewarm" if not generate else str(metadata.get("request_kind") or "turn")
@@ -268,6 +270,7 @@ class Backend:
             seq=self._seq, account_id=account.account_id, transport=transport, turn_state=turn_state, kind=kind,
             previous_response_id=previous, n_input=len(items), input_bytes=sum(sizes) + len(items) + 1,
             generate=generate, headers={k.lower(): v for k, v in (headers or {}).items()}, peer=peer,
+            body_bytes=body_bytes,
         )
         self.records.append(record)
         plan = self.faults.plan(RequestInfo(account.account_id, transport, previous is not None, kind,

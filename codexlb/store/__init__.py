@@ -72,12 +72,22 @@ class UsageRecord(NamedTuple):
     reasoning_tokens: int = 0
     duration_ms: float | None = None
     ttfb_ms: float | None = None
+    # The ledger (`store/ledger`).
+    conversation: str | None = None
+    turn_id: str | None = None
+    transport: str | None = None
+    client_bytes: int | None = None
+    client_items: int | None = None
+    upstream_bytes: int | None = None
+    upstream_items: int | None = None
+    recoveries: int | None = None
+    recovery_kinds: str | None = None
+    recovery_bytes: int | None = None
+    unanchored_bytes: int | None = None
 
 
-_INSERT_USAGE = (
-    "INSERT INTO usage (ts, account_id, api_key_id, route, model, status, error_code, input_tokens, "
-    "cached_tokens, output_tokens, reasoning_tokens, duration_ms, ttfb_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_INSERT_USAGE = (f"INSERT INTO usage ({', '.join(UsageRecord._fields)}) "
+                 f"VALUES ({', '.join('?' * len(UsageRecord._fields))})")
 
 
 def _key_from_text(text: str, source: str) -> bytes:

@@ -81,6 +81,23 @@ MIGRATIONS: tuple[str, ...] = (
                          seen {real} NOT NULL);
     CREATE TABLE admin_sessions (digest {blob} PRIMARY KEY, csrf TEXT NOT NULL, expires_at {real} NOT NULL);
     """,
+    # The ledger (`store/ledger`): per request, its conversation (session id or prompt_cache_key) and turn, the
+    # carrier, what the client sent against what went upstream, the recoveries and what they added, and what a
+    # client resending its whole history would have sent. NULL in the rows written before.
+    """
+    ALTER TABLE usage ADD COLUMN conversation TEXT;
+    ALTER TABLE usage ADD COLUMN turn_id TEXT;
+    ALTER TABLE usage ADD COLUMN transport TEXT;
+    ALTER TABLE usage ADD COLUMN client_bytes INTEGER;
+    ALTER TABLE usage ADD COLUMN client_items INTEGER;
+    ALTER TABLE usage ADD COLUMN upstream_bytes INTEGER;
+    ALTER TABLE usage ADD COLUMN upstream_items INTEGER;
+    ALTER TABLE usage ADD COLUMN recoveries INTEGER;
+    ALTER TABLE usage ADD COLUMN recovery_kinds TEXT;
+    ALTER TABLE usage ADD COLUMN recovery_bytes INTEGER;
+    ALTER TABLE usage ADD COLUMN unanchored_bytes INTEGER;
+    CREATE INDEX usage_conversation_ts ON usage (conversation, ts);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -40,6 +40,36 @@ class Outcome:
     first_event_at: float | None = None
     # Accounts already tried for this request (by the HTTP bridge), not to be tried again.
     tried: set[str] = field(default_factory=set)
+    # The ledger (`accounting`): which conversation and turn, over which carrier ("http", "bridge", "ws"),
+    # what the client sent, what went upstream (every send: retries and recoveries too), and the recoveries.
+    conversation: str | None = None
+    turn_id: str | None = None
+    transport: str | None = None
+    client_bytes: int = 0
+    client_items: int = 0
+    upstream_bytes: int = 0
+    upstream_items: int = 0
+    recovery_kinds: list[str] = field(default_factory=list)
+    recovery_bytes: int = 0
+    # What a client resending its whole history would have sent for this request; None when unknown.
+    unanchored_bytes: int | None = None
+    sent_on: str | None = None  # the account the last send went to
+
+    def sent(self, account_id: str, nbytes: int, nitems: int, recovery: str | None = None) -> None:
+        """One send upstream for this request. A send to another account than the last one is a move; a
+        `recovery` ("reconnect", "rebuild", "whole_send") names why a send on the same account was made again."""
+        if self.sent_on is not None and account_id != self.sent_on:
+            recovery = "move"
+        self.sent_on = account_id
+        self.upstream_bytes += nbytes
+        self.upstream_items += nitems
+        if recovery is not None:
+            self.recovery_kinds.append(recovery)
+            self.recovery_bytes += nbytes
+
+    def recovered(self, kind: str) -> None:
+        """A recovery that sent nothing of its own (a socket opened again between requests)."""
+        self.recovery_kinds.append(kind)
 
 
 @dataclass(slots=True)

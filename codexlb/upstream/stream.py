@@ -205,7 +205,9 @@ async def open_stream(up: Upstream, payload: dict[str, Any], client_headers: Map
     def body_for(account: Account) -> bytes:
         # A conversation that moved accounts still echoes reasoning the old one sealed: the new one refuses it.
         readable = up.owners.readable_by(payload["input"], account.id)
-        return body if readable is None else orjson.dumps({**payload, "input": readable})
+        sent = body if readable is None else orjson.dumps({**payload, "input": readable})
+        outcome.sent(account.id, len(sent), len(payload["input"] if readable is None else readable))
+        return sent
 
     async def attempt(account: Account, slot: Slot) -> Stream | Failure:
         result = await _attempt(up, account, slot, body_for(account), client_headers, outcome, deadline)
