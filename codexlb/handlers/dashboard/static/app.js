@@ -259,12 +259,16 @@ function drawConversation(requests) {
   const svg = $("conversation-chart");
   svg.replaceChildren();
   const left = 64, top = 12, width = 720 - left - 12, height = 260 - top - 28;
-  const max = Math.max(1, ...requests.map((r) => r.input_tokens || 0));
+  // Four grid steps of 1, 2 or 5 times a power of ten, the top one at or above the highest point.
+  const highest = Math.max(1, ...requests.map((r) => r.input_tokens || 0));
+  const magnitude = 10 ** Math.floor(Math.log10(highest / 4));
+  const tick = Math.max(1, [1, 2, 5, 10].map((m) => m * magnitude).find((t) => 4 * t >= highest));
+  const max = 4 * tick;
   const step = width / Math.max(1, requests.length);
   const x = (i) => left + step * (i + 0.5);
   const y = (v) => top + height - height * v / max;
   for (let t = 0; t <= 4; t++) {
-    const v = Math.round(max * t / 4);
+    const v = t * tick;
     svg.appendChild(svgEl("line", { x1: left, x2: left + width, y1: y(v), y2: y(v), class: "grid" }));
     svg.appendChild(svgEl("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end", class: "axis" }, count(v)));
   }
