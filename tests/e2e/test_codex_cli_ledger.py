@@ -7,6 +7,7 @@ turns, each request's tokens, what went upstream for it, and what each recovery 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -78,13 +79,13 @@ def _check(shown: dict[str, Any], seen: list[SimRequest], where: str, records: s
             assert row["recovery_kinds"] == "reconnect", (where, row)
 
 
-@pytest.mark.parametrize("transport", ["http", "ws"])
-async def test_a_session_with_faults_is_recorded_as_the_sim_saw_it(codex_bin, tmp_path, aiohttp_server, settings,
-                                                                   sim, http, transport):
-    proxy = await start_proxy(aiohttp_server, settings, sim)
+async def run_session(codex_bin, root: Path, proxy, http, transport: str) -> tuple[str, list[SimRequest], str]:
+    """The session, over `transport`, with a key named e2e: its conversation id, the sim's figures for each of its
+    requests, and the sim's records as text (for failures)."""
+    sim = proxy.sim
     secret, _key = await proxy.app[KEYS].create("e2e")
-    (tmp_path / "cli").mkdir()
-    codex = CodexHome(codex_bin, tmp_path / "cli", sim, websockets=transport == "ws", base_url=proxy.codex_base_url,
+    (root / "cli").mkdir()
+    codex = CodexHome(codex_bin, root / "cli", sim, websockets=transport == "ws", base_url=proxy.codex_base_url,
                       api_key=secret)
     async with AppServer(codex) as cli:
         for turn in range(TURNS):
@@ -106,8 +107,15 @@ async def test_a_session_with_faults_is_recorded_as_the_sim_saw_it(codex_bin, tm
     assert sum(s.reconnected for s in seen) == 1, shown
     assert sum(len(s.attempts) - 1 for s in seen) == 3, shown  # two lost anchors, one socket lost mid-request
     assert len([s for s in seen if s.answered["generate"]]) == 2 * TURNS, shown
-
     await proxy.app[STORE].flush_usage()
+    return conversation, seen, shown
+
+
+@pytest.mark.parametrize("transport", ["http", "ws"])
+async def test_a_session_with_faults_is_recorded_as_the_sim_saw_it(codex_bin, tmp_path, aiohttp_server, settings,
+                                                                   sim, http, transport):
+    proxy = await start_proxy(aiohttp_server, settings, sim)
+    conversation, seen, shown = await run_session(codex_bin, tmp_path, proxy, http, transport)
     async with http.get(f"{proxy.url}/api/conversations/{conversation}") as resp:
         assert resp.status == 200, await resp.text()
         api = await resp.json()
