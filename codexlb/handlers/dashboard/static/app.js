@@ -1,7 +1,7 @@
 // The codexlb dashboard: plain DOM, no framework, everything through the admin API.
 "use strict";
 
-const state = { csrf: "", tab: "accounts", before: null, filters: {}, conversation: null };
+const state = { csrf: "", tab: "accounts", before: null, filters: {}, conversation: null, editing: null };
 const $ = (id) => document.getElementById(id);
 
 async function api(method, path, body) {
@@ -190,13 +190,20 @@ async function loadKeys() {
     cell(tr, k.name); cell(tr, k.id); cell(tr, `${k.prefix}…`); cell(tr, k.status, `status status-${k.status}`);
     cell(tr, ago(k.last_used_at)); cell(tr, k.max_concurrency);
     for (const name of LIMITS) limitCell(tr, k, name).dataset.field = name;
-    cell(tr, k.models ? k.models.join(", ") : null).dataset.field = "models";
+    cell(tr, k.models ? k.models.join(", ") : null, "wrap").dataset.field = "models";
     const expires = cell(tr, k.expires_at ? new Date(k.expires_at * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "short" }) : null);
     expires.dataset.field = "expires_at";
     if (k.expires_at && k.expires_at * 1000 <= Date.now()) expires.classList.add("failed");
-    cell(tr, k.note).dataset.field = "note";
+    cell(tr, k.note, "wrap").dataset.field = "note";
     const td = cell(tr, "");
-    if (k.status === "active") actionButton(td, "Revoke", () => api("DELETE", `/api/keys/${encodeURIComponent(k.id)}`));
+    if (k.status === "active") {
+      actionButton(td, "Revoke", () => api("DELETE", `/api/keys/${encodeURIComponent(k.id)}`));
+      const edit = document.createElement("button");
+      edit.textContent = "Limits";
+      edit.className = "edit-limits";
+      edit.addEventListener("click", () => editLimits(k));
+      td.appendChild(edit);
+    }
     body.appendChild(tr);
   }
 }
@@ -300,6 +307,38 @@ function drawConversation(requests) {
   });
 }
 
+// The limits form holds one key's fields as the inputs show them; only what the operator changed is sent, so an
+// expiry already past does not refuse a change to another limit.
+function limitInputs(k) {
+  const local = (ts) => { const d = new Date(ts * 1000); d.setMinutes(d.getMinutes() - d.getTimezoneOffset());
+                          return d.toISOString().slice(0, 16); };
+  return { rpm: k.rpm ?? "", tokens_5h: k.tokens_5h ?? "", tokens_day: k.tokens_day ?? "",
+           tokens_week: k.tokens_week ?? "", models: (k.models || []).join(", "),
+           expires_at: k.expires_at ? local(k.expires_at) : "", note: k.note ?? "" };
+}
+
+function editLimits(k) {
+  const form = $("limits-form");
+  state.editing = { id: k.id, shown: limitInputs(k) };
+  $("limits-key").textContent = `Limits of ${k.name}`;
+  for (const [name, value] of Object.entries(state.editing.shown)) form.elements[name].value = String(value);
+  form.hidden = false;
+}
+
+function limitChanges(form) {
+  const changes = {};
+  for (const [name, before] of Object.entries(state.editing.shown)) {
+    const raw = form.elements[name].value.trim();
+    if (raw === String(before)) continue;
+    if (raw === "") changes[name] = null;
+    else if (name === "models") changes[name] = raw.split(",").map((g) => g.trim()).filter(Boolean);
+    else if (name === "expires_at") changes[name] = new Date(raw).toISOString();
+    else if (name === "note") changes[name] = raw;
+    else changes[name] = /^\d+$/.test(raw) ? Number(raw) : raw;  // not a number: the server says why
+  }
+  return changes;
+}
+
 let lastLive = null;
 
 async function loadLive() {
@@ -391,6 +430,16 @@ document.addEventListener("DOMContentLoaded", () => {
       await loadKeys();
     } catch (err) { showError(err); }
   });
+  $("limits-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const changes = limitChanges(ev.target);
+      if (Object.keys(changes).length) await api("PATCH", `/api/keys/${encodeURIComponent(state.editing.id)}`, changes);
+      ev.target.hidden = true;
+      await loadKeys();
+    } catch (err) { showError(err); }
+  });
+  $("limits-cancel").addEventListener("click", () => { $("limits-form").hidden = true; });
   $("import-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     try {
