@@ -6,10 +6,11 @@ import dataclasses
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from codexlb.services import KEYS, STORE
 from tests.keys.conftest import keyed_app
 from tests.proxy.conftest import start_proxy
 from tests.proxy.test_codex_route import post
-from tests.simclient import add_fault, body, user
+from tests.simclient import add_fault, body, user, ws_turn
 
 
 async def scrape(http, proxy) -> dict[tuple[str, tuple], float]:
@@ -61,3 +62,31 @@ async def test_a_metrics_token_lets_a_remote_prometheus_scrape_and_nothing_else(
     # Not ASCII: hmac.compare_digest refused to compare it (a 500).
     assert (await client.get("/metrics", headers={**remote, "Authorization": "Bearer \u00e9"})).status == 403
     assert (await client.get("/api/accounts", headers={**remote, "Authorization": "Bearer scrape-me"})).status == 403
+
+
+async def test_tokens_by_key_and_bytes_saved(aiohttp_server, settings, sim, http):
+    """Tokens as upstream reported them, by the key's name and kind; the bytes anchoring saved (a WebSocket
+    client's anchored turns: what resending its history would have cost)."""
+    proxy = await start_proxy(aiohttp_server, settings, sim)
+    await proxy.app[KEYS].create("laptop")
+    key = {"Authorization": f"Bearer {(await proxy.app[KEYS].create('ci'))[0]}"}
+    async with http.ws_connect(f"{proxy.codex_base_url}/responses", headers=key) as ws:
+        first = (await ws_turn(ws, body(user("one"))))[-1]
+        second = (await ws_turn(ws, body(user("two"), previous_response_id=first["response"]["id"])))[-1]
+    resp, _ = await post(http, proxy, body(user("three")), key)
+    assert resp.status == 200 and second["type"] == "response.completed"
+    await proxy.app[STORE].flush_usage()
+    after = await scrape(http, proxy)
+    usages = [r["usage"] for r in sim.backend.records_view()]
+    for kind, field in (("input", "input_tokens"), ("output", "output_tokens")):
+        assert total(after, "codexlb_key_tokens_total", key="ci", kind=kind) == sum(u[field] for u in usages) > 0
+    assert total(after, "codexlb_key_tokens_total", key="ci", kind="cached") == sum(
+        u["input_tokens_details"]["cached_tokens"] for u in usages)
+    assert total(after, "codexlb_key_tokens_total", key="laptop") == 0
+    async with http.get(f"{proxy.url}/api/conversations?key=ci") as resp:
+        assert (await resp.json())["conversations"] == []  # no session id, no prompt_cache_key
+    saved = total(after, "codexlb_bytes_saved_total", key="ci")
+    assert saved == total(after, "codexlb_bytes_saved_total") > 0
+    async with http.get(f"{proxy.url}/api/usage") as resp:
+        [ci] = [k for k in (await resp.json())["keys"] if k["api_key_name"] == "ci"]
+    assert ci["saved_bytes"] == saved and ci["requests"] == 3

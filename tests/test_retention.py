@@ -7,7 +7,7 @@ import dataclasses
 import time
 
 from codexlb.services import keep_request_log, retention_limits
-from codexlb.store import UsageRecord
+from codexlb.store import UsageRecord, ledger
 
 
 def row(ts: float) -> UsageRecord:
@@ -64,3 +64,17 @@ def test_zero_means_no_limit(settings):
 async def test_no_limits_prune_nothing(store):
     await fill(store, [1.0, 2.0, 3.0])
     assert await store.prune_usage(None, None) == 0 and len(await store.usage_rows()) == 3
+
+
+async def test_the_ledger_goes_with_the_request_log(store):
+    """A conversation's figures are its usage rows: pruned with them, nothing of it is left to read back."""
+    now = time.time()
+    for ts, conversation in ((now - 40 * 86400, "conv-old"), (now - 40 * 86400 + 1, "conv-both"),
+                             (now - 5, "conv-both")):
+        store.record_usage(row(ts)._replace(conversation=conversation, client_bytes=10, unanchored_bytes=50))
+    await store.flush_usage()
+    assert await store.prune_usage(now - 30 * 86400, None) == 2
+    assert await ledger.conversation(store.db, "conv-old") is None
+    summary, requests = await ledger.conversation(store.db, "conv-both")
+    assert (summary["requests"], summary["saved_bytes"], [r["ts"] for r in requests]) == (1, 40, [now - 5])
+    assert [c["conversation"] for c in await ledger.conversations(store.db, 0, now + 1)] == ["conv-both"]

@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from codexlb import __version__
-from codexlb.cli import accounts, admin, config_cmd, demo, keys, reload, serve, sim_cmd, upgrade, version
+from codexlb.cli import accounts, admin, config_cmd, demo, keys, reload, serve, sim_cmd, upgrade, usage, version
 from codexlb.cli.common import CliError, HelpFormatter, Parser
 
 _EPILOG = """\
@@ -20,6 +20,7 @@ examples:
   codexlb accounts import ~/.codex/auth.json
   codexlb accounts list
   codexlb keys create --name laptop     an API key for clients (printed once)
+  codexlb usage --since 7d              tokens, savings and recoveries per key and conversation
   codexlb admin set-password            the password for the dashboard and remote admin calls
   codexlb sim --port 2456               run the simulated ChatGPT backend
   codexlb config show                   print the effective settings and where each came from
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"codexlb {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
-    for module in (demo, serve, upgrade, reload, accounts, keys, admin, sim_cmd, config_cmd, version):
+    for module in (demo, serve, upgrade, reload, accounts, keys, usage, admin, sim_cmd, config_cmd, version):
         module.register(commands)
     return parser
 

@@ -30,7 +30,7 @@ _SUMMARY = (
     "ORDER BY l.ts DESC LIMIT 1) AS account_id, MIN(ts) AS first_seen, MAX(ts) AS last_seen, "
     f"COUNT(DISTINCT turn_id) AS turns, {_SUMS} FROM usage u WHERE {{where}} GROUP BY conversation) s "
     "LEFT JOIN api_keys k ON k.id = s.api_key_id LEFT JOIN accounts a ON a.id = s.account_id "
-    "ORDER BY s.last_seen DESC LIMIT ?"
+    "ORDER BY s.last_seen DESC, s.conversation LIMIT ?"
 )
 _SUMMARY_FIELDS = ("conversation", "api_key_id", "account_id", "first_seen", "last_seen", "turns",
                    *(name for name, _ in _TOTALS), "api_key_name", "account_alias")
@@ -99,3 +99,15 @@ async def totals(db: Engine, by: str, since: float, until: float) -> list[dict[s
         f"GROUP BY {column}) t LEFT JOIN {table} n ON n.id = t.who ORDER BY t.requests DESC, t.who", (since, until))
     return [{id_field: row[0], name_field: row[-1], **{n: _number(v) for n, v in zip(names, row[1:-1])}}
             for row in rows]
+
+
+async def usage(db: Engine, since: float, until: float) -> dict[str, Any]:
+    """`GET /api/usage`'s answer: totals per API key and per account over [since, until)."""
+    return {"since": since, "until": until, "keys": await totals(db, "key", since, until),
+            "accounts": await totals(db, "account", since, until)}
+
+
+async def key_ids(db: Engine, ref: str) -> list[str]:
+    """The ids of the API key with this id, else of those with this name (revoked keys included)."""
+    rows = await db.fetch("SELECT id, name FROM api_keys WHERE id = ? OR name = ?", (ref, ref))
+    return [i for i, _ in rows if i == ref] or [i for i, _ in rows]

@@ -83,19 +83,20 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # The ledger (`store/ledger`): per request, its conversation (session id or prompt_cache_key) and turn, the
     # carrier, what the client sent against what went upstream, the recoveries and what they added, and what a
-    # client resending its whole history would have sent. NULL in the rows written before.
+    # client resending its whole history would have sent (bytes as BIGINT: a long conversation's history passes
+    # PostgreSQL's INTEGER). NULL in the rows written before.
     """
     ALTER TABLE usage ADD COLUMN conversation TEXT;
     ALTER TABLE usage ADD COLUMN turn_id TEXT;
     ALTER TABLE usage ADD COLUMN transport TEXT;
-    ALTER TABLE usage ADD COLUMN client_bytes INTEGER;
+    ALTER TABLE usage ADD COLUMN client_bytes BIGINT;
     ALTER TABLE usage ADD COLUMN client_items INTEGER;
-    ALTER TABLE usage ADD COLUMN upstream_bytes INTEGER;
+    ALTER TABLE usage ADD COLUMN upstream_bytes BIGINT;
     ALTER TABLE usage ADD COLUMN upstream_items INTEGER;
     ALTER TABLE usage ADD COLUMN recoveries INTEGER;
     ALTER TABLE usage ADD COLUMN recovery_kinds TEXT;
-    ALTER TABLE usage ADD COLUMN recovery_bytes INTEGER;
-    ALTER TABLE usage ADD COLUMN unanchored_bytes INTEGER;
+    ALTER TABLE usage ADD COLUMN recovery_bytes BIGINT;
+    ALTER TABLE usage ADD COLUMN unanchored_bytes BIGINT;
     CREATE INDEX usage_conversation_ts ON usage (conversation, ts);
     """,
 )

@@ -38,6 +38,7 @@ async def client(aiohttp_client, settings):
         row(NOW - 20, "conv-b", api_key_id=bob.id, turn_id=None, unanchored_bytes=None),
         row(NOW - 10, None, api_key_id=bob.id),  # no conversation: in the totals only
         row(NOW - 3 * 86400, "conv-old", api_key_id=alice.id),  # out of the default range
+        row(NOW - 3 * 86400 + 1, "cache/with a slash", api_key_id=alice.id),
     ):
         store.record_usage(record)
     await store.flush_usage()
@@ -73,7 +74,8 @@ async def test_conversation_filters(client):
     body = await get(client, f"/api/conversations?since={NOW - 4 * 86400}&limit=2")
     assert [c["conversation"] for c in body["conversations"]] == ["conv-b", "conv-a"]
     body = await get(client, f"/api/conversations?since={NOW - 4 * 86400}&until={NOW - 35}")
-    assert [(c["conversation"], c["requests"]) for c in body["conversations"]] == [("conv-a", 2), ("conv-old", 1)]
+    assert [(c["conversation"], c["requests"]) for c in body["conversations"]] == [
+        ("conv-a", 2), ("cache/with a slash", 1), ("conv-old", 1)]
     error = await get(client, "/api/conversations?key=nobody", 404)
     assert error["error"]["code"] == "not_found"
     for query in ("since=yesterday", "limit=0", "limit=501", f"since={NOW}&until={NOW - 1}", "until=-5"):
@@ -94,6 +96,8 @@ async def test_one_conversation_oldest_first(client):
         "upstream_items", "recoveries", "recovery_kinds", "recovery_bytes", "unanchored_bytes", "saved_bytes"}
     error = await get(client, "/api/conversations/conv-nope", 404)
     assert error["error"]["code"] == "not_found"
+    body = await get(client, "/api/conversations/cache%2Fwith%20a%20slash")
+    assert body["conversation"]["conversation"] == "cache/with a slash" and len(body["requests"]) == 1
 
 
 async def test_usage_totals_per_key_and_account(client):
@@ -110,7 +114,7 @@ async def test_usage_totals_per_key_and_account(client):
                                        "output_tokens", "reasoning_tokens", "saved_bytes", "recoveries",
                                        "recovery_bytes"}
     older = await get(client, f"/api/usage?since={NOW - 4 * 86400}&until={NOW - 86400}")
-    assert [(k["api_key_name"], k["requests"]) for k in older["keys"]] == [("alice", 1)]
+    assert [(k["api_key_name"], k["requests"]) for k in older["keys"]] == [("alice", 2)]
 
 
 @pytest.mark.parametrize("path", ["/api/conversations", "/api/conversations/conv-a", "/api/usage"])

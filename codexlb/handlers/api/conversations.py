@@ -12,7 +12,7 @@ from aiohttp import web
 from codexlb.errors import APIError
 from codexlb.handlers.api.admin import json_response, require_admin
 from codexlb.handlers.api.requests import MAX_PAGE
-from codexlb.services import KEYS, STORE
+from codexlb.services import STORE
 from codexlb.store import ledger
 
 DEFAULT_SPAN_S = 24 * 3600.0
@@ -40,9 +40,7 @@ def _range(request: web.Request) -> tuple[float, float]:
 
 
 async def _key_ids(request: web.Request, ref: str) -> list[str]:
-    """The ids of the key named or numbered `ref` (a name a revoked key had may have been given again)."""
-    records = await request.app[KEYS].list()
-    ids = [r.id for r in records if r.id == ref] or [r.id for r in records if r.name == ref]
+    ids = await ledger.key_ids(request.app[STORE].db, ref)
     if not ids:
         raise APIError(404, f"No API key has the id or name {ref!r}.", code="not_found", param="key")
     return ids
@@ -74,12 +72,10 @@ async def usage(request: web.Request) -> web.Response:
     """?since=&until= (epoch seconds; the last 24 h by default)."""
     require_admin(request)
     since, until = _range(request)
-    db = request.app[STORE].db
-    return json_response({"since": since, "until": until, "keys": await ledger.totals(db, "key", since, until),
-                          "accounts": await ledger.totals(db, "account", since, until)})
+    return json_response(await ledger.usage(request.app[STORE].db, since, until))
 
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/api/conversations", list_conversations)
-    app.router.add_get("/api/conversations/{conversation}", show_conversation)
+    app.router.add_get("/api/conversations/{conversation:.+}", show_conversation)  # a cache key may hold a /
     app.router.add_get("/api/usage", usage)
