@@ -24,6 +24,7 @@ LIMITS = ("rpm", "tokens_5h", "tokens_day", "tokens_week", "models", "expires_at
 async def test_a_conversation_and_its_chart(page, http, sim, tmp_path):  # noqa: F811
     browser, proxy = page
     secret, _ = await proxy.app[KEYS].create("chart")
+    await proxy.app[KEYS].create("spare")
     talk = Conversation(http, proxy, {"session_id": SESSION, "Authorization": f"Bearer {secret}"})
     for turn in range(TURNS):
         if turn == DROP_BEFORE:
@@ -42,6 +43,16 @@ async def test_a_conversation_and_its_chart(page, http, sim, tmp_path):  # noqa:
 
     def look(d):
         shown = read_conversation(browser, SESSION, TURNS, shots)
+        # Filtered by key: another key has no conversations; an unknown one is named in the error.
+        other, rows = "#conversation-filters input[name='key']", "#conversation-rows tr"
+        for name, expect in (("spare", 0), ("chart", 1)):
+            d.find_element(By.CSS_SELECTOR, other).clear()
+            d.find_element(By.CSS_SELECTOR, other).send_keys(name)
+            d.find_element(By.CSS_SELECTOR, "#conversation-filters button").click()
+            browser.wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == expect)
+        d.find_element(By.CSS_SELECTOR, other).send_keys("-nobody")
+        d.find_element(By.CSS_SELECTOR, "#conversation-filters button").click()
+        shown["unknown_key"] = browser.wait(lambda d: d.find_element(By.ID, "error").text)
         # The keys tab: a key with no limits set shows none (a dash), before and after limits exist.
         d.find_element(By.CSS_SELECTOR, "#tabs button[data-tab='keys']").click()
         key_row = "#key-rows tr[data-name='chart'] td[data-field]"
@@ -64,3 +75,4 @@ async def test_a_conversation_and_its_chart(page, http, sim, tmp_path):  # noqa:
     assert len(shown["requests"]) == TURNS and "whole_send" in shown["requests"][cliff], shown
     assert all(shot.stat().st_size > 0 for shot in shots)
     assert fields == dict.fromkeys(LIMITS, "—")
+    assert "chart-nobody" in shown["unknown_key"], shown["unknown_key"]

@@ -209,7 +209,10 @@ async function loadKeys() {
 }
 
 async function loadConversations() {
-  const { conversations } = await api("GET", "/api/conversations?limit=100");
+  const filters = $("conversation-filters").elements;
+  const q = new URLSearchParams({ limit: "100", since: String(Math.floor(Date.now() / 1000) - Number(filters.span.value)) });
+  if (filters.key.value.trim()) q.set("key", filters.key.value.trim());
+  const { conversations } = await api("GET", `/api/conversations?${q}`);
   const body = $("conversation-rows");
   body.replaceChildren();
   for (const c of conversations) {
@@ -429,6 +432,12 @@ document.addEventListener("DOMContentLoaded", () => {
       $("key-name").value = ""; $("key-limit").value = "";
       await loadKeys();
     } catch (err) { showError(err); }
+  });
+  $("conversation-filters").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    state.conversation = null;
+    $("conversation-detail").hidden = true;
+    loadConversations().catch(showError);
   });
   $("limits-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
