@@ -1,7 +1,7 @@
 // The codexlb dashboard: plain DOM, no framework, everything through the admin API.
 "use strict";
 
-const state = { csrf: "", tab: "accounts", before: null, filters: {} };
+const state = { csrf: "", tab: "accounts", before: null, filters: {}, conversation: null, editing: null };
 const $ = (id) => document.getElementById(id);
 
 async function api(method, path, body) {
@@ -38,17 +38,28 @@ function inTime(ts) {
   return h ? `${h} h ${m} min` : `${m} min`;
 }
 
-function windowCell(row, w) {
+function barCell(row, percent, text) {
   const td = cell(row, "");
-  if (!w) { td.textContent = "—"; return; }
-  const pct = Math.max(0, Math.min(100, w.used_percent));
+  const pct = Math.max(0, Math.min(100, percent));
   const bar = document.createElement("span");
   bar.className = "bar" + (pct >= 100 ? " full" : pct >= 80 ? " high" : "");
   const fill = document.createElement("span");
   fill.style.width = `${pct}%`;
   bar.appendChild(fill);
-  td.appendChild(bar);
-  td.appendChild(document.createTextNode(` ${pct.toFixed(0)}% · resets in ${inTime(w.reset_at)}`));
+  td.append(bar, ` ${text}`);
+  return td;
+}
+
+function windowCell(row, w) {
+  if (!w) { cell(row, null); return; }
+  barCell(row, w.used_percent, `${Math.max(0, Math.min(100, w.used_percent)).toFixed(0)}% · resets in ${inTime(w.reset_at)}`);
+}
+
+function count(n) { return Number(n).toLocaleString("en-US"); }
+
+function size(n) {
+  if (n === null || n === undefined) return null;
+  return n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KB` : `${(n / 1048576).toFixed(1)} MB`;
 }
 
 function actionButton(td, label, fn) {
@@ -152,6 +163,23 @@ async function loadUsage() {
   });
 }
 
+// A key's limits (the lead's key view): each shown with its use in the current window when the API gives it.
+const LIMITS = ["rpm", "tokens_5h", "tokens_day", "tokens_week"];
+
+function limitCell(row, key, name) {
+  const limit = key[name], use = key.use && key.use[name];
+  if (limit === null || limit === undefined) return cell(row, null);
+  if (!use) return cell(row, short(limit));
+  const td = barCell(row, limit ? 100 * use.used / limit : 100, `${short(use.used)} / ${short(limit)}`);
+  td.title = `${count(use.used)} of ${count(limit)}` + (use.resets_at ? `, resets in ${inTime(use.resets_at)}` : "");
+  return td;
+}
+
+function short(n) {
+  return n < 10000 ? String(n) : n < 1e6 ? `${+(n / 1e3).toFixed(1)}K` : n < 1e9 ? `${+(n / 1e6).toFixed(1)}M`
+    : `${+(n / 1e9).toFixed(1)}G`;
+}
+
 async function loadKeys() {
   const { keys } = await api("GET", "/api/keys");
   const body = $("key-rows");
@@ -161,10 +189,157 @@ async function loadKeys() {
     tr.dataset.name = k.name;
     cell(tr, k.name); cell(tr, k.id); cell(tr, `${k.prefix}…`); cell(tr, k.status, `status status-${k.status}`);
     cell(tr, ago(k.last_used_at)); cell(tr, k.max_concurrency);
+    for (const name of LIMITS) limitCell(tr, k, name).dataset.field = name;
+    cell(tr, k.models ? k.models.join(", ") : null, "wrap").dataset.field = "models";
+    const expires = cell(tr, k.expires_at ? new Date(k.expires_at * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "short" }) : null);
+    expires.dataset.field = "expires_at";
+    if (k.expires_at && k.expires_at * 1000 <= Date.now()) expires.classList.add("failed");
+    cell(tr, k.note, "wrap").dataset.field = "note";
     const td = cell(tr, "");
-    if (k.status === "active") actionButton(td, "Revoke", () => api("DELETE", `/api/keys/${encodeURIComponent(k.id)}`));
+    if (k.status === "active") {
+      actionButton(td, "Revoke", () => api("DELETE", `/api/keys/${encodeURIComponent(k.id)}`));
+      const edit = document.createElement("button");
+      edit.textContent = "Limits";
+      edit.className = "edit-limits";
+      edit.addEventListener("click", () => editLimits(k));
+      td.appendChild(edit);
+    }
     body.appendChild(tr);
   }
+}
+
+async function loadConversations() {
+  const filters = $("conversation-filters").elements;
+  const q = new URLSearchParams({ limit: "100", since: String(Math.floor(Date.now() / 1000) - Number(filters.span.value)) });
+  if (filters.key.value.trim()) q.set("key", filters.key.value.trim());
+  const { conversations } = await api("GET", `/api/conversations?${q}`);
+  const body = $("conversation-rows");
+  body.replaceChildren();
+  for (const c of conversations) {
+    const tr = document.createElement("tr");
+    tr.dataset.conversation = c.conversation;
+    tr.className = "pick" + (c.conversation === state.conversation ? " selected" : "");
+    cell(tr, c.conversation, "mono"); cell(tr, c.api_key_name || c.api_key_id); cell(tr, c.account_alias || c.account_id);
+    cell(tr, c.turns); cell(tr, c.requests);
+    cell(tr, `${count(c.input_tokens)} / ${count(c.cached_tokens)} / ${count(c.output_tokens)}`);
+    cell(tr, `${size(c.client_bytes)} / ${size(c.upstream_bytes)}`);
+    cell(tr, saved(c));
+    cell(tr, c.recoveries ? `${c.recoveries} (+${size(c.recovery_bytes)})` : 0, c.recoveries ? "recovered" : "");
+    cell(tr, ago(c.last_seen));
+    tr.addEventListener("click", () => loadConversation(c.conversation).catch(showError));
+    body.appendChild(tr);
+  }
+  if (state.conversation) await loadConversation(state.conversation);
+}
+
+function saved(x) {
+  const pct = x.unanchored_bytes ? ` (${(100 * x.saved_bytes / x.unanchored_bytes).toFixed(0)}%)` : "";
+  return `${size(x.saved_bytes)}${pct}`;
+}
+
+async function loadConversation(id) {
+  const { conversation, requests } = await api("GET", `/api/conversations/${encodeURIComponent(id)}`);
+  state.conversation = id;
+  document.querySelectorAll("#conversation-rows tr").forEach((tr) => {
+    tr.classList.toggle("selected", tr.dataset.conversation === id);
+  });
+  $("conversation-title").textContent = `${id}: ${conversation.turns} turns, ${requests.length} requests, ` +
+    `${size(conversation.saved_bytes)} saved, ${conversation.recoveries} recoveries`;
+  drawConversation(requests);
+  const body = $("conversation-requests");
+  body.replaceChildren();
+  requests.forEach((r, i) => {
+    const tr = document.createElement("tr");
+    tr.dataset.request = r.id;
+    if (r.status >= 400) tr.className = "failed";
+    cell(tr, i + 1); cell(tr, new Date(r.ts * 1000).toLocaleTimeString()); cell(tr, r.transport);
+    cell(tr, r.error_code ? `${r.status} ${r.error_code}` : r.status);
+    cell(tr, `${count(r.input_tokens)} / ${count(r.cached_tokens)} / ${count(r.output_tokens)}`);
+    cell(tr, size(r.client_bytes)); cell(tr, size(r.upstream_bytes)); cell(tr, saved(r));
+    cell(tr, r.recoveries ? `${r.recovery_kinds} (+${size(r.recovery_bytes)})` : 0, r.recoveries ? "recovered" : "");
+    body.appendChild(tr);
+  });
+  $("conversation-detail").hidden = false;
+}
+
+// The seed's picture: input tokens per request, and under them the part the model had not cached. While the
+// anchor holds that part stays flat (only the turn's new items); where an anchor was lost it jumps (a cliff):
+// the whole history went up again. Requests that needed a recovery are marked.
+function drawConversation(requests) {
+  const svg = $("conversation-chart");
+  svg.replaceChildren();
+  const left = 64, top = 12, width = 720 - left - 12, height = 260 - top - 28;
+  // Four grid steps of 1, 2 or 5 times a power of ten, the top one at or above the highest point.
+  const highest = Math.max(1, ...requests.map((r) => r.input_tokens || 0));
+  const magnitude = 10 ** Math.floor(Math.log10(highest / 4));
+  const tick = Math.max(1, [1, 2, 5, 10].map((m) => m * magnitude).find((t) => 4 * t >= highest));
+  const max = 4 * tick;
+  const step = width / Math.max(1, requests.length);
+  const x = (i) => left + step * (i + 0.5);
+  const y = (v) => top + height - height * v / max;
+  for (let t = 0; t <= 4; t++) {
+    const v = t * tick;
+    svg.appendChild(svgEl("line", { x1: left, x2: left + width, y1: y(v), y2: y(v), class: "grid" }));
+    svg.appendChild(svgEl("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end", class: "axis" }, count(v)));
+  }
+  const label = Math.max(1, Math.ceil(requests.length / 15));
+  requests.forEach((r, i) => {
+    if (i % label === 0) svg.appendChild(svgEl("text", { x: x(i), y: 254, "text-anchor": "middle", class: "axis" }, i + 1));
+    if (r.recoveries) {
+      const mark = svgEl("g", { class: "recovery", "data-index": i });
+      mark.appendChild(svgEl("line", { x1: x(i), x2: x(i), y1: top, y2: top + height }));
+      mark.appendChild(svgEl("path", { d: `M${x(i) - 5},${top} L${x(i) + 5},${top} L${x(i)},${top + 8} Z` }));
+      mark.appendChild(svgEl("title", {}, `request ${i + 1}: ${r.recovery_kinds} (+${size(r.recovery_bytes)})`));
+      svg.appendChild(mark);
+    }
+    const fresh = Math.max(0, (r.input_tokens || 0) - (r.cached_tokens || 0));
+    const bar = svgEl("rect", { x: x(i) - Math.max(1, step * 0.3), width: Math.max(2, step * 0.6), y: y(fresh),
+                                height: top + height - y(fresh), class: "uncached", "data-index": i });
+    bar.appendChild(svgEl("title", {}, `request ${i + 1}: ${count(fresh)} input tokens not cached`));
+    svg.appendChild(bar);
+  });
+  svg.appendChild(svgEl("polyline", { class: "input-line",
+                                      points: requests.map((r, i) => `${x(i)},${y(r.input_tokens || 0)}`).join(" ") }));
+  requests.forEach((r, i) => {
+    const dot = svgEl("circle", { cx: x(i), cy: y(r.input_tokens || 0), r: 4,
+                                  class: "point" + (r.recoveries ? " recovered" : "") + (r.status >= 400 ? " failed" : ""),
+                                  "data-index": i, "data-request": r.id, "data-input-tokens": r.input_tokens });
+    dot.appendChild(svgEl("title", {}, `request ${i + 1} (${r.transport}): ${count(r.input_tokens)} input tokens, ` +
+                                       `${count(r.cached_tokens)} cached, ${count(r.output_tokens)} out`));
+    svg.appendChild(dot);
+  });
+}
+
+// The limits form holds one key's fields as the inputs show them; only what the operator changed is sent, so an
+// expiry already past does not refuse a change to another limit.
+function limitInputs(k) {
+  const local = (ts) => { const d = new Date(ts * 1000); d.setMinutes(d.getMinutes() - d.getTimezoneOffset());
+                          return d.toISOString().slice(0, 16); };
+  return { rpm: k.rpm ?? "", tokens_5h: k.tokens_5h ?? "", tokens_day: k.tokens_day ?? "",
+           tokens_week: k.tokens_week ?? "", models: (k.models || []).join(", "),
+           expires_at: k.expires_at ? local(k.expires_at) : "", note: k.note ?? "" };
+}
+
+function editLimits(k) {
+  const form = $("limits-form");
+  state.editing = { id: k.id, shown: limitInputs(k) };
+  $("limits-key").textContent = `Limits of ${k.name}`;
+  for (const [name, value] of Object.entries(state.editing.shown)) form.elements[name].value = String(value);
+  form.hidden = false;
+}
+
+function limitChanges(form) {
+  const changes = {};
+  for (const [name, before] of Object.entries(state.editing.shown)) {
+    const raw = form.elements[name].value.trim();
+    if (raw === String(before)) continue;
+    if (raw === "") changes[name] = null;
+    else if (name === "models") changes[name] = raw.split(",").map((g) => g.trim()).filter(Boolean);
+    else if (name === "expires_at") changes[name] = new Date(raw).toISOString();
+    else if (name === "note") changes[name] = raw;
+    else changes[name] = /^\d+$/.test(raw) ? Number(raw) : raw;  // not a number: the server says why
+  }
+  return changes;
 }
 
 let lastLive = null;
@@ -192,7 +367,8 @@ async function deviceSignIn() {
   }
 }
 
-const loaders = { accounts: loadAccounts, requests: () => loadRequests(false), usage: loadUsage, keys: loadKeys };
+const loaders = { accounts: loadAccounts, requests: () => loadRequests(false), usage: loadUsage,
+                  conversations: loadConversations, keys: loadKeys };
 
 async function refresh() {
   showError(null);
@@ -257,6 +433,22 @@ document.addEventListener("DOMContentLoaded", () => {
       await loadKeys();
     } catch (err) { showError(err); }
   });
+  $("conversation-filters").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    state.conversation = null;
+    $("conversation-detail").hidden = true;
+    loadConversations().catch(showError);
+  });
+  $("limits-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const changes = limitChanges(ev.target);
+      if (Object.keys(changes).length) await api("PATCH", `/api/keys/${encodeURIComponent(state.editing.id)}`, changes);
+      ev.target.hidden = true;
+      await loadKeys();
+    } catch (err) { showError(err); }
+  });
+  $("limits-cancel").addEventListener("click", () => { $("limits-form").hidden = true; });
   $("import-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     try {
