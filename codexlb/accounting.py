@@ -13,6 +13,7 @@ from codexlb.key_limits.enforce import LIMITS_KEY
 from codexlb.keys import API_KEY
 from codexlb.metrics import METRICS
 from codexlb.store import Store, UsageRecord
+from codexlb.store.ledger import saved
 from codexlb.upstream.state import Outcome
 
 
@@ -33,7 +34,7 @@ def account_usage(store: Store, request: web.Request, outcome: Outcome, started:
     metrics.observe_request(request.path, outcome.status, outcome.account.alias if outcome.account else None,
                             ttfb_s, duration_s)
     metrics.observe_ledger(key.name if key is not None else None, input_tokens, cached_tokens, output_tokens,
-                           reasoning_tokens, 0 if unanchored is None else max(0, unanchored - outcome.client_bytes))
+                           reasoning_tokens, saved(unanchored, outcome.upstream_bytes))
     kinds = outcome.recovery_kinds
     store.record_usage(UsageRecord(
         ts=time.time(), account_id=outcome.account.id if outcome.account else None,

@@ -27,8 +27,8 @@ class Metrics:
                                   buckets=_BUCKETS, registry=self.registry)
         self.key_tokens = Counter("codexlb_key_tokens", "Tokens upstream reported, by API key (its name) and kind "
                                   "(input, cached, output, reasoning).", ("key", "kind"), registry=self.registry)
-        self.bytes_saved = Counter("codexlb_bytes_saved", "Bytes clients did not send thanks to anchoring: what "
-                                   "resending the whole history would have sent, less what was sent, by API key.",
+        self.bytes_saved = Counter("codexlb_bytes_saved", "Bytes anchoring kept from upstream: what resending "
+                                   "the whole history would have sent, less what went upstream, by API key.",
                                    ("key",), registry=self.registry)
         # The labelled children, looked up once: `labels()` takes a lock and builds keys on every call.
         self._counted: dict[tuple[str, int, str | None], Any] = {}

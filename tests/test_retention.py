@@ -71,7 +71,8 @@ async def test_the_ledger_goes_with_the_request_log(store):
     now = time.time()
     for ts, conversation in ((now - 40 * 86400, "conv-old"), (now - 40 * 86400 + 1, "conv-both"),
                              (now - 5, "conv-both")):
-        store.record_usage(row(ts)._replace(conversation=conversation, client_bytes=10, unanchored_bytes=50))
+        store.record_usage(row(ts)._replace(conversation=conversation, client_bytes=10, upstream_bytes=10,
+                                         unanchored_bytes=50))
     await store.flush_usage()
     assert await store.prune_usage(now - 30 * 86400, None) == 2
     assert await ledger.conversation(store.db, "conv-old") is None

@@ -61,7 +61,7 @@ def test_the_table_per_key_and_conversation(capsys, data_dir):
     assert rc == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["KEY", "REQUESTS", "INPUT", "CACHED", "OUTPUT", "REASONING", "SAVED", "RECOV"]
-    assert lines[1].split() == ["laptop", "2", "2000", "1800", "40", "16", "9.8K", "1", "(+3.9K)"]
+    assert lines[1].split() == ["laptop", "2", "2000", "1800", "40", "16", "5.9K", "1", "(+3.9K)"]
     [conv] = [line for line in lines if line.startswith("conv-")]
     assert conv.split()[:5] == ["conv-cli", "laptop", "acct-a", "2", "2"] and "conv-old" not in out
     rc, out, _ = run(capsys, "usage", "--since", "7d", "--data-dir", data_dir)
@@ -73,7 +73,7 @@ def test_json_and_filters(capsys, data_dir):
     assert rc == 0, err
     view = json.loads(out)
     assert view["until"] - view["since"] == pytest.approx(86400, abs=5)
-    assert [(k["api_key_name"], k["requests"], k["saved_bytes"]) for k in view["keys"]] == [("laptop", 2, 10000)]
+    assert [(k["api_key_name"], k["requests"], k["saved_bytes"]) for k in view["keys"]] == [("laptop", 2, 6000)]
     [conv] = view["conversations"]
     assert (conv["conversation"], conv["turns"], conv["recovery_bytes"]) == ("conv-cli", 2, 4000)
     rc, out, err = run(capsys, "usage", "--json", "--since", "2020-01-01", "--until", "2020-01-02",
@@ -89,14 +89,14 @@ def test_one_conversation_request_by_request(capsys, data_dir):
     rc, out, err = run(capsys, "usage", "--conversation", "conv-cli", "--data-dir", data_dir)
     assert rc == 0, err
     head, _, rest = out.partition("\n\n")
-    assert head.startswith("conversation conv-cli: 2 turns, 2 requests, key laptop, account acct-a, saved 9.8K")
+    assert head.startswith("conversation conv-cli: 2 turns, 2 requests, key laptop, account acct-a, saved 5.9K")
     lines = rest.splitlines()
     assert lines[0].split()[:3] == ["TIME", "TURN", "VIA"]
     assert lines[2].split()[2:5] == ["turn-2", "ws", "200"] and lines[2].endswith("rebuild (+3.9K)")
     rc, out, _ = run(capsys, "usage", "--conversation", "conv-cli", "--json", "--data-dir", data_dir)
     view = json.loads(out)
     assert [r["recovery_kinds"] for r in view["requests"]] == [None, "rebuild"]
-    assert [r["saved_bytes"] for r in view["requests"]] == [5000, 5000]
+    assert [r["saved_bytes"] for r in view["requests"]] == [5000, 1000]  # the recovery sent 4000 more upstream
     rc, _, err = run(capsys, "usage", "--conversation", "conv-nope", "--data-dir", data_dir)
     assert rc == 1 and "no request of conversation 'conv-nope'" in err
 

@@ -3,7 +3,9 @@ from the usage rows (written by `codexlb.accounting`, pruned with the request lo
 SQL for both engines.
 
 A request's saved bytes are what a client resending its whole history would have sent (`unanchored_bytes`) less
-what it sent (`client_bytes`), never below 0; rows without the figures (written before the ledger) save nothing.
+what went upstream for it (`upstream_bytes`, recoveries included), never below 0: on a client WebSocket, the history
+its anchor stood for; over the HTTP bridge, the history the client sent and the bridge did not; on the plain HTTP
+way, nothing. A request that sent nothing upstream (refused) and rows written before the ledger save nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any, Sequence
 
 from codexlb.store.engine import Engine
 
-_SAVED = ("CASE WHEN unanchored_bytes > client_bytes THEN unanchored_bytes - client_bytes ELSE 0 END")
+_SAVED = ("CASE WHEN upstream_bytes > 0 AND unanchored_bytes > upstream_bytes THEN unanchored_bytes - upstream_bytes "
+          "ELSE 0 END")
 # The figures summed per group, as (name in the answer, SQL).
 _TOTALS = (
     ("requests", "COUNT(*)"),
@@ -80,13 +83,15 @@ async def conversation(db: Engine, conversation: str) -> tuple[dict[str, Any], l
     requests = []
     for row in await db.fetch(_REQUESTS, (conversation, MAX_REQUESTS)):
         request = dict(zip(REQUEST_FIELDS, row))
-        request["saved_bytes"] = saved(request["unanchored_bytes"], request["client_bytes"])
+        request["saved_bytes"] = saved(request["unanchored_bytes"], request["upstream_bytes"])
         requests.append(request)
     return _summary(rows[0]), requests
 
 
-def saved(unanchored_bytes: int | None, client_bytes: int | None) -> int:
-    return max(0, (unanchored_bytes or 0) - (client_bytes or 0)) if unanchored_bytes is not None else 0
+def saved(unanchored_bytes: int | None, upstream_bytes: int | None) -> int:
+    if unanchored_bytes is None or not upstream_bytes:
+        return 0
+    return max(0, unanchored_bytes - upstream_bytes)
 
 
 async def totals(db: Engine, by: str, since: float, until: float) -> list[dict[str, Any]]:

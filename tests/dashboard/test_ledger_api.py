@@ -61,7 +61,7 @@ async def test_conversations_newest_first_with_their_sums(client):
         "account_id": "acct-b", "account_alias": None,  # the latest request's account (not in the roster)
         "first_seen": pytest.approx(NOW - 50), "last_seen": pytest.approx(NOW - 30), "turns": 2, "requests": 3,
         "input_tokens": 300, "cached_tokens": 180, "output_tokens": 30, "reasoning_tokens": 12,
-        "client_bytes": 600, "upstream_bytes": 1500, "unanchored_bytes": 2550, "saved_bytes": 2000,
+        "client_bytes": 600, "upstream_bytes": 1500, "unanchored_bytes": 2550, "saved_bytes": 1100,
         "recoveries": 2, "recovery_bytes": 900}
     b = body["conversations"][0]
     assert (b["turns"], b["saved_bytes"], b["unanchored_bytes"]) == (0, 0, 0)  # unknown history saves nothing
@@ -88,7 +88,7 @@ async def test_one_conversation_oldest_first(client):
     assert body["conversation"]["requests"] == 3
     requests = body["requests"]
     assert [r["ts"] for r in requests] == sorted(r["ts"] for r in requests)
-    assert [r["saved_bytes"] for r in requests] == [1000, 0, 1000]
+    assert [r["saved_bytes"] for r in requests] == [1000, 0, 100]  # the recovery sent more upstream: it saved less
     assert requests[2]["recovery_kinds"] == "reconnect,rebuild" and requests[2]["account_id"] == "acct-b"
     assert set(requests[0]) == {
         "id", "ts", "turn_id", "transport", "status", "error_code", "model", "account_id", "input_tokens",
@@ -106,7 +106,7 @@ async def test_usage_totals_per_key_and_account(client):
     keys = {k["api_key_name"]: k for k in body["keys"]}
     assert keys["alice"] == {"api_key_id": client.keys["alice"], "api_key_name": "alice", "requests": 3,
                              "input_tokens": 300, "cached_tokens": 180, "output_tokens": 30, "reasoning_tokens": 12,
-                             "saved_bytes": 2000, "recoveries": 2, "recovery_bytes": 900}
+                             "saved_bytes": 1100, "recoveries": 2, "recovery_bytes": 900}
     assert (keys["bob"]["requests"], keys["bob"]["saved_bytes"]) == (2, 1000)
     accounts = {a["account_id"]: a for a in body["accounts"]}
     assert (accounts["acct-a"]["requests"], accounts["acct-b"]["requests"]) == (4, 1)

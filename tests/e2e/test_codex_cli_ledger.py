@@ -66,7 +66,10 @@ def _check(shown: dict[str, Any], seen: list[SimRequest], where: str, records: s
     for name in SUMMED:
         assert summary[name] == sum(row[name] or 0 for row in rows), f"{where}: {name}"
     for row, s in zip(rows, seen):
-        assert row["saved_bytes"] == max(0, row["unanchored_bytes"] - row["client_bytes"]), (where, row)
+        # Saved: a whole resend, less what went upstream (the sim's bytes, recoveries included).
+        assert row["saved_bytes"] == max(0, row["unanchored_bytes"] - s.upstream_bytes), (where, row)
+        if s.lost_anchor:
+            assert row["saved_bytes"] == 0, (where, row)  # the history went up again
         if row["transport"] == "ws":  # the client's frames went up as they came, until a recovery
             assert row["client_bytes"] == s.attempts[0]["body_bytes"], (where, row)
         if s.lost_anchor:
