@@ -23,8 +23,13 @@ KEY = re.compile(r"sk-clb-[A-Za-z0-9_-]{43}")
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
     capsys.readouterr()
-    rc = main(list(args))
-    out, err = capsys.readouterr()
+    try:
+        rc = main(list(args))
+    finally:
+        # The command logs to the stderr capsys lends it, which is closed after the test: later tests' lines
+        # (an error middleware's, say) would fail on it.
+        out, err = capsys.readouterr()
+        log.configure("info", "json", io.StringIO())
     return rc, out, err
 
 
