@@ -100,15 +100,13 @@ class KeyLimits:
         if not limited:
             return
         meters = [(self._meter(record.id, kind), limit) for kind, limit in limited]
-        for meter, _ in meters:
+        due = None
+        for meter, limit in meters:
             meter.roll(now)
-        deadline = asyncio.get_running_loop().time() + CONFIRM_S
-        # Again after each word: the requests that waited on one word share the allowance it brought.
-        while (due := next((m for m, limit in meters if m.used < limit and m.must_confirm(limit)), None)) is not None:
-            if not await self._confirm(due, deadline):
-                break  # no word in time: decided on what this replica knows
-            for meter, _ in meters:
-                meter.roll(now)
+            if due is None and meter.used < limit and meter.must_confirm(limit):
+                due = meter
+        if due is not None:
+            await self._confirm_all(meters, due, now)
         # No await from here on: the check and the count are one step.
         for meter, limit in meters:
             if meter.used >= limit:
@@ -117,6 +115,17 @@ class KeyLimits:
         for meter, _ in meters:
             if meter.kind == "rpm":
                 meter.pending += 1
+
+    async def _confirm_all(self, meters: list[tuple[Meter, int]], due: Meter | None, now: float) -> None:
+        """Words with the database until no meter must confirm, within CONFIRM_S; again after each word, as the
+        requests that waited on one share the allowance it brought."""
+        deadline = asyncio.get_running_loop().time() + CONFIRM_S
+        while due is not None:
+            if not await self._confirm(due, deadline):
+                return  # no word in time: decided on what this replica knows
+            for meter, _ in meters:
+                meter.roll(now)
+            due = next((m for m, limit in meters if m.used < limit and m.must_confirm(limit)), None)
 
     def charge(self, record: KeyRecord, tokens: int) -> None:
         """Tokens one request used (input + output), as upstream reported them."""
