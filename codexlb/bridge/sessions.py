@@ -15,6 +15,7 @@ from aiohttp import WSMsgType
 
 from codexlb import log
 from codexlb.account import Account
+from codexlb.admission.gate import GateFull
 from codexlb.bridge.anchor import Anchor
 from codexlb.bridge.ownership import Ownership
 from codexlb.singleflight import SingleFlight
@@ -135,7 +136,7 @@ class Sessions:
 
     async def get(self, key: str, headers: Mapping[str, str], keys: Sequence[str]) -> Session | None:
         """The conversation's session, made if need be; None when none can be had (the caller goes the
-        plain HTTP way)."""
+        plain HTTP way). Raises GateFull when no stream slot came free for it within the admission wait."""
         session = self._by_key.get(key)
         if session is not None and not session.retired:
             self._by_key.move_to_end(key)
@@ -151,6 +152,12 @@ class Sessions:
         claim = self._track(self._ownership.claim(key)) if self._ownership is not None else None
         try:
             sock, slot = await open_socket(self._up, headers, keys, Outcome())
+        except GateFull:
+            if claim is not None:
+                claim.cancel()
+            # The wait for a stream slot is spent: the plain HTTP way would wait for the same slots again, and the
+            # request would be held twice its bound.
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure just means: no bridge for this request
             if claim is not None:
                 claim.cancel()  # no socket here: the conversation stays with whoever holds one

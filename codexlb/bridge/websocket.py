@@ -38,7 +38,7 @@ from codexlb.recovery import Action, Phase
 from codexlb.relay import failed_event
 from codexlb.request_checks import check_frame
 from codexlb.store import Store
-from codexlb.transcript import without_account_items
+from codexlb.transcript import SEALED_REFUSED, without_account_items
 from codexlb.upstream.failover import next_step, refusal
 from codexlb.upstream.state import Outcome, Upstream, observe
 from codexlb.upstream.websocket import UpstreamSocket, open_socket, reconnect
@@ -58,6 +58,7 @@ class _InFlight:
     seen: bool = False  # the client has received an event of this response
     resends: int = 0
     rebuilt: bool = False  # `text` is the whole conversation, no longer anchored
+    unsealed: bool = False  # sent again without reasoning upstream could not open (once)
     n_items: int = 0  # the items in `text`
     tried: set[str] = field(default_factory=set)  # accounts that refused it (failover)
     output: list[Any] = field(default_factory=list)  # output items, for the transcript
@@ -250,6 +251,9 @@ class Bridge:
         kind = data.get("type") if isinstance(data, dict) else None
         if not inflight.seen:
             if kind in ("error", "response.failed"):
+                if self._unsealed(inflight, data):
+                    await self._send(inflight, None)
+                    return True
                 action = self._refused(inflight, data)
                 if action is Action.REBUILD:
                     self._rebuild(inflight, portable=False)
@@ -269,6 +273,22 @@ class Bridge:
                                             inflight.items, inflight.output)
             status = 200 if kind == "response.completed" else int(data.get("status") or 502)
             self._finish(status, inflight.outcome.error_code)
+        return True
+
+    def _unsealed(self, inflight: _InFlight, event: dict[str, Any]) -> bool:
+        """Upstream could not open reasoning another account sealed, one this process has no record of (the
+        conversation came from another process, or the shared sticky map could not be read): the request is made
+        once more, here, without it. True when it was."""
+        if inflight.unsealed or refusal(event).code != SEALED_REFUSED:
+            return False
+        body = orjson.loads(inflight.text)
+        items = body["input"]
+        if not self._up.owners.refused(items, self._account.id):
+            return False
+        readable = self._up.owners.readable_by(items, self._account.id) or []
+        self._up.recoveries["ws:unsealed"] += 1
+        inflight.text, inflight.n_items, inflight.unsealed = orjson.dumps({**body, "input": readable}).decode(), \
+            len(readable), True
         return True
 
     def _refused(self, inflight: _InFlight, event: dict[str, Any]) -> Action:
