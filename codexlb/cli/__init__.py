@@ -20,6 +20,7 @@ examples:
   codexlb accounts import ~/.codex/auth.json
   codexlb accounts list
   codexlb keys create --name laptop     an API key for clients (printed once)
+  codexlb keys update laptop --rpm 60   limits for a key: per minute, tokens, models, expiry
   codexlb usage --since 7d              tokens, savings and recoveries per key and conversation
   codexlb admin set-password            the password for the dashboard and remote admin calls
   codexlb sim --port 2456               run the simulated ChatGPT backend

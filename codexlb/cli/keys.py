@@ -273,9 +273,10 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "keys", help="create and revoke the API keys clients use",
-        description="Create, list and revoke client API keys. With no key, only clients on this machine "
-        "are served.", epilog=_EPILOG, formatter_class=HelpFormatter,
+        "keys", help="create, limit and revoke the API keys clients use",
+        description="Create, list, update and revoke client API keys, each with optional limits (requests per "
+        "minute, tokens per 5 hours / day / week, models, expiry). With no key, only clients on this machine are "
+        "served.", epilog=_EPILOG, formatter_class=HelpFormatter,
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", dest="action", required=True)
 
