@@ -131,7 +131,7 @@ async def test_cancelling_a_connect_at_any_point_leaves_no_stray_error(tmp_path,
             await asyncio.sleep(0)
     finally:
         loop.set_exception_handler(None)
-    assert [c["message"] for c in stray] == []
+    assert [c["message"] for c in stray] == [], stray
 
 
 async def cancel_connects_everywhere(tmp_path, pg_server, pg_database) -> None:
@@ -187,4 +187,4 @@ async def test_a_quick_write_refused_while_the_server_is_away_lands_when_it_is_b
     finally:
         await engine.close()
         loop.set_exception_handler(None)
-    assert [c["message"] for c in stray] == []
+    assert [c["message"] for c in stray] == [], stray

@@ -169,9 +169,9 @@ class KeyLimits:
         fleet = None
         try:
             fleet = await key_spend.add(self._db, meter.key_id, meter.kind, start, amount)
-        except DatabaseError as exc:
+        except Exception as exc:  # noqa: BLE001 - nobody may await this word: it must end on its own
             _log.warning("key spend not shared: the database did not answer", kind=meter.kind, key_id=meter.key_id,
-                         error=str(exc)[:200])
+                         error=str(exc)[:200] or type(exc).__name__)
         finally:
             meter.told(start, amount, fleet)
         return fleet is not None
