@@ -102,8 +102,12 @@ async def events_of(http: aiohttp.ClientSession, path: Route, n: int):
         if resp.status != 200:
             raise RuntimeError(f"status {resp.status}")
         async for line in resp.content:
-            if line.startswith(b"event: "):
-                yield time.perf_counter(), line[7:].strip().decode()
+            if line.startswith(b"data: "):
+                event = orjson.loads(line[6:])
+                yield time.perf_counter(), event["type"]
+                if event["type"] == "response.failed":
+                    # Which failure it was is the lead to its cause (codexlb's log has the rest).
+                    raise RuntimeError(f"response.failed {event['response'].get('error', {}).get('code')}")
 
 
 async def stream(http: aiohttp.ClientSession, path: Route, n: int, interval: float, limit: float,
@@ -120,7 +124,7 @@ async def stream(http: aiohttp.ClientSession, path: Route, n: int, interval: flo
                     run.lateness.append(arrived - first - index * interval)
                 index += 1
     except Exception as exc:  # a failure is a figure here, not a reason to stop the benchmark
-        run.fail(str(exc) if str(exc).startswith("status") else type(exc).__name__)
+        run.fail(str(exc) if isinstance(exc, RuntimeError) else type(exc).__name__)
         return
     finally:
         run.events += index
