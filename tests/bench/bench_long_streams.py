@@ -1,0 +1,218 @@
+"""Many long, paced streams at once: what codexlb adds per event, costs per event, and holds per stream.
+
+Run: .venv/bin/python tests/bench/bench_long_streams.py [--streams 100] [--events 200] [--interval-ms 25]
+     [--ramp-s 2]   (1000 and 4000 streams work too; the streams' starts are spread over the ramp)
+
+The sim paces every answer with a `delay` fault (`between_events_ms`, on every request): `--events`
+events a stream, one per `--interval-ms`, a 200-event turn being about a real turn's reply (one delta
+per word). `--streams` streams run at once over each path in turn: direct to the sim over HTTP, plain
+HTTP through codexlb, the HTTP bridge (a `session_id` per stream), direct over WebSocket, and the
+WebSocket route. Printed per path:
+  - added latency per event (p50, p99, max): an event's lateness against its stream's first event
+    (arrival - first arrival - index x interval), minus the same percentile measured direct over the
+    same transport; "first event" is the same for the time from sending the request to its first
+    event (connect, admission, upstream connect), which is where a constant per-event delay shows;
+  - proxy CPU per event (user + system of the codexlb process over the run, per event relayed);
+  - RSS per open stream (peak VmRSS during the run less VmRSS before it, per stream) and, after the
+    bridge's run, per idle bridged session (VmRSS once the streams ended and their sessions stay
+    open, less VmRSS before, per session; this includes heap the streams left, so it is an upper bound);
+  - failures: streams that did not end with response.completed (status, error or cut).
+File descriptors: every stream holds sockets in this client, codexlb and the sim, so this process
+raises its RLIMIT_NOFILE soft limit to the hard limit before starting the sim and codexlb, which
+inherit it.
+Admission caps are sized so that only the proxy is measured: --max-inflight 2 x streams (with room to
+spare), --account-max-streams = streams (any one of the 4 accounts could carry them all), --max-queue
+= streams and --queue-wait-s 60 (nothing is turned away while the ramp lands), and
+--max-upstream-connects = streams (upstream WebSocket connects are not held in line).
+One client process drives every stream, and the sim and codexlb share the same cores: at 1000 streams
+and more the direct figures show how far the client and sim themselves fall behind, read the
+differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_paths import FRAME, TERMINAL, WS_BETA  # noqa: E402
+from bench_proxy import PAYLOAD, cpu_s, pct, settled, start_sim_and_serve, stop  # noqa: E402
+
+# The sim's turn is its one delta per reply word and 8 events around them (created ... completed).
+FRAMING_EVENTS = 8
+
+
+@dataclass
+class Route:
+    name: str
+    ws: bool
+    url: str
+    headers: dict[str, str]
+    session: bool = False  # a session_id per stream: the HTTP bridge
+
+
+@dataclass
+class Run:
+    first: list[float] = field(default_factory=list)
+    lateness: list[float] = field(default_factory=list)
+    events: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, why: str) -> None:
+        self.failures[why] = self.failures.get(why, 0) + 1
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def events_of(http: aiohttp.ClientSession, path: Route, n: int):
+    """Yield (arrival time, event type) of one stream's events."""
+    if path.ws:
+        async with http.ws_connect(path.url, headers=path.headers, max_msg_size=0) as ws:
+            await ws.send_str(FRAME)
+            async for message in ws:
+                kind = orjson.loads(message.data)["type"]
+                yield time.perf_counter(), kind
+                if kind in TERMINAL:
+                    return
+        return
+    headers = {**path.headers, "session_id": f"long-{n}"} if path.session else path.headers
+    async with http.post(path.url, data=PAYLOAD, headers=headers) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"status {resp.status}")
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                event = orjson.loads(line[6:])
+                yield time.perf_counter(), event["type"]
+                if event["type"] == "response.failed":
+                    # Which failure it was is the lead to its cause (codexlb's log has the rest).
+                    raise RuntimeError(f"response.failed {event['response'].get('error', {}).get('code')}")
+
+
+async def stream(http: aiohttp.ClientSession, path: Route, n: int, interval: float, limit: float,
+                 run: Run) -> None:
+    sent = time.perf_counter()
+    first, index, last = 0.0, 0, ""
+    try:
+        async with asyncio.timeout(limit):
+            async for arrived, last in events_of(http, path, n):
+                if index == 0:
+                    first = arrived
+                    run.first.append(arrived - sent)
+                else:
+                    run.lateness.append(arrived - first - index * interval)
+                index += 1
+    except Exception as exc:  # a failure is a figure here, not a reason to stop the benchmark
+        run.fail(str(exc) if isinstance(exc, RuntimeError) else type(exc).__name__)
+        return
+    finally:
+        run.events += index
+    if last != "response.completed":
+        run.fail(f"ended with {last or 'nothing'}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--events", type=int, default=200, help="events a stream, at least 10")
+    parser.add_argument("--interval-ms", type=float, default=25.0)
+    parser.add_argument("--ramp-s", type=float, default=2.0, help="the streams' starts are spread over this")
+    args = parser.parse_args()
+    n = args.streams
+    fds = raise_fd_limit()
+    sim, sim_url, proxy, proxy_url = await start_sim_and_serve(
+        "codexlb-bench-long-", max(0, args.events - FRAMING_EVENTS),
+        "--max-inflight", str(2 * n + 16), "--account-max-streams", str(n), "--max-queue", str(n),
+        "--queue-wait-s", "60", "--max-upstream-connects", str(n))
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{sim_url}/__sim/accounts") as resp:
+                account = (await resp.json())["accounts"][0]
+            async with http.post(f"{sim_url}/__sim/faults", json={
+                    "action": "delay", "times": None, "between_events_ms": args.interval_ms}) as resp:
+                assert resp.status == 201, await resp.text()
+        auth = {"Authorization": f"Bearer {account['access_token']}", "chatgpt-account-id": account["account_id"]}
+        json_type = {"Content-Type": "application/json"}
+        direct = f"{sim_url}/backend-api/codex/responses"
+        proxied = f"{proxy_url}/backend-api/codex/responses"
+        paths = [Route("direct HTTP", False, direct, {**auth, **json_type}),
+                 Route("plain HTTP", False, proxied, json_type),
+                 Route("HTTP bridge", False, proxied, json_type, session=True),
+                 Route("direct WS", True, direct.replace("http", "ws", 1), {**auth, **WS_BETA}),
+                 Route("WS route", True, proxied.replace("http", "ws", 1), WS_BETA)]
+        interval = args.interval_ms / 1000
+        limit = args.ramp_s + args.events * interval + 120
+        print(f"{n} streams of {args.events} events {args.interval_ms:g} ms apart, starts spread over "
+              f"{args.ramp_s:g} s; RLIMIT_NOFILE {fds}; cpu count {os.cpu_count()}")
+        runs: dict[str, Run] = {}
+        for path in paths:
+            await settled([proxy.pid, sim.pid])
+            rss_before, cpu_before, peak = rss_kb(proxy.pid), cpu_s(proxy.pid), 0
+            run = runs[path.name] = Run()
+
+            async def sample() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, rss_kb(proxy.pid))
+                    await asyncio.sleep(0.1)
+
+            sampler = asyncio.create_task(sample())
+            started = time.monotonic()
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                             timeout=aiohttp.ClientTimeout(total=None)) as http:
+
+                async def staggered(i: int) -> None:
+                    await asyncio.sleep(args.ramp_s * i / n)
+                    await stream(http, path, i, interval, limit, run)
+
+                await asyncio.gather(*(staggered(i) for i in range(n)))
+            sampler.cancel()
+            took = time.monotonic() - started
+            line = f"  {path.name:11s} {took:5.1f} s  failures {sum(run.failures.values())}/{n}"
+            if run.failures:
+                line += f" {run.failures}"
+            if path.name.startswith("direct"):
+                print(line + f"  lateness p50 {pct(run.lateness, .5) * 1e3:.1f} ms p99 "
+                      f"{pct(run.lateness, .99) * 1e3:.1f} ms  first event p50 {pct(run.first, .5) * 1e3:.1f} ms")
+                continue
+            base = runs["direct WS" if path.ws else "direct HTTP"]
+
+            def added(values: list[float], against: list[float], q: float) -> str:
+                return f"{(pct(values, q) - pct(against, q)) * 1e3:+.1f}"
+
+            cpu_us = (cpu_s(proxy.pid) - cpu_before) / max(1, run.events) * 1e6
+            line += (f"  added/event p50 {added(run.lateness, base.lateness, .5)} p99 "
+                     f"{added(run.lateness, base.lateness, .99)} max {added(run.lateness, base.lateness, 1)} ms"
+                     f"  first event p50 {added(run.first, base.first, .5)} p99 {added(run.first, base.first, .99)}"
+                     f" ms  cpu {cpu_us:.1f} µs/event  RSS {(peak - rss_before) / n:.0f} KB/open stream")
+            if path.session:
+                await settled([proxy.pid])
+                line += f", {(rss_kb(proxy.pid) - rss_before) / n:.0f} KB/idle bridged session"
+            print(line)
+    finally:
+        await stop(proxy, sim)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
