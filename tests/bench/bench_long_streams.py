@@ -22,8 +22,9 @@ raises its RLIMIT_NOFILE soft limit to the hard limit before starting the sim an
 inherit it.
 Admission caps are sized so that only the proxy is measured: --max-inflight 2 x streams (with room to
 spare), --account-max-streams = streams (any one of the 4 accounts could carry them all), --max-queue
-= streams and --queue-wait-s 60 (nothing is turned away while the ramp lands), and
---max-upstream-connects = streams (upstream WebSocket connects are not held in line).
+= streams and --queue-wait-s 60 (nothing is turned away while the ramp lands),
+--max-upstream-connects = streams (upstream WebSocket connects are not held in line), and
+--bridge-max-sessions = streams (past its default, 512, the bridge's streams would go the plain HTTP way).
 One client process drives every stream, and the sim and codexlb share the same cores: at 1000 streams
 and more the direct figures show how far the client and sim themselves fall behind, read the
 differences.
@@ -144,7 +145,7 @@ async def main() -> None:
     sim, sim_url, proxy, proxy_url = await start_sim_and_serve(
         "codexlb-bench-long-", max(0, args.events - FRAMING_EVENTS),
         "--max-inflight", str(2 * n + 16), "--account-max-streams", str(n), "--max-queue", str(n),
-        "--queue-wait-s", "60", "--max-upstream-connects", str(n))
+        "--queue-wait-s", "60", "--max-upstream-connects", str(n), "--bridge-max-sessions", str(n))
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{sim_url}/__sim/accounts") as resp:
