@@ -6,8 +6,10 @@ import time
 
 import pytest
 
+from codexlb.key_limits.enforce import LIMITS_KEY
 from codexlb.services import KEYS, ROSTER
 from tests.e2e.test_codex_cli_sim import CodexHome
+from tests.keys.test_limits import T0
 from tests.proxy.conftest import Proxy, start_proxy
 
 
@@ -60,6 +62,9 @@ async def test_a_key_over_its_token_budget_stops_the_cli_at_once(codex_bin, tmp_
                                                                  http, websockets):
     """A budget resets in hours: the CLI must show it once, not wait out Retry-After five times over."""
     proxy = await start_proxy(aiohttp_server, settings, sim, accounts=1)
+    # Mid-day, whatever the clock says: a day that turns within the CLI's retry would let its retry through (a
+    # reset within a minute is a wait the CLI is told to retry after).
+    proxy.app[LIMITS_KEY].clock = lambda: T0
     key, _ = await proxy.app[KEYS].create("laptop", {"tokens_day": 1})
     async with http.post(f"{proxy.url}/v1/responses", json={"model": "gpt-5.5", "input": "spend it"},
                          headers={"Authorization": f"Bearer {key}"}) as resp:
