@@ -64,7 +64,8 @@ class Stream:
     async def batches(self) -> AsyncIterator[Batch]:
         """The complete frames of each read, as they come; raises StreamBroken on a cut or a stall."""
         idle = self.upstream.settings.upstream_idle_timeout_s
-        batch = self.first
+        # Not kept past its relay: a stream is open for minutes, and this one is its largest frames.
+        batch, self.first = self.first, Batch(b"")
         while True:
             if batch:
                 for frame in self._watched(batch):
