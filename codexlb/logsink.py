@@ -11,9 +11,15 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
+import time
 from typing import Callable, TextIO
 
 _STOP = object()
+# After a line wakes the writer, it waits this long for more before writing: one wake-up and one write per
+# burst, not per line. Waking a thread costs the event loop the GIL handoffs and context switches; per
+# request line that was 9% of the plain path's CPU at 2,000 requests a second.
+_LINGER_S = 0.02
+_BATCH = 1024  # lines a write takes at most
 # Lines still queued at exit get this long to be written; a sink that takes none would hold exit forever.
 _EXIT_WAIT_S = 2.0
 
@@ -79,6 +85,9 @@ class LineSink:
     def _run(self) -> None:
         while True:
             batch = self._take(block=True)
+            if len(batch) < _BATCH and _STOP not in batch:  # (a full batch: lines are waiting already)
+                time.sleep(_LINGER_S)
+                batch += self._take(block=False)
             stop = _STOP in batch
             self._write_batch(batch)
             with self._dropped_lock:
@@ -99,7 +108,7 @@ class LineSink:
     def _take(self, *, block: bool) -> list[object]:
         batch = [self._queue.get()] if block else []
         try:
-            while len(batch) < 1024:
+            while len(batch) < _BATCH:
                 batch.append(self._queue.get_nowait())
         except queue.Empty:
             pass
