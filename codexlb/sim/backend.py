@@ -113,9 +113,13 @@ class Turn:
             await asyncio.sleep(plan.first_byte_s)
         before = events if disrupt_at is None else events[:disrupt_at]
         if plan.between_events_s:
+            # Paced on a schedule, not by a sleep after each write: a busy sim must not drift later with
+            # every event, or a benchmark reads its own lag as the proxy's.
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             for index, event in enumerate(before):
                 if index:
-                    await asyncio.sleep(plan.between_events_s)
+                    await asyncio.sleep(started + index * plan.between_events_s - loop.time())
                 await sink.send([event])
         elif before:
             # One write for the whole stream: the sim must never be a benchmark's bottleneck.

@@ -21,7 +21,7 @@ ACTIONS = (
     "stall",                 # after `after_events` events, send nothing more and never end
     "close_after_response",  # complete the response, then drop the connection (between turns)
     "drop_state",            # forget the backend state first: a genuine previous_response_not_found
-    "delay",                 # wait `first_byte_ms` before the first event, `between_events_ms` between events,
+    "delay",                 # wait `first_byte_ms` before the first event, events `between_events_ms` apart,
                              # `end_ms` between the last event and the end of the body (HTTP; for an error
                              # answer, between the two halves of its body)
 )
