@@ -36,6 +36,7 @@ def check_trusted_proxies(entries: tuple[str, ...]) -> None:
         _network(entry)
 
 
+@functools.lru_cache(maxsize=4096)  # every request asks for its peer's: the same few, again and again
 def _address(token: str) -> str:
     """One entry of a forwarding header as an address (ports, brackets and quotes gone; an IPv4 address
     mapped into IPv6 as itself), or the entry as written when it is no address."""

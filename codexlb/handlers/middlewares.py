@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import time
-import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -26,7 +26,7 @@ CLIENT_CLOSED = 499
 
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("x-request-id", "")
-    return given if _CLIENT_ID_OK.match(given) else uuid.uuid4().hex
+    return given if _CLIENT_ID_OK.match(given) else secrets.token_hex(16)
 
 
 @web.middleware

@@ -6,7 +6,8 @@ for a while and for a bounded number of conversations, which account served each
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
