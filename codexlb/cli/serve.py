@@ -12,7 +12,7 @@ from aiohttp import web
 from codexlb import config, log, reconfigure, server
 from codexlb.app import create_app
 from codexlb.cli.common import CliError, HelpFormatter, add_setting_flags, load_settings, run_server
-from codexlb.server import handover, open_files, workers
+from codexlb.server import handover, heap, open_files, workers
 from codexlb.server.reloading import Reloader
 
 _EPILOG = """\
@@ -55,6 +55,7 @@ def _run(args: argparse.Namespace, inherited: handover.Inherited | None) -> int:
     log.configure(settings.log_level, settings.log_format)
     if args.worker_fd is None:  # workers inherit the supervisor's limit
         open_files.check(open_files.raise_limit(), settings)
+    heap.settle()  # in the command only: tests serve in their own process, which must stay as it is
     if args.worker_fd is not None:
         return run_server(_work(loaded, args))
     if settings.workers > 1:
