@@ -71,7 +71,10 @@ async def relay_sse(request: web.Request, up: Upstream, payload: dict[str, Any],
                     trailer: bytes = b"",
                     failure: Callable[[Outcome, str, str], bytes] | None = None) -> web.StreamResponse:
     """Relay upstream's stream as SSE; `transform` rewrites frames (chat completions), else verbatim.
-    `failure` renders a failure after the first byte (default: a Responses `response.failed` event)."""
+    `failure` renders a failure after the first byte (default: a Responses `response.failed` event).
+    `payload`'s input is emptied once the stream is open: upstream has it, and it is most of a request's
+    memory (a Codex turn's whole history, often 50 KB and more as Python objects) for the minutes the
+    stream may last."""
     render_failure = failure or (lambda o, code, message: encode(failed_event(o, code, message)))
 
     async def commit(headers: Mapping[str, str]) -> web.StreamResponse:
@@ -93,6 +96,7 @@ async def relay_sse(request: web.Request, up: Upstream, payload: dict[str, Any],
     except BaseException:
         await beats.stop()
         raise
+    payload["input"] = []
     try:
         response = await beats.stop() or await commit(client_response_headers(stream.headers))
         batches = stream.batches()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
+import tracemalloc
 
 import orjson
 import pytest
@@ -280,3 +282,23 @@ async def test_the_last_account_needing_a_new_login_mid_request_is_the_pools_400
     resp, error = await post(http, proxy, body(user("hi")))
     assert resp.status == 400 and error["error"]["code"] == "no_accounts", error
     assert "codexlb accounts login" in error["error"]["message"]
+
+
+async def test_an_open_stream_does_not_hold_its_request_input(proxy, http):
+    """A stream may last minutes, and its input (the whole history of an unanchored turn) is most of what a
+    request takes: once upstream has it, codexlb lets it go. Measured where codexlb parsed it."""
+    await add_fault(http, proxy.sim, action="delay", between_events_ms=30, times=None)
+    big = "history " * 250_000  # 2 MB of input
+    tracemalloc.start()
+    try:
+        async with http.post(f"{proxy.codex_base_url}/responses", data=orjson.dumps(body(user(big))),
+                             headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 200
+            await resp.content.readuntil(b"\n\n")  # the first event: the stream is open
+            gc.collect()
+            held = sum(stat.size for stat in tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(True, "*/codexlb/request_checks.py")]).statistics("filename"))
+            await resp.read()
+    finally:
+        tracemalloc.stop()
+    assert held < len(big) // 10, f"{held} bytes parsed from the request are still held by its open stream"
