@@ -13,6 +13,7 @@ from codexlb import log, server
 from codexlb.cli.common import CliError, HelpFormatter, run_server
 from codexlb.config import Settings
 from codexlb.sim.app import create_sim_app
+from codexlb.server import heap
 from codexlb.sim.backend import Backend, SimConfig
 
 _DEFAULTS = SimConfig()
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         logger.info("wrote auth.json files", count=len(paths), directory=str(Path(args.write_auth).expanduser()))
     settings = dataclasses.replace(Settings(), host=args.host, port=args.port, drain_timeout_s=1.0)
     logger.info("simulated accounts", accounts=[a.account_id for a in backend.accounts])
+    heap.settle()  # as serve's: a benchmark's direct figures must not be the sim's collector pauses
     return run_server(server.serve(settings, create_sim_app(backend), hold_data_dir=False))
 
 
