@@ -18,8 +18,8 @@ freed would otherwise be reused by the next and not show in its RSS. Printed per
     event (connect, admission, upstream connect), which is where a constant per-event delay shows;
   - CPU per event of the relaying process (user + system over the run, per event relayed);
   - RSS per open stream (peak VmRSS during the run less VmRSS before it, per stream) and, for the paths
-    with a session per stream, per idle session (VmRSS once the streams ended and their sessions stay
-    open, less VmRSS before, per session; this includes heap the streams left, so it is an upper bound);
+    with a session per stream, per idle session (before the streams: as many sessions opened by one
+    quick turn each, 32 at a time, VmRSS after less before, per session);
   - for codexlb's paths, CPU and RSS as a multiple of the bare relay's of the same transport;
   - failures: streams that did not end with response.completed (status, error or cut).
 File descriptors: every stream holds sockets in this client, codexlb and the sim, so this process
@@ -29,7 +29,8 @@ Admission caps are sized so that only the proxy is measured: --max-inflight 2 x 
 spare), --account-max-streams = streams (any one of the 4 accounts could carry them all), --max-queue
 = streams and --queue-wait-s 60 (nothing is turned away while the ramp lands),
 --max-upstream-connects = streams (upstream WebSocket connects are not held in line), and
---bridge-max-sessions = streams (past its default, 512, the bridge's streams would go the plain HTTP way).
+--bridge-max-sessions = 2 x streams (the idle sessions and the streams'; past its default, 512, the
+bridge's streams would go the plain HTTP way).
 One client process drives every stream, and the sim and the relay share the same cores: past what the
 machine can carry (1000 streams of an event every 25 ms are 40,000 events a second through three
 processes) the direct figures show how far the client and sim themselves fall behind; read the
@@ -188,11 +189,13 @@ async def main() -> None:
         sim, sim_url, proxy, proxy_url = await start_sim_and_serve(
             "codexlb-bench-long-", max(0, args.events - FRAMING_EVENTS),
             "--max-inflight", str(2 * n + 16), "--account-max-streams", str(n), "--max-queue", str(n),
-            "--queue-wait-s", "60", "--max-upstream-connects", str(n), "--bridge-max-sessions", str(n))
+            "--queue-wait-s", "60", "--max-upstream-connects", str(n), "--bridge-max-sessions", str(2 * n))
         relay: asyncio.subprocess.Process | None = None
         try:
-            path, relay = await route(name, sim_url, proxy_url, args.interval_ms)
+            path, relay = await route(name, sim_url, proxy_url)
             pid = relay.pid if relay else proxy.pid  # the relaying process (none for a direct path)
+            idle = await idle_sessions(path, n, pid) if path.session else ""
+            await pace(sim_url, args.interval_ms)
             await settled([pid, sim.pid])
             run = runs[name] = Run()
             rss_before, cpu_before = rss_kb(pid), cpu_s(pid)
@@ -233,9 +236,7 @@ async def main() -> None:
                      f"{added(run.lateness, base.lateness, .99)} max {added(run.lateness, base.lateness, 1)} ms"
                      f"  first event p50 {added(run.first, base.first, .5)} p99 {added(run.first, base.first, .99)}"
                      f" ms  cpu {run.cpu_us:.1f} µs/event  RSS {run.rss_kb:.0f} KB/open stream")
-            if path.session:
-                await settled([pid])
-                line += f", {(rss_kb(pid) - rss_before) / n:.0f} KB/idle session"
+            line += idle
             if (bare := runs.get(BARE.get(name, ""))) is not None:
                 line += f"  (x{run.cpu_us / bare.cpu_us:.2f} cpu, x{run.rss_kb / max(bare.rss_kb, 0.1):.2f} RSS of {bare.name})"
             run.name = name
@@ -244,15 +245,35 @@ async def main() -> None:
             await stop(*[p for p in (relay, proxy, sim) if p is not None])
 
 
-async def route(name: str, sim_url: str, proxy_url: str,
-                interval_ms: float) -> tuple[Route, asyncio.subprocess.Process | None]:
-    """The sim paced, and how a stream of path `name` is asked for (with the bare relay it goes through)."""
+async def idle_sessions(path: Route, n: int, pid: int) -> str:
+    """RSS per idle session: `n` sessions (not the streams' own) opened by one quick turn each, 32 at a time,
+    so that little heap is left by the turns themselves; measured before the paced streams."""
+    await settled([pid])
+    before = rss_kb(pid)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as http:
+        async def turn(i: int) -> None:
+            async with http.post(path.url, data=PAYLOAD, headers={**path.headers, "session_id": f"idle-{i}"}) as resp:
+                assert resp.status == 200, await resp.text()
+                await resp.read()
+
+        for start in range(0, n, 32):
+            await asyncio.gather(*(turn(i) for i in range(start, min(n, start + 32))))
+    await settled([pid])
+    return f", {(rss_kb(pid) - before) / n:.0f} KB/idle session"
+
+
+async def pace(sim_url: str, interval_ms: float) -> None:
+    """Every answer of the sim from now on: an event every `interval_ms`."""
+    async with aiohttp.ClientSession() as http, http.post(f"{sim_url}/__sim/faults", json={
+            "action": "delay", "times": None, "between_events_ms": interval_ms}) as resp:
+        assert resp.status == 201, await resp.text()
+
+
+async def route(name: str, sim_url: str, proxy_url: str) -> tuple[Route, asyncio.subprocess.Process | None]:
+    """How a stream of path `name` is asked for (with the bare relay it goes through)."""
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{sim_url}/__sim/accounts") as resp:
             account = (await resp.json())["accounts"][0]
-        async with http.post(f"{sim_url}/__sim/faults", json={
-                "action": "delay", "times": None, "between_events_ms": interval_ms}) as resp:
-            assert resp.status == 201, await resp.text()
     auth = {"Authorization": f"Bearer {account['access_token']}", "chatgpt-account-id": account["account_id"]}
     json_type = {"Content-Type": "application/json"}
     direct = f"{sim_url}/backend-api/codex/responses"
