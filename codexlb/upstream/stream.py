@@ -20,6 +20,7 @@ from codexlb import log
 from codexlb.account import Account
 from codexlb.admission.gate import Slot
 from codexlb.errors import APIError
+from codexlb.idle_timeout import IdleTimeout
 from codexlb.pool.quota import verdict_for_error, windows_from_headers
 from codexlb.recovery import Action
 from codexlb.transcript import SEALED_REFUSED
@@ -63,26 +64,29 @@ class Stream:
 
     async def batches(self) -> AsyncIterator[Batch]:
         """The complete frames of each read, as they come; raises StreamBroken on a cut or a stall."""
-        idle = self.upstream.settings.upstream_idle_timeout_s
+        idle_s = self.upstream.settings.upstream_idle_timeout_s
         # Not kept past its relay: a stream is open for minutes, and this one is its largest frames.
         batch, self.first = self.first, Batch(b"")
-        while True:
-            if batch:
-                for frame in self._watched(batch):
-                    self._observe(frame)
-                yield batch
-            if self.terminal is not None:
-                return
-            try:
-                async with asyncio.timeout(idle):
+        try:
+            async with IdleTimeout(idle_s) as idle:
+                while True:
+                    if batch:
+                        for frame in self._watched(batch):
+                            self._observe(frame)
+                        yield batch
+                    if self.terminal is not None:
+                        return
+                    idle.waiting()
                     chunk = await self.response.content.readany()
-            except TimeoutError:
-                raise StreamBroken("upstream_timeout", f"Upstream sent nothing for {idle:g} s.") from None
-            except aiohttp.ClientError as exc:
-                raise StreamBroken("stream_incomplete", f"Upstream connection broke ({type(exc).__name__}).") from None
-            if not chunk:
-                raise StreamBroken("stream_incomplete", "Upstream closed the stream before the response finished.")
-            batch = self.splitter.feed(chunk)
+                    idle.heard()
+                    if not chunk:
+                        raise StreamBroken("stream_incomplete",
+                                           "Upstream closed the stream before the response finished.")
+                    batch = self.splitter.feed(chunk)
+        except TimeoutError:
+            raise StreamBroken("upstream_timeout", f"Upstream sent nothing for {idle_s:g} s.") from None
+        except aiohttp.ClientError as exc:
+            raise StreamBroken("stream_incomplete", f"Upstream connection broke ({type(exc).__name__}).") from None
 
     def _watched(self, batch: Batch) -> Iterator[Frame]:
         """The frames worth reading, found without splitting the batch: the stream's first frame

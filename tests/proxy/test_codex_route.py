@@ -302,3 +302,26 @@ async def test_an_open_stream_does_not_hold_its_request_input(proxy, http):
     finally:
         tracemalloc.stop()
     assert held < len(big) // 10, f"{held} bytes parsed from the request are still held by its open stream"
+
+
+async def test_an_upstream_gone_silent_mid_stream_ends_it_as_a_timeout(aiohttp_server, settings, sim, http):
+    proxy = await start_proxy(aiohttp_server, settings, sim, upstream_idle_timeout_s=0.3)
+    await add_fault(http, proxy.sim, action="stall", after_events=3, times=1)
+    started = time.monotonic()
+    resp, events = await post(http, proxy, body(user("hi")))
+    assert resp.status == 200 and [e["type"] for e in events[:3]] == TEXT_KINDS_HEAD
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 5
+
+
+async def test_a_stream_longer_than_the_silence_bound_is_not_cut_while_events_come(aiohttp_server, settings, sim,
+                                                                                   http):
+    """The bound is on the silence between events, not on the stream: events 100 ms apart for over a second,
+    with a bound of 0.3 s (a timer that is not moved on as events come cuts it)."""
+    proxy = await start_proxy(aiohttp_server, settings, sim, upstream_idle_timeout_s=0.3)
+    await add_fault(http, proxy.sim, action="delay", between_events_ms=100, times=1)
+    started = time.monotonic()
+    resp, events = await post(http, proxy, body(user("a few words to make the answer last")))
+    assert resp.status == 200 and events[-1]["type"] == "response.completed"
+    assert time.monotonic() - started > 1.0
