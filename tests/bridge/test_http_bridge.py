@@ -231,11 +231,11 @@ async def test_idle_sessions_are_let_go_without_new_traffic(aiohttp_server, sett
 
 
 def test_an_upstream_event_with_line_breaks_in_its_json_stays_one_sse_frame():
-    for text in ('{"type": "response.created",\n "response": {}}', '{"type":"response.created",\r"response":{}}'):
+    for text in (b'{"type": "response.created",\n "response": {}}', b'{"type":"response.created",\r"response":{}}'):
         frame = _sse_frame("response.created", text, orjson.loads(text))
         assert frame.count(b"\n\n") == 1 and frame.endswith(b"\n\n") and b"\r" not in frame
         assert orjson.loads(frame.split(b"data: ", 1)[1]) == {"type": "response.created", "response": {}}
-    assert _sse_frame("response.created", '{"type":"response.created"}', {}) == (
+    assert _sse_frame("response.created", b'{"type":"response.created"}', {}) == (
         b'event: response.created\ndata: {"type":"response.created"}\n\n')
 
 
