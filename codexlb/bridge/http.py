@@ -11,8 +11,10 @@ client never sees `previous_response_not_found` for an anchor it did not send.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from typing import Any, Sequence
+from itertools import chain, repeat
+from typing import Any, Iterator, Sequence
 
 import aiohttp
 import orjson
@@ -40,6 +42,14 @@ _HTTP_ONLY = ("stream", "background")
 # the transcript, the terminal's usage or error. The rest (the deltas) pass to the client unparsed.
 _READ = frozenset(kind.encode() for kind in (
     "response.created", "codex.rate_limits", "response.output_item.done", *TERMINAL))
+# In frames each put after a line break (none of them holding one): each frame's type, where upstream writes it.
+# (Led by a literal, the pattern is searched for, not tried at every byte as `^` with MULTILINE would be.)
+_TYPES = re.compile(rb'\n\{"type":"([^"\\\n]*)"')
+
+
+def _framed(kinds: list[bytes], frames: list[bytes]) -> Iterator[bytes]:
+    """The parts of frames' SSE frames, as `_sse_frame` makes them, made without a Python loop."""
+    return chain.from_iterable(zip(repeat(b"event: "), kinds, repeat(b"\ndata: "), frames, repeat(b"\n\n")))
 
 
 def _sse_frame(kind: Any, data: bytes, event: Any) -> bytes:
@@ -165,21 +175,51 @@ class _Turn:
                 return await self._recover(Phase.AFTER_BYTES if self.response is not None else Phase.BEFORE_BYTES)
             # What upstream sent meanwhile goes to the client in one write.
             out: list[bytes] = []
-            for data in frames:
-                kind = frame_type(data)
-                if seen and kind is not None and kind not in _READ and b"\n" not in data and b"\r" not in data:
-                    out += (b"event: ", kind, b"\ndata: ", data, b"\n\n")  # as `_sse_frame` would make it
-                    continue
-                frame, terminal = self._read(data, first=not seen)
+            terminal = False
+            if not seen:
                 seen = True
+                frame, terminal = self._read(frames[0], first=True)
                 out.append(frame)
-                if terminal:
-                    self.finished = True
-                    response = response or await beats.stop() or await self.commit()
-                    await response.write_eof(b"".join(out))
-                    return response
+                frames = frames[1:]
+            if terminal or self._batch(frames, out):
+                self.finished = True
+                response = response or await beats.stop() or await self.commit()
+                await response.write_eof(b"".join(out))
+                return response
             response = response or await beats.stop() or await self.commit()
             await response.write(b"".join(out))
+
+    def _batch(self, frames: list[bytes], out: list[bytes]) -> bool:
+        """Frames as SSE onto `out`; True when one ended the response (those after it are left). Those the bridge
+        does not read are framed in one pass over the batch, in C (a Python loop costed each frame more than
+        relaying it); any frame not written type first, or with a line break, has the batch taken one by one."""
+        joined = b"\n".join([b"", *frames])
+        kinds = _TYPES.findall(joined)
+        if len(kinds) != len(frames) or joined.count(b"\n") != len(frames) or b"\r" in joined:
+            return self._each(frames, out)
+        start = 0
+        for i in () if _READ.isdisjoint(kinds) else [i for i, kind in enumerate(kinds) if kind in _READ]:
+            out += _framed(kinds[start:i], frames[start:i])
+            frame, terminal = self._read(frames[i], first=False)
+            out.append(frame)
+            if terminal:
+                return True
+            start = i + 1
+        out += _framed(kinds[start:], frames[start:])
+        return False
+
+    def _each(self, frames: list[bytes], out: list[bytes]) -> bool:
+        """`_batch`, a frame at a time."""
+        for data in frames:
+            kind = frame_type(data)
+            if kind is not None and kind not in _READ and b"\n" not in data and b"\r" not in data:
+                out += (b"event: ", kind, b"\ndata: ", data, b"\n\n")  # as `_sse_frame` would make it
+                continue
+            frame, terminal = self._read(data, first=False)
+            out.append(frame)
+            if terminal:
+                return True
+        return False
 
     def _read(self, data: bytes, first: bool) -> tuple[bytes, bool]:
         """A frame read whole: what it tells the pool, the accounting and the anchor; its SSE frame, and

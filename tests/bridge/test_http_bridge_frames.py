@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import orjson
+import pytest
 from aiohttp import WSMsgType, web
 
 from codexlb.bridge.http import SESSIONS
@@ -21,28 +22,39 @@ ITEM = {"type": "message", "id": "msg_1", "role": "assistant", "status": "comple
         "content": [{"type": "output_text", "text": "hi", "annotations": []}]}
 USAGE = {"input_tokens": 11, "input_tokens_details": {"cached_tokens": 3}, "output_tokens": 7,
          "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 18}
-FRAMES = [
+DELTA = b'{"type":"response.output_text.delta","delta":"a"}'
+TYPE_FIRST = [
     b'{"type":"response.created","response":{"id":"resp_script","status":"in_progress"}}',
+    DELTA,
     b'{"type":"codex.rate_limits","rate_limits":{"primary":{"used_percent":42.0,"window_minutes":300,'
     b'"resets_in_seconds":600}}}',
-    # A delta that names a terminal, quoted as JSON and bare: still a delta.
+    # A delta that names a terminal, quoted as JSON and bare, and one that starts a line like a terminal: deltas.
     b'{"type":"response.output_text.delta","delta":"{\\"type\\":\\"response.completed\\"} response.completed"}',
-    # Not written type first: read whole, passed on as written.
-    b'{ "type": "response.output_text.delta", "delta": "spaced" }',
-    b'{"sequence_number":4,"type":"response.output_text.delta","delta":"type last"}',
-    b'{"type":"response.output_\\u0074ext.delta","delta":"escaped type"}',
+    b'{"type":"response.output_text.delta","delta":"\\n{\\"type\\":\\"response.completed\\"}"}',
+    DELTA, DELTA,
     b'{"type":"response.output_item.done","item":' + orjson.dumps(ITEM) + b'}',
+    DELTA,
     b'{"type":"response.completed","response":{"id":"resp_script","status":"completed","output":['
     + orjson.dumps(ITEM) + b'],"usage":' + orjson.dumps(USAGE) + b'}}',
 ]
+# Frames not written type first, or with a line break in their JSON: read whole, passed on as written (or, with
+# a line break, written again on one line).
+ODD = [
+    b'{ "type": "response.output_text.delta", "delta": "spaced" }',
+    b'{"sequence_number":4,"type":"response.output_text.delta","delta":"type last"}',
+    b'{"type":"response.output_\\u0074ext.delta","delta":"escaped type"}',
+]
+BROKEN = b'{"type":"response.output_text.delta",\n"delta":"broken"}'
 
 
 def sse(frame: bytes) -> bytes:
-    return b"event: " + orjson.loads(frame)["type"].encode() + b"\ndata: " + frame + b"\n\n"
+    event = orjson.loads(frame)
+    return b"event: " + event["type"].encode() + b"\ndata: " + (frame if b"\n" not in frame else orjson.dumps(event)) + (
+        b"\n\n")
 
 
-async def scripted_upstream(aiohttp_server) -> tuple[str, list[dict]]:
-    """An upstream that answers every `response.create` with FRAMES; the creates it got."""
+async def scripted_upstream(aiohttp_server, frames: list[bytes]) -> tuple[str, list[dict]]:
+    """An upstream that answers every `response.create` with `frames`; the creates it got."""
     creates: list[dict] = []
 
     async def responses(request: web.Request) -> web.WebSocketResponse:
@@ -51,7 +63,7 @@ async def scripted_upstream(aiohttp_server) -> tuple[str, list[dict]]:
         async for message in ws:
             if message.type is WSMsgType.TEXT:
                 creates.append(orjson.loads(message.data))
-                for frame in FRAMES:
+                for frame in frames:
                     await ws.send_frame(frame, WSMsgType.TEXT)
         return ws
 
@@ -61,15 +73,18 @@ async def scripted_upstream(aiohttp_server) -> tuple[str, list[dict]]:
     return str(server.make_url("/backend-api")), creates
 
 
-async def test_frames_reach_the_client_as_written_and_what_they_say_is_noted(aiohttp_server, settings, sim, http):
-    upstream, creates = await scripted_upstream(aiohttp_server)
+@pytest.mark.parametrize("frames", [TYPE_FIRST, TYPE_FIRST[:3] + ODD + TYPE_FIRST[3:], TYPE_FIRST[:3] + [BROKEN] + TYPE_FIRST[3:]],
+                         ids=["type first", "odd ones too", "a line break"])
+async def test_frames_reach_the_client_as_written_and_what_they_say_is_noted(aiohttp_server, settings, sim, http,
+                                                                              frames):
+    upstream, creates = await scripted_upstream(aiohttp_server, frames)
     proxy = await start_proxy(aiohttp_server, settings, sim, accounts=1, upstream_base_url=upstream)
     headers = {"Content-Type": "application/json", "session_id": "conv-frames"}
     history = [user("one")]
     async with http.post(f"{proxy.codex_base_url}/responses", data=orjson.dumps(body(*history)),
                          headers=headers) as resp:
         assert resp.status == 200
-        assert await resp.read() == b"".join(map(sse, FRAMES))
+        assert await resp.read() == b"".join(map(sse, frames))
 
     account = proxy.roster.all()[0]
     assert account.primary is not None and account.primary.used_percent == 42.0
@@ -85,9 +100,9 @@ async def test_frames_reach_the_client_as_written_and_what_they_say_is_noted(aio
 
 
 def test_the_type_is_read_off_the_start_only_where_upstream_writes_it_so():
-    assert frame_type(FRAMES[0]) == b"response.created"
-    assert frame_type(FRAMES[2]) == b"response.output_text.delta"
-    for frame in FRAMES[3:6]:  # spaced, type last, escaped: these are read whole
+    assert frame_type(TYPE_FIRST[0]) == b"response.created"
+    assert frame_type(TYPE_FIRST[3]) == b"response.output_text.delta"
+    for frame in ODD:
         assert frame_type(frame) is None
     assert frame_type(b'{"type":"unterminated') is None
     assert frame_type(b'["type"]') is None
