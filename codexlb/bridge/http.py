@@ -192,7 +192,10 @@ class _Turn:
     def _batch(self, frames: list[bytes], out: list[bytes]) -> bool:
         """Frames as SSE onto `out`; True when one ended the response (those after it are left). Those the bridge
         does not read are framed in one pass over the batch, in C (a Python loop costed each frame more than
-        relaying it); any frame not written type first, or with a line break, has the batch taken one by one."""
+        relaying it); a batch of one or two (a paced stream's), or one with a frame not written type first or
+        with a line break, is taken one by one."""
+        if len(frames) < 3:
+            return self._each(frames, out)
         joined = b"\n".join([b"", *frames])
         kinds = _TYPES.findall(joined)
         if len(kinds) != len(frames) or joined.count(b"\n") != len(frames) or b"\r" in joined:

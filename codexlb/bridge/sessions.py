@@ -43,11 +43,15 @@ class Inbox:
     take, so frames read off the socket in one go reach the client in one write, for one wake-up of the
     request (a queue would cost each frame its own put and get)."""
 
-    __slots__ = ("_frames", "_waiter", "lost")
+    __slots__ = ("_frames", "_waiter", "_deadline", "_timer", "lost")
 
     def __init__(self) -> None:
         self._frames: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
+        # One timer for the request's waits, moved on only when it fires (paced streams wait once per event:
+        # a timer made and cancelled per wait was a tenth of their cost).
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self.lost = False  # the socket ended under the request
 
     def put(self, frame: bytes) -> None:
@@ -63,20 +67,37 @@ class Inbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _expire(self, armed: float) -> None:
+        self._timer = None
+        if self._waiter is None:
+            return  # between waits: the next one sets the timer again
+        if self._deadline > armed:  # a frame came since it was set: the wait now ends later
+            self._timer = asyncio.get_running_loop().call_at(self._deadline, self._expire, self._deadline)
+        else:
+            self._wake()
+
     async def take(self, timeout_s: float) -> list[bytes]:
         """The frames that came since the last take, waiting up to `timeout_s` for one; empty when the socket
         was lost or the wait ran out."""
         if not self._frames and not self.lost:
             loop = asyncio.get_running_loop()
+            self._deadline = deadline = loop.time() + timeout_s
+            if self._timer is None or self._timer.when() > deadline:
+                self.close()
+                self._timer = loop.call_at(deadline, self._expire, deadline)
             waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(timeout_s, self._wake)
             try:
                 await waiter
             finally:
-                timer.cancel()
                 self._waiter = None
         frames, self._frames = self._frames, []
         return frames
+
+    def close(self) -> None:
+        """The request is done with it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class Session:
@@ -120,12 +141,16 @@ class Session:
     def begin(self) -> Inbox:
         """The inbox of the request about to be sent: every upstream frame until it ends, and whether the
         socket went."""
+        if self._inbox is not None:  # a request sent again
+            self._inbox.close()
         self._inbox = Inbox()
         if self.sock is None:
             self._inbox.lose()
         return self._inbox
 
     def end(self) -> None:
+        if self._inbox is not None:
+            self._inbox.close()
         self._inbox = None
         self.last_used = time.monotonic()
 

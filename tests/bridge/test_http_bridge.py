@@ -294,3 +294,31 @@ async def test_reasoning_sealed_by_an_account_this_process_never_saw_is_sent_aga
     assert refused["error_code"] == "invalid_encrypted_content" and retried["outcome"] == "completed"
     assert refused["account_id"] == retried["account_id"] != home
     assert app[UPSTREAM].recoveries["http:unsealed"] == 1
+
+
+async def test_an_upstream_gone_silent_is_given_up_after_its_wait(aiohttp_server, settings, sim, http):
+    """Silent before its first event: sent again, unseen; silent after bytes: a retriable failure; then the
+    conversation goes on on a fresh socket."""
+    proxy = await start_proxy(aiohttp_server, settings, sim, upstream_first_event_timeout_s=0.3,
+                              upstream_idle_timeout_s=0.3)
+    await add_fault(http, proxy.sim, transport="ws", action="stall", after_events=0, times=1)
+    assert completed(*await post(http, proxy, body(user("one")), SESSION))
+    assert proxy.app[UPSTREAM].recoveries["http:resend"] == 1
+    await add_fault(http, proxy.sim, transport="ws", action="stall", after_events=3, times=1)
+    started = time.monotonic()
+    resp, events = await post(http, proxy, body(user("two")), SESSION)
+    assert resp.status == 200 and len(events) == 4 and events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["error"]["code"] == "stream_incomplete" and time.monotonic() - started < 5
+    assert completed(*await post(http, proxy, body(user("three")), SESSION))
+
+
+async def test_a_stream_longer_than_its_waits_is_not_cut_while_events_keep_coming(aiohttp_server, settings, sim,
+                                                                                   http):
+    """The waits bound the silence between events, not the stream: events 100 ms apart over a second and more,
+    with waits of 0.3 s."""
+    proxy = await start_proxy(aiohttp_server, settings, sim, upstream_first_event_timeout_s=0.3,
+                              upstream_idle_timeout_s=0.3)
+    await add_fault(http, proxy.sim, transport="ws", action="delay", between_events_ms=100, times=1)
+    started = time.monotonic()
+    resp, events = await post(http, proxy, body(user("a few words to make the answer last")), SESSION)
+    assert completed(resp, events) and time.monotonic() - started > 1.0
