@@ -11,8 +11,10 @@ client never sees `previous_response_not_found` for an anchor it did not send.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from typing import Any, Sequence
+from itertools import chain, repeat
+from typing import Any, Iterator, Sequence
 
 import aiohttp
 import orjson
@@ -20,7 +22,7 @@ from aiohttp import web
 
 from codexlb import log, recovery
 from codexlb.bridge.anchor import Anchor, digest
-from codexlb.bridge.sessions import LOST, MAX_FAILURES, MAX_QUEUED, Session, Sessions
+from codexlb.bridge.sessions import MAX_FAILURES, MAX_QUEUED, Inbox, Session, Sessions
 from codexlb.errors import APIError
 from codexlb.keys import API_KEY
 from codexlb.recovery import Action, Phase
@@ -28,20 +30,33 @@ from codexlb.relay import CODEX_KEEPALIVE, SSE_HEADERS, KeepAlive, failed_event
 from codexlb.transcript import SEALED_REFUSED
 from codexlb.upstream.failover import client_error, next_step, refusal
 from codexlb.upstream.sse import encode
-from codexlb.upstream.state import Outcome, Upstream, observe
+from codexlb.upstream.state import TERMINAL, Outcome, Upstream, observe
+from codexlb.upstream.websocket import frame_type
 
 __all__ = ["SESSIONS", "Sessions", "relay", "session_key"]
 SESSIONS = web.AppKey("bridge_sessions", Sessions)
 _log = log.get("codexlb.bridge.http")
 # Fields of an HTTP body that a WebSocket `response.create` does not carry.
 _HTTP_ONLY = ("stream", "background")
+# The events the bridge reads (`_Turn._read`): the response's id, rate limits, the output kept for the anchor and
+# the transcript, the terminal's usage or error. The rest (the deltas) pass to the client unparsed.
+_READ = frozenset(kind.encode() for kind in (
+    "response.created", "codex.rate_limits", "response.output_item.done", *TERMINAL))
+# In frames each put after a line break (none of them holding one): each frame's type, where upstream writes it.
+# (Led by a literal, the pattern is searched for, not tried at every byte as `^` with MULTILINE would be.)
+_TYPES = re.compile(rb'\n\{"type":"([^"\\\n]*)"')
 
 
-def _sse_frame(kind: Any, text: str, event: Any) -> bytes:
+def _framed(kinds: list[bytes], frames: list[bytes]) -> Iterator[bytes]:
+    """The parts of frames' SSE frames, as `_sse_frame` makes them, made without a Python loop."""
+    return chain.from_iterable(zip(repeat(b"event: "), kinds, repeat(b"\ndata: "), frames, repeat(b"\n\n")))
+
+
+def _sse_frame(kind: Any, data: bytes, event: Any) -> bytes:
     """An upstream WebSocket event as an SSE frame: its JSON as upstream wrote it, unless a line break in it
     (JSON allows CR and LF between tokens) would split the frame."""
-    if isinstance(kind, str) and "\n" not in text and "\r" not in text:
-        return b"event: " + kind.encode() + b"\ndata: " + text.encode() + b"\n\n"
+    if isinstance(kind, str) and b"\n" not in data and b"\r" not in data:
+        return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
     return encode(event)
 
 
@@ -130,7 +145,7 @@ class _Turn:
             await beats.stop()
 
     async def _once(self, beats: KeepAlive) -> web.StreamResponse:
-        session, settings = self.session, self.up.settings
+        session = self.session
         if session.sock is None:
             await self._lost()
             if self.recovery is None:  # lost between requests: the reconnect itself sends nothing
@@ -146,47 +161,88 @@ class _Turn:
             # Closed under us since the look: the same as losing it now.
             session.drop_socket()
             return await self._recover(Phase.AFTER_BYTES if self.response is not None else Phase.BEFORE_BYTES)
+        return await self._relay(inbox, beats)
+
+    async def _relay(self, inbox: Inbox, beats: KeepAlive) -> web.StreamResponse:
+        settings = self.up.settings
+        response: web.StreamResponse | None = None
         seen = False
         while True:
-            wait = settings.upstream_idle_timeout_s if seen else settings.upstream_first_event_timeout_s
-            try:
-                async with asyncio.timeout(wait):
-                    data = await inbox.get()
-            except TimeoutError:
-                session.drop_socket()
-                data = LOST
-            # What upstream sent meanwhile goes to the client with it, in one write.
-            frames: list[bytes] = []
-            while data is not LOST:
-                event = orjson.loads(data)
-                kind = event.get("type") if isinstance(event, dict) else None
-                if not seen:
-                    seen = True
-                    if kind in ("error", "response.failed") and self.response is None:
-                        self._refused(event)
-                    self.outcome.first_event_at = time.monotonic()
-                frames.append(_sse_frame(kind, data, event))
-                if kind == "response.output_item.done" and isinstance(event.get("item"), dict):
-                    self.output.append(event["item"])
-                if isinstance(kind, str) and observe(self.up, session.account, self.outcome, kind, event):
-                    if kind == "response.completed" and self.outcome.response_id:
-                        session.anchor = Anchor.after(self.outcome.response_id, self.full, self.output)
-                        session.failures = 0
-                    elif kind != "response.completed":
-                        self.outcome.status = 502
-                    self.finished = True
-                    response = await beats.stop() or await self.commit()
-                    await response.write_eof(b"".join(frames))
-                    return response
-                if inbox.empty():
-                    break
-                data = inbox.get_nowait()
-            if frames:
-                response = await beats.stop() or await self.commit()
-                await response.write(b"".join(frames))
-            if data is LOST:
-                phase = Phase.AFTER_BYTES if self.response is not None else Phase.BEFORE_BYTES
-                return await self._recover(phase)
+            frames = await inbox.take(settings.upstream_idle_timeout_s if seen else
+                                      settings.upstream_first_event_timeout_s)
+            if not frames:  # the socket went, or upstream was silent past the wait
+                self.session.drop_socket()
+                return await self._recover(Phase.AFTER_BYTES if self.response is not None else Phase.BEFORE_BYTES)
+            # What upstream sent meanwhile goes to the client in one write.
+            out: list[bytes] = []
+            terminal = False
+            if not seen:
+                seen = True
+                frame, terminal = self._read(frames[0], first=True)
+                out.append(frame)
+                frames = frames[1:]
+            if terminal or self._batch(frames, out):
+                self.finished = True
+                response = response or await beats.stop() or await self.commit()
+                await response.write_eof(b"".join(out))
+                return response
+            response = response or await beats.stop() or await self.commit()
+            await response.write(b"".join(out))
+
+    def _batch(self, frames: list[bytes], out: list[bytes]) -> bool:
+        """Frames as SSE onto `out`; True when one ended the response (those after it are left). Those the bridge
+        does not read are framed in one pass over the batch, in C (a Python loop costed each frame more than
+        relaying it); a batch of one or two (a paced stream's), or one with a frame not written type first or
+        with a line break, is taken one by one."""
+        if len(frames) < 3:
+            return self._each(frames, out)
+        joined = b"\n".join([b"", *frames])
+        kinds = _TYPES.findall(joined)
+        if len(kinds) != len(frames) or joined.count(b"\n") != len(frames) or b"\r" in joined:
+            return self._each(frames, out)
+        start = 0
+        for i in () if _READ.isdisjoint(kinds) else [i for i, kind in enumerate(kinds) if kind in _READ]:
+            out += _framed(kinds[start:i], frames[start:i])
+            frame, terminal = self._read(frames[i], first=False)
+            out.append(frame)
+            if terminal:
+                return True
+            start = i + 1
+        out += _framed(kinds[start:], frames[start:])
+        return False
+
+    def _each(self, frames: list[bytes], out: list[bytes]) -> bool:
+        """`_batch`, a frame at a time."""
+        for data in frames:
+            kind = frame_type(data)
+            if kind is not None and kind not in _READ and b"\n" not in data and b"\r" not in data:
+                out += (b"event: ", kind, b"\ndata: ", data, b"\n\n")  # as `_sse_frame` would make it
+                continue
+            frame, terminal = self._read(data, first=False)
+            out.append(frame)
+            if terminal:
+                return True
+        return False
+
+    def _read(self, data: bytes, first: bool) -> tuple[bytes, bool]:
+        """A frame read whole: what it tells the pool, the accounting and the anchor; its SSE frame, and
+        whether it ends the response."""
+        event = orjson.loads(data)
+        kind = event.get("type") if isinstance(event, dict) else None
+        if first:
+            if kind in ("error", "response.failed") and self.response is None:
+                self._refused(event)
+            self.outcome.first_event_at = time.monotonic()
+        if kind == "response.output_item.done" and isinstance(event.get("item"), dict):
+            self.output.append(event["item"])
+        terminal = isinstance(kind, str) and observe(self.up, self.session.account, self.outcome, kind, event)
+        if terminal:
+            if kind == "response.completed" and self.outcome.response_id:
+                self.session.anchor = Anchor.after(self.outcome.response_id, self.full, self.output)
+                self.session.failures = 0
+            elif kind != "response.completed":
+                self.outcome.status = 502
+        return _sse_frame(kind, data, event), terminal
 
     def _refused(self, event: dict[str, Any]) -> None:
         """Upstream refused the request before anything reached the client."""

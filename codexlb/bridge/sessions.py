@@ -25,8 +25,6 @@ from codexlb.upstream.websocket import UpstreamSocket, open_socket, reconnect
 
 _log = log.get("codexlb.bridge.sessions")
 T = TypeVar("T")
-# What the reader puts in a request's inbox when the upstream socket ends under it.
-LOST = object()
 # Requests of one conversation waiting for its socket; more go the plain HTTP way.
 MAX_QUEUED = 4
 # A session whose requests keep failing is retired; the next request starts a fresh one.
@@ -38,6 +36,68 @@ USED_CHECK_S = 0.1
 # Request headers a reconnect presents again (the rest belonged to the request that made the session).
 _KEPT = ("session_id", "session-id", "thread-id", "originator", "user-agent", "version", "openai-beta",
          "x-codex-window-id", "x-codex-beta-features", "x-codex-installation-id")
+
+
+class Inbox:
+    """What upstream sends for the request in flight, taken in batches: every frame that came since the last
+    take, so frames read off the socket in one go reach the client in one write, for one wake-up of the
+    request (a queue would cost each frame its own put and get)."""
+
+    __slots__ = ("_frames", "_waiter", "_deadline", "_timer", "lost")
+
+    def __init__(self) -> None:
+        self._frames: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+        # One timer for the request's waits, moved on only when it fires (paced streams wait once per event:
+        # a timer made and cancelled per wait was a tenth of their cost).
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.lost = False  # the socket ended under the request
+
+    def put(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        self._wake()
+
+    def lose(self) -> None:
+        self.lost = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _expire(self, armed: float) -> None:
+        self._timer = None
+        if self._waiter is None:
+            return  # between waits: the next one sets the timer again
+        if self._deadline > armed:  # a frame came since it was set: the wait now ends later
+            self._timer = asyncio.get_running_loop().call_at(self._deadline, self._expire, self._deadline)
+        else:
+            self._wake()
+
+    async def take(self, timeout_s: float) -> list[bytes]:
+        """The frames that came since the last take, waiting up to `timeout_s` for one; empty when the socket
+        was lost or the wait ran out."""
+        if not self._frames and not self.lost:
+            loop = asyncio.get_running_loop()
+            self._deadline = deadline = loop.time() + timeout_s
+            if self._timer is None or self._timer.when() > deadline:
+                self.close()
+                self._timer = loop.call_at(deadline, self._expire, deadline)
+            waiter = self._waiter = loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        frames, self._frames = self._frames, []
+        return frames
+
+    def close(self) -> None:
+        """The request is done with it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class Session:
@@ -57,7 +117,7 @@ class Session:
         self.epoch: int | None = None  # the ownership it holds (`ownership`), once claimed
         self.lost = False  # another replica took the conversation over: retired once no request uses it
         self.last_used = time.monotonic()
-        self._inbox: asyncio.Queue[Any] | None = None
+        self._inbox: Inbox | None = None
         self._reader: asyncio.Task[None] | None = None
         self._attach(sock)
 
@@ -72,21 +132,25 @@ class Session:
 
     async def reconnect(self) -> Failure | None:
         """A new socket on the same account and turn state, where the conversation's state lives."""
-        result = await reconnect(self.up, self.account, self.headers, self.turn_state)
+        result = await reconnect(self.up, self.account, self.headers, self.turn_state, text_as_bytes=True)
         if isinstance(result, Failure):
             return result
         self._attach(result)
         return None
 
-    def begin(self) -> asyncio.Queue[Any]:
-        """The inbox of the request about to be sent: every upstream frame until it ends, then LOST if
-        the socket goes."""
-        self._inbox = asyncio.Queue()
+    def begin(self) -> Inbox:
+        """The inbox of the request about to be sent: every upstream frame until it ends, and whether the
+        socket went."""
+        if self._inbox is not None:  # a request sent again
+            self._inbox.close()
+        self._inbox = Inbox()
         if self.sock is None:
-            self._inbox.put_nowait(LOST)
+            self._inbox.lose()
         return self._inbox
 
     def end(self) -> None:
+        if self._inbox is not None:
+            self._inbox.close()
         self._inbox = None
         self.last_used = time.monotonic()
 
@@ -101,7 +165,7 @@ class Session:
         try:
             async for message in sock.ws:
                 if message.type is WSMsgType.TEXT and self._inbox is not None:
-                    self._inbox.put_nowait(message.data)
+                    self._inbox.put(message.data)
         except (aiohttp.ClientError, ConnectionError):
             pass
         finally:
@@ -109,7 +173,7 @@ class Session:
             if self.sock is sock:
                 self.sock = None
                 if self._inbox is not None:
-                    self._inbox.put_nowait(LOST)
+                    self._inbox.lose()
             await sock.ws.close()
 
     async def close(self) -> None:
@@ -151,7 +215,7 @@ class Sessions:
         # Claimed while the socket opens, and never waited for: the request goes on whatever the database does.
         claim = self._track(self._ownership.claim(key)) if self._ownership is not None else None
         try:
-            sock, slot = await open_socket(self._up, headers, keys, Outcome())
+            sock, slot = await open_socket(self._up, headers, keys, Outcome(), text_as_bytes=True)
         except GateFull:
             if claim is not None:
                 claim.cancel()

@@ -26,6 +26,19 @@ HEARTBEAT_S = 30.0
 MAX_FRAME = 16 * 1024 * 1024
 # Reads are bounded by the caller (per phase); a close waits this long for the peer's close frame.
 _TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0)
+# How upstream starts every event it writes.
+_TYPE_FIRST = b'{"type":"'
+
+
+def frame_type(frame: bytes) -> bytes | None:
+    """An event frame's type read off its start, where upstream writes it, without parsing the frame (text
+    further on, a delta's included, is never looked at); None when the frame does not start so: parse it."""
+    if frame.startswith(_TYPE_FIRST):
+        start = len(_TYPE_FIRST)
+        end = frame.find(b'"', start)
+        if end != -1 and frame.find(b"\\", start, end) == -1:
+            return frame[start:end]
+    return None
 
 
 @dataclass(slots=True)
@@ -36,8 +49,10 @@ class UpstreamSocket:
 
 
 async def connect(up: Upstream, account: Account, client_headers: Mapping[str, str],
-                  turn_state: str | None) -> UpstreamSocket | Failure:
-    """One handshake on one account; `turn_state` lands it on the backend that holds the conversation."""
+                  turn_state: str | None, *, text_as_bytes: bool = False) -> UpstreamSocket | Failure:
+    """One handshake on one account; `turn_state` lands it on the backend that holds the conversation.
+    `text_as_bytes`: text frames are read as the UTF-8 bytes they came in, for a reader that passes most of
+    them on unread (no decoding, nor encoding again)."""
     token = account.tokens.access_token
     headers = upstream_request_headers(client_headers, account_headers(account, token))
     if "openai-beta" not in headers:
@@ -47,7 +62,7 @@ async def connect(up: Upstream, account: Account, client_headers: Mapping[str, s
     try:
         async with up.gates.upstream_connects.slot(), asyncio.timeout(up.settings.upstream_connect_timeout_s):
             ws = await up.http.ws_connect(up.responses_url, headers=headers, heartbeat=HEARTBEAT_S,
-                                          max_msg_size=MAX_FRAME, timeout=_TIMEOUT)
+                                          max_msg_size=MAX_FRAME, timeout=_TIMEOUT, decode_text=not text_as_bytes)
     except aiohttp.WSServerHandshakeError as exc:
         failure = Failure(exc.status, {}, exc.headers or {}, reason="handshake refused", token=token)
         verdict = verdict_for_error(exc.status, {}, failure.headers, time.time())
@@ -64,17 +79,18 @@ async def connect(up: Upstream, account: Account, client_headers: Mapping[str, s
 
 
 async def reconnect(up: Upstream, account: Account, client_headers: Mapping[str, str],
-                    turn_state: str | None) -> UpstreamSocket | Failure:
+                    turn_state: str | None, *, text_as_bytes: bool = False) -> UpstreamSocket | Failure:
     """`connect` again on the account and turn state that hold a conversation; a 401 earns one more handshake
     with renewed tokens, as in failover (the conversation cannot move to another account here)."""
-    result = await connect(up, account, client_headers, turn_state)
+    result = await connect(up, account, client_headers, turn_state, text_as_bytes=text_as_bytes)
     if isinstance(result, Failure) and result.status == 401 and await renewed(up, account, result):
-        result = await connect(up, account, client_headers, turn_state)
+        result = await connect(up, account, client_headers, turn_state, text_as_bytes=text_as_bytes)
     return result
 
 
 async def open_socket(up: Upstream, client_headers: Mapping[str, str], keys: Sequence[str],
-                      outcome: Outcome) -> tuple[UpstreamSocket, Slot]:
+                      outcome: Outcome, *, text_as_bytes: bool = False) -> tuple[UpstreamSocket, Slot]:
     """A socket on the first account whose handshake succeeds, with that account's stream slot (the
     caller releases it); raises the APIError the client's handshake should be denied with."""
-    return await fail_over(up, keys, outcome, lambda account, _slot: connect(up, account, client_headers, None))
+    return await fail_over(up, keys, outcome, lambda account, _slot: connect(
+        up, account, client_headers, None, text_as_bytes=text_as_bytes))

@@ -6,7 +6,8 @@ Run: .venv/bin/python tests/bench/bench_paths.py [--seconds 6] [--rounds 3] [--r
 Pairs (codexlb path : its baseline):
   plain HTTP              : bare SSE relay (bench_proxy.BARE_RELAY), HTTP in, HTTP out
   HTTP bridge (session_id): bare HTTP-to-WS relay: one POST becomes one `response.create` frame on an
-                            upstream WebSocket kept per `session_id`; frames come back as SSE
+                            upstream WebSocket kept per `session_id`; frames come back as SSE, each
+                            read only for its type, those already received written together
   WebSocket route         : bare WS-to-WS relay: one upstream WebSocket per client WebSocket, frames
                             relayed both ways untouched
 Each baseline is its own process on the same stack (aiohttp server and client, the default event loop
@@ -81,24 +82,33 @@ async def relay(request):
 
 HTTP_WS_RELAY = _RELAY_HEAD + """
 METHOD = "POST"
-TERMINAL = {"response.completed", "response.failed", "response.incomplete", "error"}
+TERMINAL = {b"response.completed", b"response.failed", b"response.incomplete", b"error"}
 async def relay(request):
     body = orjson.loads(await request.read())
     body.pop("stream", None)
     sockets, session = request.app["sockets"], request.headers["session_id"]
     up = sockets.get(session)
     if up is None or up.closed:
-        up = sockets[session] = await request.app["http"].ws_connect(upstream, headers=headers, max_msg_size=0)
+        # Frames as the bytes they came in: nothing decoded to be encoded again.
+        up = sockets[session] = await request.app["http"].ws_connect(upstream, headers=headers, max_msg_size=0,
+                                                                     decode_text=False)
     await up.send_str(orjson.dumps({"type": "response.create", **body}).decode())
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
-    async for message in up:
-        kind = orjson.loads(message.data)["type"]
-        await resp.write(b"event: " + kind.encode() + b"\\ndata: " + message.data.encode() + b"\\n\\n")
-        if kind in TERMINAL:
-            break
-    await resp.write_eof()
-    return resp
+    # Frames aiohttp has already read (no public call says whether a receive would wait) go out in one write.
+    received = up._reader._buffer
+    while True:
+        out = []
+        while True:
+            data = (await up.receive()).data
+            kind = data[9:data.index(b'"', 9)]  # only the type, which upstream writes first: {"type":"...
+            out += (b"event: ", kind, b"\\ndata: ", data, b"\\n\\n")
+            if kind in TERMINAL:
+                await resp.write_eof(b"".join(out))
+                return resp
+            if not received:
+                break
+        await resp.write(b"".join(out))
 """ + _RELAY_MAIN
 
 

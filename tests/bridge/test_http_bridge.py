@@ -231,11 +231,11 @@ async def test_idle_sessions_are_let_go_without_new_traffic(aiohttp_server, sett
 
 
 def test_an_upstream_event_with_line_breaks_in_its_json_stays_one_sse_frame():
-    for text in ('{"type": "response.created",\n "response": {}}', '{"type":"response.created",\r"response":{}}'):
+    for text in (b'{"type": "response.created",\n "response": {}}', b'{"type":"response.created",\r"response":{}}'):
         frame = _sse_frame("response.created", text, orjson.loads(text))
         assert frame.count(b"\n\n") == 1 and frame.endswith(b"\n\n") and b"\r" not in frame
         assert orjson.loads(frame.split(b"data: ", 1)[1]) == {"type": "response.created", "response": {}}
-    assert _sse_frame("response.created", '{"type":"response.created"}', {}) == (
+    assert _sse_frame("response.created", b'{"type":"response.created"}', {}) == (
         b'event: response.created\ndata: {"type":"response.created"}\n\n')
 
 
@@ -294,3 +294,31 @@ async def test_reasoning_sealed_by_an_account_this_process_never_saw_is_sent_aga
     assert refused["error_code"] == "invalid_encrypted_content" and retried["outcome"] == "completed"
     assert refused["account_id"] == retried["account_id"] != home
     assert app[UPSTREAM].recoveries["http:unsealed"] == 1
+
+
+async def test_an_upstream_gone_silent_is_given_up_after_its_wait(aiohttp_server, settings, sim, http):
+    """Silent before its first event: sent again, unseen; silent after bytes: a retriable failure; then the
+    conversation goes on on a fresh socket."""
+    proxy = await start_proxy(aiohttp_server, settings, sim, upstream_first_event_timeout_s=0.3,
+                              upstream_idle_timeout_s=0.3)
+    await add_fault(http, proxy.sim, transport="ws", action="stall", after_events=0, times=1)
+    assert completed(*await post(http, proxy, body(user("one")), SESSION))
+    assert proxy.app[UPSTREAM].recoveries["http:resend"] == 1
+    await add_fault(http, proxy.sim, transport="ws", action="stall", after_events=3, times=1)
+    started = time.monotonic()
+    resp, events = await post(http, proxy, body(user("two")), SESSION)
+    assert resp.status == 200 and len(events) == 4 and events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["error"]["code"] == "stream_incomplete" and time.monotonic() - started < 5
+    assert completed(*await post(http, proxy, body(user("three")), SESSION))
+
+
+async def test_a_stream_longer_than_its_waits_is_not_cut_while_events_keep_coming(aiohttp_server, settings, sim,
+                                                                                   http):
+    """The waits bound the silence between events, not the stream: events 100 ms apart over a second and more,
+    with waits of 0.3 s."""
+    proxy = await start_proxy(aiohttp_server, settings, sim, upstream_first_event_timeout_s=0.3,
+                              upstream_idle_timeout_s=0.3)
+    await add_fault(http, proxy.sim, transport="ws", action="delay", between_events_ms=100, times=1)
+    started = time.monotonic()
+    resp, events = await post(http, proxy, body(user("a few words to make the answer last")), SESSION)
+    assert completed(resp, events) and time.monotonic() - started > 1.0
