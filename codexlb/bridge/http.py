@@ -30,18 +30,17 @@ from codexlb.relay import CODEX_KEEPALIVE, SSE_HEADERS, KeepAlive, failed_event
 from codexlb.transcript import SEALED_REFUSED
 from codexlb.upstream.failover import client_error, next_step, refusal
 from codexlb.upstream.sse import encode
-from codexlb.upstream.state import TERMINAL, Outcome, Upstream, observe
-from codexlb.upstream.websocket import frame_type
+from codexlb.upstream.state import Outcome, Upstream, observe
+from codexlb.upstream.websocket import MUST_READ, frame_type
 
 __all__ = ["SESSIONS", "Sessions", "relay", "session_key"]
 SESSIONS = web.AppKey("bridge_sessions", Sessions)
 _log = log.get("codexlb.bridge.http")
 # Fields of an HTTP body that a WebSocket `response.create` does not carry.
 _HTTP_ONLY = ("stream", "background")
-# The events the bridge reads (`_Turn._read`): the response's id, rate limits, the output kept for the anchor and
-# the transcript, the terminal's usage or error. The rest (the deltas) pass to the client unparsed.
-_READ = frozenset(kind.encode() for kind in (
-    "response.created", "codex.rate_limits", "response.output_item.done", *TERMINAL))
+# The events the bridge reads (`_Turn._read`) are upstream/websocket's MUST_READ: the response's id, rate limits,
+# the output kept for the anchor and the transcript, the terminal's usage or error. The rest (the deltas) pass to
+# the client unparsed.
 # In frames each put after a line break (none of them holding one): each frame's type, where upstream writes it.
 # (Led by a literal, the pattern is searched for, not tried at every byte as `^` with MULTILINE would be.)
 _TYPES = re.compile(rb'\n\{"type":"([^"\\\n]*)"')
@@ -201,7 +200,7 @@ class _Turn:
         if len(kinds) != len(frames) or joined.count(b"\n") != len(frames) or b"\r" in joined:
             return self._each(frames, out)
         start = 0
-        for i in () if _READ.isdisjoint(kinds) else [i for i, kind in enumerate(kinds) if kind in _READ]:
+        for i in () if MUST_READ.isdisjoint(kinds) else [i for i, kind in enumerate(kinds) if kind in MUST_READ]:
             out += _framed(kinds[start:i], frames[start:i])
             frame, terminal = self._read(frames[i], first=False)
             out.append(frame)
@@ -215,7 +214,7 @@ class _Turn:
         """`_batch`, a frame at a time."""
         for data in frames:
             kind = frame_type(data)
-            if kind is not None and kind not in _READ and b"\n" not in data and b"\r" not in data:
+            if kind is not None and kind not in MUST_READ and b"\n" not in data and b"\r" not in data:
                 out += (b"event: ", kind, b"\ndata: ", data, b"\n\n")  # as `_sse_frame` would make it
                 continue
             frame, terminal = self._read(data, first=False)

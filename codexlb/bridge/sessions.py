@@ -132,7 +132,7 @@ class Session:
 
     async def reconnect(self) -> Failure | None:
         """A new socket on the same account and turn state, where the conversation's state lives."""
-        result = await reconnect(self.up, self.account, self.headers, self.turn_state, text_as_bytes=True)
+        result = await reconnect(self.up, self.account, self.headers, self.turn_state)
         if isinstance(result, Failure):
             return result
         self._attach(result)
@@ -215,7 +215,7 @@ class Sessions:
         # Claimed while the socket opens, and never waited for: the request goes on whatever the database does.
         claim = self._track(self._ownership.claim(key)) if self._ownership is not None else None
         try:
-            sock, slot = await open_socket(self._up, headers, keys, Outcome(), text_as_bytes=True)
+            sock, slot = await open_socket(self._up, headers, keys, Outcome())
         except GateFull:
             if claim is not None:
                 claim.cancel()

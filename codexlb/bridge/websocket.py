@@ -31,6 +31,7 @@ from codexlb.account import Account
 from codexlb.accounting import account_usage
 from codexlb.admission.gate import Slot
 from codexlb.errors import APIError
+from codexlb.idle_timeout import IdleTimeout
 from codexlb.key_limits.enforce import LIMITS_KEY
 from codexlb.keys import API_KEY
 from codexlb.pool.sticky import MAX_KEY_VALUE, conversation_of, turn_of
@@ -41,7 +42,7 @@ from codexlb.store import Store
 from codexlb.transcript import SEALED_REFUSED, without_account_items
 from codexlb.upstream.failover import next_step, refusal
 from codexlb.upstream.state import Outcome, Upstream, observe
-from codexlb.upstream.websocket import UpstreamSocket, open_socket, reconnect
+from codexlb.upstream.websocket import MUST_READ, UpstreamSocket, frame_type, open_socket, reconnect
 
 _log = log.get("codexlb.bridge.ws")
 _CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
@@ -220,32 +221,38 @@ class Bridge:
                 await sock.ws.close()
 
     async def _relay(self, sock: UpstreamSocket) -> None:
-        idle = self._up.settings.upstream_idle_timeout_s
+        """Relay one upstream socket until it ends. Its silence is bounded while a response is under way (one
+        timer for the socket, not one per frame), and not between responses."""
         ws = sock.ws
-        while True:
-            try:
-                message = await ws.receive(timeout=idle if self._inflight is not None else None)
-            except TimeoutError:
-                await ws.close()
-                return
-            if message.type is WSMsgType.TEXT:
-                if not await self._from_upstream(message.data):
-                    await ws.close()
-                    await self._fail_over()
-                    return
-            elif message.type is WSMsgType.BINARY:
-                await self._client.send_bytes(message.data)
-            elif message.type in _CLOSED:
-                return
+        try:
+            async with IdleTimeout(self._up.settings.upstream_idle_timeout_s) as silence:
+                while True:
+                    if self._inflight is not None:
+                        silence.waiting()
+                    message = await ws.receive()
+                    silence.heard()
+                    if message.type is WSMsgType.TEXT:
+                        if not await self._from_upstream(message.data):
+                            await ws.close()
+                            await self._fail_over()
+                            return
+                    elif message.type is WSMsgType.BINARY:
+                        await self._client.send_bytes(message.data)
+                    elif message.type in _CLOSED:
+                        return
+        except TimeoutError:
+            await ws.close()
 
-    async def _from_upstream(self, text: str) -> bool:
-        """Relay one upstream frame; False when, instead, the request should move to another account."""
+    async def _from_upstream(self, frame: bytes) -> bool:
+        """Relay one upstream frame (its text's bytes, passed on as they came); False when, instead, the
+        request should move to another account."""
         inflight = self._inflight
-        if inflight is None:
-            await self._client.send_str(text)
+        kind = frame_type(frame)
+        if inflight is None or (kind is not None and kind not in MUST_READ and inflight.seen):
+            await self._client.send_frame(frame, WSMsgType.TEXT)  # a delta: nothing in it to read
             return True
         try:
-            data: Any = orjson.loads(text)
+            data: Any = orjson.loads(frame)
         except orjson.JSONDecodeError:
             data = None
         kind = data.get("type") if isinstance(data, dict) else None
@@ -263,7 +270,7 @@ class Bridge:
                     return False
             inflight.seen = True
             inflight.outcome.first_event_at = time.monotonic()
-        await self._client.send_str(text)
+        await self._client.send_frame(frame, WSMsgType.TEXT)
         if kind == "response.output_item.done" and isinstance(data.get("item"), dict):
             inflight.output.append(data["item"])
         if isinstance(kind, str) and observe(self._up, self._account, inflight.outcome, kind, data):

@@ -17,7 +17,7 @@ from codexlb.pool.quota import verdict_for_error, windows_from_headers
 from codexlb.upstream.failover import Failure, fail_over, renewed
 from codexlb.upstream.headers import upstream_request_headers
 from codexlb.upstream.session import account_headers
-from codexlb.upstream.state import Outcome, Upstream
+from codexlb.upstream.state import TERMINAL, Outcome, Upstream
 
 WS_BETA = "responses_websockets=2026-02-06"
 # Pings both ways find a dead peer within this bound (aiohttp closes when a pong is half of it late).
@@ -28,6 +28,10 @@ MAX_FRAME = 16 * 1024 * 1024
 _TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0)
 # How upstream starts every event it writes.
 _TYPE_FIRST = b'{"type":"'
+# The events whose content a carrier must read (what `state.observe` notes, the output kept for the
+# transcript, and errors); every other frame is passed on unread.
+MUST_READ = frozenset(kind.encode() for kind in (
+    "response.created", "codex.rate_limits", "response.output_item.done", *TERMINAL))
 
 
 def frame_type(frame: bytes) -> bytes | None:
@@ -49,10 +53,10 @@ class UpstreamSocket:
 
 
 async def connect(up: Upstream, account: Account, client_headers: Mapping[str, str],
-                  turn_state: str | None, *, text_as_bytes: bool = False) -> UpstreamSocket | Failure:
+                  turn_state: str | None) -> UpstreamSocket | Failure:
     """One handshake on one account; `turn_state` lands it on the backend that holds the conversation.
-    `text_as_bytes`: text frames are read as the UTF-8 bytes they came in, for a reader that passes most of
-    them on unread (no decoding, nor encoding again)."""
+    Text frames are read as the UTF-8 bytes they came in: both carriers pass most of them on unread (no
+    decoding, nor encoding again)."""
     token = account.tokens.access_token
     headers = upstream_request_headers(client_headers, account_headers(account, token))
     if "openai-beta" not in headers:
@@ -62,7 +66,7 @@ async def connect(up: Upstream, account: Account, client_headers: Mapping[str, s
     try:
         async with up.gates.upstream_connects.slot(), asyncio.timeout(up.settings.upstream_connect_timeout_s):
             ws = await up.http.ws_connect(up.responses_url, headers=headers, heartbeat=HEARTBEAT_S,
-                                          max_msg_size=MAX_FRAME, timeout=_TIMEOUT, decode_text=not text_as_bytes)
+                                          max_msg_size=MAX_FRAME, timeout=_TIMEOUT, decode_text=False)
     except aiohttp.WSServerHandshakeError as exc:
         failure = Failure(exc.status, {}, exc.headers or {}, reason="handshake refused", token=token)
         verdict = verdict_for_error(exc.status, {}, failure.headers, time.time())
@@ -79,18 +83,18 @@ async def connect(up: Upstream, account: Account, client_headers: Mapping[str, s
 
 
 async def reconnect(up: Upstream, account: Account, client_headers: Mapping[str, str],
-                    turn_state: str | None, *, text_as_bytes: bool = False) -> UpstreamSocket | Failure:
+                    turn_state: str | None) -> UpstreamSocket | Failure:
     """`connect` again on the account and turn state that hold a conversation; a 401 earns one more handshake
     with renewed tokens, as in failover (the conversation cannot move to another account here)."""
-    result = await connect(up, account, client_headers, turn_state, text_as_bytes=text_as_bytes)
+    result = await connect(up, account, client_headers, turn_state)
     if isinstance(result, Failure) and result.status == 401 and await renewed(up, account, result):
-        result = await connect(up, account, client_headers, turn_state, text_as_bytes=text_as_bytes)
+        result = await connect(up, account, client_headers, turn_state)
     return result
 
 
 async def open_socket(up: Upstream, client_headers: Mapping[str, str], keys: Sequence[str],
-                      outcome: Outcome, *, text_as_bytes: bool = False) -> tuple[UpstreamSocket, Slot]:
+                      outcome: Outcome) -> tuple[UpstreamSocket, Slot]:
     """A socket on the first account whose handshake succeeds, with that account's stream slot (the
     caller releases it); raises the APIError the client's handshake should be denied with."""
     return await fail_over(up, keys, outcome, lambda account, _slot: connect(
-        up, account, client_headers, None, text_as_bytes=text_as_bytes))
+        up, account, client_headers, None))

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import socket
+import time
 
 import aiohttp
 import pytest
@@ -287,3 +288,29 @@ async def test_socket_lost_before_the_first_byte_of_an_unanchored_request_is_res
     assert [terminal(a)["type"] for a in answers] == ["response.completed"] * 2
     assert [r["outcome"] for r in proxy.sim.backend.records_view()] == ["close", "completed", "completed"]
     await settled(proxy)
+
+
+async def test_an_upstream_silent_mid_response_is_given_up_after_the_bound(aiohttp_server, settings, sim, http):
+    proxy = await start_proxy(aiohttp_server, settings, sim, upstream_idle_timeout_s=0.3)
+    await add_fault(http, proxy, action="stall", after_events=3, times=1)
+    ws = await connect(http, proxy)
+    started = time.monotonic()
+    events = await ws_turn(ws, body(user("hi")))
+    assert len(events) == 4 and terminal(events)["type"] == "response.failed"
+    assert time.monotonic() - started < 5
+    # Between responses nothing is bounded: the socket waits for the client's next request.
+    answer = await ws_turn(ws, body(user("again")))
+    assert terminal(answer)["type"] == "response.completed"
+    await ws.close()
+
+
+async def test_a_response_longer_than_the_silence_bound_is_not_cut_while_events_come(aiohttp_server, settings, sim,
+                                                                                     http):
+    """Events 100 ms apart for over a second, with a bound of 0.3 s (a timer not moved on as events come cuts it)."""
+    proxy = await start_proxy(aiohttp_server, settings, sim, upstream_idle_timeout_s=0.3)
+    await add_fault(http, proxy, action="delay", between_events_ms=100, times=1)
+    ws = await connect(http, proxy)
+    started = time.monotonic()
+    events = await ws_turn(ws, body(user("a few words to make the answer last")))
+    assert terminal(events)["type"] == "response.completed" and time.monotonic() - started > 1.0
+    await ws.close()
