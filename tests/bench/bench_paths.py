@@ -68,12 +68,12 @@ asyncio.run(main())
 WS_RELAY = _RELAY_HEAD + """
 METHOD = "GET"
 async def pump(source, sink):
-    async for message in source:
-        await sink.send_str(message.data)
+    async for message in source:  # text frames as the bytes they came in, passed on undecoded
+        await sink.send_frame(message.data, message.type)
 async def relay(request):
-    client = web.WebSocketResponse(max_msg_size=0)
+    client = web.WebSocketResponse(max_msg_size=0, decode_text=False)
     await client.prepare(request)
-    async with request.app["http"].ws_connect(upstream, headers=headers, max_msg_size=0) as up:
+    async with request.app["http"].ws_connect(upstream, headers=headers, max_msg_size=0, decode_text=False) as up:
         down = asyncio.create_task(pump(up, client))
         await pump(client, up)
         down.cancel()
