@@ -19,10 +19,11 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import asyncpg.connect_utils
 
 from codexlb import log
 from codexlb.store import schema
@@ -114,27 +115,31 @@ async def _migrate(conn: asyncpg.Connection, where: str) -> None:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
 
-# Connects given up by a cancelled caller and left to finish: `close` waits for them.
-_abandoned_connects: set[asyncio.Task] = set()
+class _SSLRequestProto(asyncpg.connect_utils.TLSUpgradeProto):
+    """asyncpg's SSLRequest exchange (sslmode=prefer, the default) with its answer marked as read. Cut short as
+    its TCP connection opens (a connect or a query's CancelRequest, cancelled by a closing connection), asyncpg
+    drops the answer's future with the connection's loss set in it, which asyncio logs as an error nobody
+    retrieved (asyncpg issues #1211, #1310; still so in 0.32). Whoever awaits the answer still gets it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_data.add_done_callback(lambda answer: answer.cancelled() or answer.exception())
 
 
-async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
-    """`asyncpg.connect` that a cancellation does not cut short. asyncpg (0.32, sslmode=prefer) cancelled just as
-    its TCP connection opens leaves an error nobody reads, which asyncio logs as an error (seen at a serve's
-    shutdown, 3 in 40): the connect goes on by itself and what it made is closed."""
-    connecting = asyncio.ensure_future(asyncpg.connect(*args, **kwargs))
+asyncpg.connect_utils.TLSUpgradeProto = _SSLRequestProto  # type: ignore[misc]
+
+@contextlib.asynccontextmanager
+async def _pooled(pool: asyncpg.Pool, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+    """`pool.acquire()`, whose release outlives a cancelled caller with its outcome read. asyncpg shields the
+    release from the caller's cancellation but leaves a failed one (the server cut the connection) as an error
+    asyncio logs, nobody having retrieved it."""
+    conn = await pool.acquire(timeout=timeout)
     try:
-        return await asyncio.shield(connecting)
-    except asyncio.CancelledError:
-        _abandoned_connects.add(connecting)
-        connecting.add_done_callback(_close_abandoned)
-        raise
-
-
-def _close_abandoned(connecting: asyncio.Task) -> None:
-    _abandoned_connects.discard(connecting)
-    if not connecting.cancelled() and connecting.exception() is None:
-        connecting.result().terminate()
+        yield conn
+    finally:
+        releasing = asyncio.ensure_future(pool.release(conn))
+        releasing.add_done_callback(lambda done: done.cancelled() or done.exception())
+        await asyncio.shield(releasing)
 
 
 def _log_failure(result: asyncio.Future[list[int]]) -> None:
@@ -175,11 +180,11 @@ class PostgresEngine:
         where = public_url(url)
         try:
             pool = await asyncpg.create_pool(dsn=url, min_size=1, max_size=pool_size, timeout=connect_timeout_s,
-                                             command_timeout=60, connect=_connect)
+                                             command_timeout=60)
         except Exception as exc:
             raise _start_error(where, exc) from None
         try:
-            async with pool.acquire() as conn:
+            async with _pooled(pool) as conn:
                 await _migrate(conn, where)
         except DatabaseError:
             await pool.close()
@@ -241,7 +246,7 @@ class PostgresEngine:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await _connect(self._url, timeout=10)
+                conn = await asyncpg.connect(self._url, timeout=10)
                 heard: asyncio.Queue[str] = asyncio.Queue()
                 await conn.add_listener(CHANNEL, lambda _c, _pid, _channel, payload: heard.put_nowait(payload))
                 # Notifications sent while this replica was not listening (before it first listened too, since
@@ -325,7 +330,7 @@ class PostgresEngine:
         deadline = loop.time() + self._wait_s if deadline is None else deadline
         for attempt in itertools.count():
             try:
-                async with self._pool.acquire(timeout=max(0.01, deadline - loop.time())) as conn:
+                async with _pooled(self._pool, max(0.01, deadline - loop.time())) as conn:
                     result = await work(conn)
             except Exception as exc:
                 if not transient(exc):
@@ -361,7 +366,7 @@ class PostgresEngine:
                 await self._landed_up_to(write.seq)
                 continue
             try:
-                async with self._pool.acquire() as conn:
+                async with _pooled(self._pool) as conn:
                     counts = await self._apply(conn, write)
             except asyncio.CancelledError:
                 raise
@@ -422,5 +427,3 @@ class PostgresEngine:
                 await self._pool.close()
         except TimeoutError:
             self._pool.terminate()
-        if _abandoned_connects:
-            await asyncio.wait(_abandoned_connects, timeout=self._wait_s)
