@@ -115,6 +115,12 @@ async def _migrate(conn: asyncpg.Connection, where: str) -> None:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
 
+def _read_outcome(done: asyncio.Future[Any]) -> None:
+    """Marks a finished future's outcome as read, so asyncio does not log an error nobody was left to take."""
+    if not done.cancelled():
+        done.exception()
+
+
 class _SSLRequestProto(asyncpg.connect_utils.TLSUpgradeProto):
     """asyncpg's SSLRequest exchange (sslmode=prefer, the default) with its answer marked as read. Cut short as
     its TCP connection opens (a connect or a query's CancelRequest, cancelled by a closing connection), asyncpg
@@ -123,7 +129,7 @@ class _SSLRequestProto(asyncpg.connect_utils.TLSUpgradeProto):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.on_data.add_done_callback(lambda answer: answer.cancelled() or answer.exception())
+        self.on_data.add_done_callback(_read_outcome)
 
 
 asyncpg.connect_utils.TLSUpgradeProto = _SSLRequestProto  # type: ignore[misc]
@@ -138,7 +144,7 @@ async def _pooled(pool: asyncpg.Pool, timeout: float | None = None) -> AsyncIter
         yield conn
     finally:
         releasing = asyncio.ensure_future(pool.release(conn))
-        releasing.add_done_callback(lambda done: done.cancelled() or done.exception())
+        releasing.add_done_callback(_read_outcome)
         await asyncio.shield(releasing)
 
 
