@@ -96,8 +96,8 @@ def test_a_killed_worker_is_restarted_and_no_connection_is_refused(tmp_path):
             try:
                 get_json(f"{url}/health/live")
                 served[0] += 1
-            except OSError as exc:
-                errors.append(repr(exc))
+            except OSError as exc:  # urllib wraps a refused connect in URLError: keep its reason's name
+                errors.append(repr(getattr(exc, "reason", exc)))
 
     client = threading.Thread(target=hammer)
     client.start()
@@ -111,8 +111,12 @@ def test_a_killed_worker_is_restarted_and_no_connection_is_refused(tmp_path):
         done.set()
         client.join(30)
         stop(proc)
-    print(f"{served[0]} requests while a worker was killed and restarted, {len(errors)} errors")
-    assert served[0] > 0 and errors == []
+    print(f"{served[0]} requests while a worker was killed and restarted, errors: {errors}")
+    # The one connection the client has open may be the one the victim was serving when SIGKILL landed: that
+    # one is reset, and nothing can save it. No other may be lost, and none refused: the socket stays open.
+    assert served[0] > 0 and not any("Refused" in error for error in errors), errors
+    assert len(errors) <= 1 and all(error.startswith(("ConnectionResetError", "RemoteDisconnected"))
+                                    for error in errors), errors
 
 
 def test_sigterm_drains_an_in_flight_stream_and_the_parent_exits_zero(tmp_path, sim):
