@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import time
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -20,7 +22,11 @@ from codexlb.app import create_app
 from tests.serving import child_env
 
 
-def slow_app(settings, entered: asyncio.Event, release: asyncio.Event) -> web.Application:
+@contextlib.asynccontextmanager
+async def slow_request(settings) -> AsyncIterator[tuple[asyncio.Task, str, asyncio.Task, asyncio.Event]]:
+    """`serve` on the real app plus a `/slow` route, with one request to it in flight: the server's task, its
+    URL, the request's task, and the event that lets the request be answered."""
+    entered, release = asyncio.Event(), asyncio.Event()
     app = create_app(settings)
 
     async def slow(_request: web.Request) -> web.Response:
@@ -29,14 +35,13 @@ def slow_app(settings, entered: asyncio.Event, release: asyncio.Event) -> web.Ap
         return web.json_response({"done": True})
 
     app.router.add_get("/slow", slow)
-    return app
-
-
-async def start(settings, app) -> tuple[asyncio.Task, str]:
     listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(server.serve(settings, app=app, on_listening=listening.set_result))
     url = await asyncio.wait_for(listening, 10)
-    return task, url
+    async with aiohttp.ClientSession() as http:
+        request = asyncio.create_task(http.get(f"{url}/slow"))
+        await asyncio.wait_for(entered.wait(), 10)
+        yield task, url, request, release
 
 
 async def drain_begun(url: str) -> None:
@@ -54,11 +59,7 @@ async def drain_begun(url: str) -> None:
 
 
 async def test_in_flight_request_completes_after_sigterm(settings):
-    entered, release = asyncio.Event(), asyncio.Event()
-    task, url = await start(settings, slow_app(settings, entered, release))
-    async with aiohttp.ClientSession() as http:
-        slow = asyncio.create_task(http.get(f"{url}/slow"))
-        await asyncio.wait_for(entered.wait(), 10)
+    async with slow_request(settings) as (task, url, slow, release):
         os.kill(os.getpid(), signal.SIGTERM)
         await drain_begun(url)  # the listener is closed, while /slow is still in flight
         assert not slow.done()
@@ -72,11 +73,7 @@ async def test_in_flight_request_completes_after_sigterm(settings):
 
 async def test_drain_timeout_bounds_the_wait(settings):
     settings = dataclasses.replace(settings, drain_timeout_s=0.2)
-    entered, never = asyncio.Event(), asyncio.Event()
-    task, url = await start(settings, slow_app(settings, entered, never))
-    async with aiohttp.ClientSession() as http:
-        slow = asyncio.create_task(http.get(f"{url}/slow"))
-        await asyncio.wait_for(entered.wait(), 10)
+    async with slow_request(settings) as (task, url, slow, _release):
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.wait_for(task, 5)
         with pytest.raises(aiohttp.ClientError):
@@ -86,11 +83,7 @@ async def test_drain_timeout_bounds_the_wait(settings):
 async def test_second_signal_stops_draining(settings, monkeypatch):
     monkeypatch.setattr(server, "REPEAT_GRACE_S", 0.0)
     settings = dataclasses.replace(settings, drain_timeout_s=60)
-    entered, never = asyncio.Event(), asyncio.Event()
-    task, url = await start(settings, slow_app(settings, entered, never))
-    async with aiohttp.ClientSession() as http:
-        slow = asyncio.create_task(http.get(f"{url}/slow"))
-        await asyncio.wait_for(entered.wait(), 10)
+    async with slow_request(settings) as (task, url, slow, _release):
         os.kill(os.getpid(), signal.SIGTERM)
         await drain_begun(url)
         os.kill(os.getpid(), signal.SIGINT)
@@ -137,11 +130,7 @@ def test_serve_process_sigterm_exits_zero(tmp_path):
 
 async def test_repeat_signal_within_grace_does_not_cut_the_drain(settings):
     """The frozen binary's launcher forwards the terminal's Ctrl-C: two signals, one keypress."""
-    entered, release = asyncio.Event(), asyncio.Event()
-    task, url = await start(settings, slow_app(settings, entered, release))
-    async with aiohttp.ClientSession() as http:
-        slow = asyncio.create_task(http.get(f"{url}/slow"))
-        await asyncio.wait_for(entered.wait(), 10)
+    async with slow_request(settings) as (task, url, slow, release):
         os.kill(os.getpid(), signal.SIGINT)
         await drain_begun(url)
         os.kill(os.getpid(), signal.SIGINT)  # the launcher's copy, well within the grace
